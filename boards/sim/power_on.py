@@ -1,0 +1,26 @@
+# What MicroPython's C start-up does on a Pico, played on the unix port: bring up the
+# hardware, mount littlefs at / (formatting it on a first power-on, as the rp2 port does),
+# and run /main.py from the flash filesystem.
+# argv: SIM_DIR RESET_CAUSE CTL_OUT_FD CTL_IN_FD
+import sys
+import os
+import vfs
+
+_here = __file__.rsplit("/", 1)[0]
+sys.path.insert(0, _here)
+import simhw  # noqa: E402
+
+hw = simhw.power_on(sys.argv, _here + "/board.json")
+try:
+    fs = vfs.VfsLfs2(hw.flash)
+except OSError:
+    vfs.VfsLfs2.mkfs(hw.flash)
+    fs = vfs.VfsLfs2(hw.flash)
+vfs.umount("/")
+vfs.mount(fs, "/")
+os.chdir("/")
+sys.path[:] = ["", ".frozen", "/lib"]
+del sys.argv[1:]
+with open("/main.py") as f:
+    _main = f.read()
+exec(_main, {"__name__": "__main__"})

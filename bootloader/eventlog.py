@@ -1,0 +1,77 @@
+# Event log (FR14): timestamped, sequence-numbered records appended to two files in turn,
+# so the log stays bounded and one file is always whole. Codes follow DLMS where one exists.
+import struct
+from binascii import crc32
+from micropython import const
+
+_REC = "<IIHHi"  # seq time_s code reserved value, then crc32
+_REC_SIZE = const(16)
+_SIZE = const(20)
+_PER_FILE = const(200)
+_PATHS = ("/data/events0", "/data/events1")
+
+FW_READY = const(17)       # image verified, ready for activation (DLMS)
+FW_ACTIVATED = const(18)   # DLMS
+FW_VERIFY_FAILED = const(51)  # DLMS
+BOOT = const(100)          # value: reason index
+TRIAL_ATTEMPT = const(101)  # value: attempts left after this one
+CONFIRMED = const(102)     # value: security version
+REVERTED = const(103)      # value: slot reverted to
+APP_CRASH = const(104)
+DOWNLOAD_STARTED = const(105)  # value: image size
+DOWNLOAD_DONE = const(106)     # value: image size
+BCB_RECOVERED = const(107)
+INTERVAL_GAP = const(108)  # value: intervals closed late after power-down
+NAMES = {
+    17: "firmware ready for activation", 18: "firmware activated",
+    51: "firmware verification failed", 100: "boot", 101: "trial attempt",
+    102: "image confirmed", 103: "reverted", 104: "application crashed",
+    105: "download started", 106: "download complete", 107: "boot control rebuilt",
+    108: "intervals closed after power-down",
+}
+
+
+def _read(path):
+    recs = []
+    try:
+        with open(path, "rb") as f:
+            buf = bytearray(_SIZE)
+            while f.readinto(buf) == _SIZE:
+                if struct.unpack_from("<I", buf, _REC_SIZE)[0] != crc32(memoryview(buf)[:_REC_SIZE]):
+                    break  # a torn append ends the file
+                recs.append(struct.unpack_from(_REC, buf, 0))
+    except OSError:
+        pass
+    return recs
+
+
+class EventLog:
+    def __init__(self, clock):
+        self._clock = clock
+        a, b = _read(_PATHS[0]), _read(_PATHS[1])
+        self._cur = 0 if (a[-1][0] if a else -1) >= (b[-1][0] if b else -1) else 1
+        last = (a, b)[self._cur]
+        self._count = len(last)
+        self.next_seq = last[-1][0] + 1 if last else 1
+        self._buf = bytearray(_SIZE)
+
+    def log(self, code, value=0):
+        if self._count >= _PER_FILE:
+            self._cur ^= 1
+            self._count = 0
+            open(_PATHS[self._cur], "wb").close()
+        struct.pack_into(_REC, self._buf, 0, self.next_seq, self._clock.time_ms() // 1000, code, 0, value)
+        struct.pack_into("<I", self._buf, _REC_SIZE, crc32(memoryview(self._buf)[:_REC_SIZE]))
+        with open(_PATHS[self._cur], "ab") as f:
+            f.write(self._buf)
+        self._count += 1
+        self.next_seq += 1
+
+    def read(self, since_seq=0, limit=50):
+        out = []
+        for path in (_PATHS[self._cur ^ 1], _PATHS[self._cur]):
+            for seq, t, code, _, value in _read(path):
+                if seq >= since_seq and len(out) < limit:
+                    out.append((seq, t, code, value))
+        out.sort()
+        return out

@@ -1,0 +1,90 @@
+# The bootloader's services to the application: boot control, slot information, activation,
+# confirm and revert. The application never writes the boot control block itself.
+from micropython import const
+from bootloader import VERSION, slots, eventlog
+from bootloader.bootctl import NONE, SLOT_NAMES, REASONS
+
+_ACTIVATE = const(3)
+_REVERT = const(4)
+
+
+class Platform:
+    def __init__(self, board, bcb, events, watchdog, manifest, image_id):
+        self.board = board
+        self.bcb = bcb
+        self.events = events
+        self.watchdog = watchdog
+        self.manifest = manifest
+        self.image_id = image_id
+        self.bootloader_version = VERSION
+
+    @property
+    def slot(self):
+        return self.bcb.active
+
+    @property
+    def inactive_slot(self):
+        return 1 - self.bcb.active
+
+    @property
+    def boot_reason(self):
+        return REASONS[self.bcb.reason]
+
+    @property
+    def in_trial(self):
+        return self.bcb.trial == self.bcb.active
+
+    def slot_versions(self):
+        out = {}
+        for s in (0, 1):
+            m, _ = slots.manifest(s)
+            out[SLOT_NAMES[s]] = {"version": m["version"] if m else None}
+        return out
+
+    def begin_download(self, slot):
+        # The slot is about to be overwritten: it can no longer be a revert target.
+        if self.bcb.previous == slot:
+            self.bcb.previous = NONE
+            self.bcb.save()
+
+    def is_rejected(self, image_id):
+        return image_id in self.bcb.rejected
+
+    def activate(self, slot):
+        """Start a trial of slot and reset into it. Does not return."""
+        b = self.bcb
+        b.previous = b.active
+        b.active = slot
+        b.trial = slot
+        b.attempts_left = self.board.defaults.get("trial_attempts", 3)
+        b.confirmed = False
+        b.pending = _ACTIVATE
+        b.save()
+        self.events.log(eventlog.FW_ACTIVATED, slot)
+        self.board.reset()
+
+    def confirm(self):
+        b = self.bcb
+        if b.confirmed and b.trial == NONE:
+            return False
+        b.trial = NONE
+        b.confirmed = True
+        b.floor = max(b.floor, self.manifest.get("security_version", 0))
+        b.save()
+        self.events.log(eventlog.CONFIRMED, b.floor)
+        return True
+
+    def revert(self, reject=False):
+        """Go back to the previous slot and reset. Does not return. Raises ValueError if none."""
+        b = self.bcb
+        if b.previous == NONE or slots.manifest(b.previous)[0] is None:
+            raise ValueError("no previous image to revert to")
+        if reject:
+            b.reject(self.image_id)
+        b.active, b.previous = b.previous, b.active
+        b.trial = NONE
+        b.confirmed = True
+        b.pending = _REVERT
+        b.save()
+        self.events.log(eventlog.REVERTED, b.active)
+        self.board.reset()

