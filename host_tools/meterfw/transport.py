@@ -1,0 +1,112 @@
+"""The link to a meter: pyserial's serial_for_url (a device path, socket://host:port, ...)
+carrying request/response frames. This is the only module that imports pyserial."""
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import serial
+
+from . import framing
+from .errors import CommandError, TransportError
+
+DEFAULT_BAUD = 115200
+
+
+class Link:
+    def __init__(self, url: str, baud: int = DEFAULT_BAUD, timeout_s: float = 3.0):
+        self.url = url
+        self.baud = baud
+        self.timeout_s = timeout_s
+        self._seq = random.randrange(256)  # a fresh session never collides with the meter's cached reply
+        self._decoder = framing.Decoder()
+        self._ser = None
+        self.open()
+
+    def open(self) -> None:
+        try:
+            self._ser = serial.serial_for_url(self.url, baudrate=self.baud, timeout=0.05)
+        except (serial.SerialException, ValueError, OSError) as e:
+            raise TransportError(f"cannot open port {self.url}: {_reason(e)}") from None
+        self._decoder = framing.Decoder()
+
+    def close(self) -> None:
+        if self._ser is not None:
+            self._ser.close()
+            self._ser = None
+
+    def reopen(self) -> None:
+        """After the meter reset: a USB port may have vanished and come back."""
+        self.close()
+        self.open()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._ser.write(data)
+        except (serial.SerialException, OSError) as e:
+            raise TransportError(f"write to {self.url} failed: {_reason(e)}") from None
+
+    def _read(self) -> bytes:
+        try:
+            return self._ser.read(self._ser.in_waiting or 1)
+        except (serial.SerialException, OSError) as e:
+            raise TransportError(f"read from {self.url} failed: {_reason(e)}") from None
+
+    def request(self, cmd: int, payload: bytes = b"", timeout_s: float | None = None,
+                retries: int = 2) -> bytes:
+        """Send one request and return the payload of its reply.
+
+        A lost frame in either direction is repaired by sending the same frame again: the
+        meter answers a repeated (command, sequence) with its cached reply, so nothing is
+        done twice. An error reply raises CommandError with the meter's code and message.
+        """
+        self._seq = (self._seq + 1) & 0xFF
+        seq = self._seq
+        frame = framing.encode(cmd, seq, payload)
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        for _ in range(retries + 1):
+            self._write(frame)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                for f in self._decoder.feed(self._read()):
+                    if f.type == framing.ERROR:
+                        err = _decode_error(f.payload)
+                        if f.seq == seq and err.code != "bad_frame":
+                            raise err
+                        if err.code == "bad_frame":
+                            deadline = 0  # our frame arrived damaged: resend now
+                            break
+                    elif f.seq == seq and f.type == cmd | framing.OK_BIT:
+                        return f.payload
+        raise TransportError(f"no answer from the meter on {self.url} after {retries + 1} tries")
+
+    def request_json(self, cmd: int, args: dict | None = None, raw: bytes | None = None, **kw) -> dict:
+        """A request whose reply is JSON; the request carries args as JSON, or raw bytes."""
+        payload = raw if raw is not None else json.dumps(args).encode() if args else b""
+        reply = self.request(cmd, payload, **kw)
+        try:
+            return json.loads(reply)
+        except ValueError:
+            raise TransportError(f"meter sent a reply that is not JSON: {reply[:40]!r}") from None
+
+
+def _decode_error(payload: bytes) -> CommandError:
+    try:
+        d = json.loads(payload)
+        return CommandError(f"meter refused: {d['message']}", code=d.get("code"))
+    except (ValueError, KeyError, TypeError):
+        return CommandError(f"meter refused with an unreadable error: {payload[:40]!r}", code="unknown")
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    if "No such file or directory" in text or "could not open port" in text and "[Errno 2]" in text:
+        return "no such device"
+    return text
