@@ -1,4 +1,5 @@
-# Every target sets up its own virtualenv on first use; all versions are pinned in pyproject.toml.
+# Every target sets up its own virtualenv on first use. Direct dependencies are pinned in
+# pyproject.toml and every transitive one in requirements.lock.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,9 +9,9 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
 	touch $@
 
 demo: $(STAMP)

@@ -1,0 +1,26 @@
+"""Device unit tests: device modules run under the MicroPython unix port with a small heap."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MICROPYTHON = Path(sys.executable).parent / "micropython"
+
+
+@pytest.fixture
+def run_mpy(tmp_path):
+    """run_mpy(script, *args, heap="64k") runs script with the repo on sys.path and with a
+    scratch littlefs-like cwd; the script prints one JSON line, which is returned."""
+
+    def run(script: str, *args, heap: str = "64k") -> dict:
+        path = tmp_path / "script.py"
+        path.write_text("import sys, json\nsys.path.insert(0, sys.argv[1])\nARGS = sys.argv[2:]\n" + script)
+        proc = subprocess.run([str(MICROPYTHON), "-X", f"heapsize={heap}", str(path), str(ROOT), *map(str, args)],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, f"micropython failed:\n{proc.stdout}\n{proc.stderr}"
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    return run
