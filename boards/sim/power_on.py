@@ -21,6 +21,11 @@ vfs.mount(fs, "/")
 os.chdir("/")
 sys.path[:] = ["", ".frozen", "/lib"]
 del sys.argv[1:]
-with open("/main.py") as f:
-    _main = f.read()
-exec(_main, {"__name__": "__main__"})
+try:
+    with open("/main.py") as f:
+        _main = f.read()
+    exec(_main, {"__name__": "__main__"})
+except Exception as e:  # noqa: BLE001 - on a Pico this lands on the debug UART, here console.log
+    # The unix port prints uncaught tracebacks to stdout, which is the meter's serial line.
+    sys.print_exception(e, sys.stderr)
+    sys.exit(1)

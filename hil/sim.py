@@ -1,0 +1,112 @@
+"""A Python API over meterfw-sim: start a simulated meter, drive its power and reset, read its
+state. It runs the same code as the CLI (hil.supervisor), so the supervisor is detached in the
+same way; the board keeps running until `stop()` (or the `with` block ends).
+
+    with SimBoard.start(tmp / "m1", image="app.mfw", keys="keys/") as board:
+        link = serial.Serial(board.port, timeout=2)
+        board.power_cycle()
+        board.wait_boots(2)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hil import supervisor as _sup
+from hil.supervisor import SimError, pid_alive  # noqa: F401 - re-exported for the fixtures
+
+__all__ = ["SimBoard", "SimError", "pid_alive"]
+
+
+class SimBoard:
+    def __init__(self, sim_dir: Path, info: dict):
+        self.dir = Path(info.get("dir") or sim_dir)
+        self.port: str = info["port"]
+        self.pid: int = info["pid"]
+        self.serial: str | None = info.get("serial")
+        self.baud: int | None = info.get("baud")
+        self.first_device_pid: int | None = info.get("device_pid")
+
+    @classmethod
+    def start(cls, sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=None,
+              serial=None, device_script=None) -> "SimBoard":
+        """Provision (if DIR has no flash.img and image/keys are given) and start a sim meter.
+
+        `device_script` replaces boards/sim/power_on.py; it is for the supervisor's own tests.
+        """
+        info = _sup.start(
+            sim_dir, image=image, keys=keys, baud=baud, interval_s=interval_s, seed=seed,
+            serial=serial, device_script=device_script,
+        )
+        return cls(Path(sim_dir), info)
+
+    # -- power and reset --------------------------------------------------------------------
+    def stop(self) -> bool:
+        """Stop the supervisor and the device; False if it was already stopped."""
+        return _sup.stop(self.dir)
+
+    def power_cycle(self, off_s: float = 0.0) -> dict:
+        """Cut the power now; it returns after `off_s`. Returns the state after the new boot."""
+        return _sup.command(self.dir, "power-cycle", off_s, timeout_s=_sup.COMMAND_TIMEOUT_S + off_s)
+
+    def reset(self) -> dict:
+        """Press the reset button. Returns the state after the new boot."""
+        return _sup.command(self.dir, "reset")
+
+    # -- observing --------------------------------------------------------------------------
+    def state(self) -> dict:
+        return _sup.read_state(self.dir)
+
+    def status(self) -> dict:
+        return _sup.status(self.dir)
+
+    @property
+    def device_pid(self) -> int | None:
+        return self.state().get("device_pid")
+
+    def running(self) -> bool:
+        return _sup.is_running(self.dir)
+
+    def wait_for(self, predicate, timeout: float = 10.0, what: str = "condition") -> dict:
+        """Poll state.json until `predicate(state)` holds; returns that state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.state()
+            if st and predicate(st):
+                return st
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"sim {self.dir}: no {what} within {timeout} s; state {st}")
+            time.sleep(0.02)
+
+    def wait_boots(self, n: int, timeout: float = 10.0) -> dict:
+        """Wait until the board has booted at least `n` times in all; returns the state."""
+        return self.wait_for(
+            lambda st: st.get("boots", 0) >= n and st.get("device_pid"), timeout, f"boot {n}"
+        )
+
+    def wait_state(self, name: str, timeout: float = 10.0) -> dict:
+        return self.wait_for(lambda st: st.get("state") == name, timeout, f"state {name}")
+
+    def console(self) -> str:
+        """The MCU's debug UART (the device's stderr), all boots."""
+        return _read_text(self.dir / _sup.CONSOLE_LOG)
+
+    def supervisor_log(self) -> str:
+        return _read_text(self.dir / _sup.SUPERVISOR_LOG)
+
+    def __enter__(self) -> "SimBoard":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"SimBoard(dir={str(self.dir)!r}, port={self.port!r}, pid={self.pid})"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""

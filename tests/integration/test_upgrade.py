@@ -1,0 +1,100 @@
+"""Host <-> simulated meter over the real pyserial link: the walking skeleton's main job."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hil.metrology import true_energy_mwh
+from meterfw.upgrade import continuity
+
+MFW = str(Path(sys.executable).parent / "meterfw")
+
+
+def cli(port, *args):
+    proc = subprocess.run([MFW, "--port", port, *args], capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def cli_json(port, *args):
+    rc, out, err = cli(port, *args, "--json")
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def assert_continuous_and_true(records, seed):
+    assert continuity(records) == {"intervals_missed": 0, "intervals_duplicated": 0}
+    seqs = [r["seq"] for r in records]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    for prev, rec in zip(records, records[1:]):
+        assert rec["register_mwh"] - prev["register_mwh"] == rec["energy_mwh"]
+    for r in records:
+        if "partial" not in r["flags"]:
+            assert r["energy_mwh"] == true_energy_mwh(seed, r["start"], r["start"] + r["duration_s"]), r
+
+
+def test_upgrade_live_keeps_every_interval(board, images):
+    port = board.port
+    board.wait_intervals(2)
+    rc, out, err = cli(port, "upgrade", str(images["v2"]), "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report["result"] == "confirmed"
+    assert (report["from_version"], report["to_version"]) == ("1.0.0", "1.1.0")
+    assert report["intervals_missed"] == 0 and report["energy_conserved"]
+    st = cli_json(port, "status")
+    assert st["active_version"] == "1.1.0" and st["confirmed"] and st["active_slot"] == "b"
+    assert st["slots"] == {"a": {"version": "1.0.0"}, "b": {"version": "1.1.0"}}
+    assert st["boot_reason"] == "activate"
+    board.wait_intervals(len(cli_json(port, "read", "intervals")) + 1)
+    records = cli_json(port, "read", "intervals")
+    assert_continuous_and_true(records, board.seed)
+    assert any("firmware-change" in r["flags"] for r in records)
+
+
+def test_revert_goes_back_with_continuity(board, images):
+    port = board.port
+    assert cli(port, "upgrade", str(images["v2"]), "--when", "now")[0] == 0
+    rc, out, err = cli(port, "revert", "--json")
+    assert rc == 0, err
+    assert json.loads(out) == {"result": "reverted", "from_version": "1.1.0", "to_version": "1.0.0"}
+    st = cli_json(port, "status")
+    assert st["active_version"] == "1.0.0" and st["confirmed"] and st["boot_reason"] == "revert"
+    board.wait_intervals(len(cli_json(port, "read", "intervals")) + 1)
+    assert_continuous_and_true(cli_json(port, "read", "intervals"), board.seed)
+
+
+def _unchanged(port, before):
+    after = cli_json(port, "status")
+    for key in ("active_version", "active_slot", "slots", "confirmed", "update"):
+        assert after[key] == before[key], key
+
+
+@pytest.mark.parametrize("case", ["missing_file", "other_board", "truncated", "garbage"])
+def test_bad_image_input_changes_nothing(board, images, tmp_path, case):
+    port = board.port
+    before = cli_json(port, "status")
+    data = images["v2"].read_bytes()
+    path = tmp_path / "bad.mfw"
+    expect = {
+        "missing_file": "no such file",
+        "other_board": "image is for board pico",
+        "truncated": "truncated",
+        "garbage": "not a meterfw image",
+    }[case]
+    if case == "other_board":
+        path = images["pico"]
+    elif case == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif case == "garbage":
+        path.write_bytes(b"\x00not an image" * 50)
+    rc, out, err = cli(port, "upgrade", str(path))
+    assert rc == 1
+    assert err.startswith("meterfw: ") and err.count("\n") == 1 and expect in err, err
+    _unchanged(port, before)
+
+
+def test_port_that_does_not_exist(images):
+    rc, out, err = cli("/dev/does-not-exist", "upgrade", str(images["v2"]))
+    assert rc == 1 and err == "meterfw: cannot open port /dev/does-not-exist: no such device\n"
