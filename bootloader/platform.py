@@ -74,10 +74,14 @@ class Platform:
         self.events.log(eventlog.CONFIRMED, b.floor)
         return True
 
+    def can_revert(self):
+        b = self.bcb
+        return b.previous != NONE and slots.manifest(b.previous)[0] is not None
+
     def revert(self, reject=False):
         """Go back to the previous slot and reset. Does not return. Raises ValueError if none."""
         b = self.bcb
-        if b.previous == NONE or slots.manifest(b.previous)[0] is None:
+        if not self.can_revert():
             raise ValueError("no previous image to revert to")
         if reject:
             b.reject(self.image_id)

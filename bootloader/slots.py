@@ -44,3 +44,40 @@ async def check_async(slot, board_name):
     except OSError:
         raise ValueError("slot %d is empty" % slot)
     return m, hashlib.sha256(raw).digest()
+
+
+_PREFIX = {1: b"meterfw-vendor\x00", 2: b"meterfw-utility\x00"}
+_ROLE_NAME = {1: "vendor", 2: "utility"}
+
+
+def _public_key(role):
+    try:
+        with open("/keys/%s.pub" % _ROLE_NAME[role], "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+async def check_signatures(slot, require_approval):
+    """Ed25519 checks of a slot's manifest against the meter's public keys (vendor, and the
+    utility's approval when required). Raises ValueError naming the first failure."""
+    from bootloader import ed25519  # loaded only for a verify: ~14 KB of heap
+
+    with open(slot_path(slot), "rb") as f:
+        raw, sigs, _ = image.read_header(f)
+    found = {}
+    for role, key_id, sig in sigs:
+        if role not in _PREFIX:
+            continue
+        pub = _public_key(role)
+        if pub is None or hashlib.sha256(pub).digest()[:8] != key_id:
+            if role == 1:
+                raise ValueError("vendor signature is by an unknown key")
+            continue
+        if not await ed25519.verify_async(pub, _PREFIX[role] + raw, sig):
+            raise ValueError("bad %s signature" % _ROLE_NAME[role])
+        found[role] = True
+    if 1 not in found:
+        raise ValueError("no vendor signature")
+    if require_approval and 2 not in found:
+        raise ValueError("no valid utility approval, and this meter requires one")

@@ -7,7 +7,7 @@ from bootloader import eventlog, protocol
 from bootloader.bootctl import SLOT_NAMES
 from intervals import FIRMWARE_CHANGE, flag_names
 from metering import Metering
-from link_server import LinkServer
+from bootloader.link import LinkServer
 from update_agent import UpdateAgent
 import health
 
@@ -25,13 +25,9 @@ class Meter:
             protocol.STATUS: self.status,
             protocol.READ_INTERVALS: self.read_intervals,
             protocol.READ_EVENTS: self.read_events,
-            protocol.UPD_STATE: self.update_state,
-            protocol.UPD_INITIATE: self.agent.initiate,
-            protocol.UPD_BLOCK: self.agent.block,
-            protocol.UPD_VERIFY: self.agent.verify,
-            protocol.UPD_ACTIVATE: self.agent.activate,
             protocol.REVERT: self.revert,
         })
+        self.link.add(self.agent.commands())
 
     async def ping(self, payload):
         return payload
@@ -55,7 +51,7 @@ class Meter:
             "security_floor": p.bcb.floor,
             "rejected": [r.hex() for r in p.bcb.rejected],
             "health": self.health,
-            "update": self.agent.public_state(),
+            "update": self.agent.transfer.public_state(),
         }
 
     async def read_intervals(self, payload):
@@ -72,38 +68,29 @@ class Meter:
             {"seq": e[0], "time": e[1], "code": e[2], "name": eventlog.NAMES.get(e[2], "event"), "value": e[3]}
             for e in evs]}
 
-    async def update_state(self, _payload):
-        return self.agent.public_state()
-
     async def revert(self, _payload):
-        try:
-            self.p.slot_versions()
-            if self.p.bcb.previous == 0xFF:
-                raise ValueError("no previous image to revert to")
-        except ValueError as e:
-            raise protocol.CommandError("no_previous", str(e))
+        if not self.p.can_revert():
+            raise protocol.CommandError("no_previous", "no previous image to revert to")
         asyncio.create_task(self._revert())
         return {"reverting": True}
 
     async def _revert(self):
         await asyncio.sleep_ms(50)  # let the reply leave first
-        try:
-            self.p.revert()
-        except ValueError:
-            pass  # checked before replying
+        self.p.revert()
 
     async def post_boot(self):
         if self.p.boot_reason in ("activate", "revert"):
             self.metering.mark(FIRMWARE_CHANGE)
-        self.agent.after_boot()
+        self.agent.transfer.settle(self.p.image_id)
         results = await health.run(self.board, self.metering)
         self.health = [{"check": n, "severity": s, "ok": m is None, "message": m} for n, s, m in results]
-        critical = [m for n, s, m in results if m and s == health.CRITICAL]
+        critical = [n + ": " + m for n, s, m in results if m and s == health.CRITICAL]
         if self.p.in_trial:
             if critical:
+                self.agent.transfer.fail("critical health check failed: " + "; ".join(critical))
                 self.p.revert(reject=True)
             self.p.confirm()
-            self.agent.confirmed()
+            self.agent.transfer.confirmed()
 
     async def feed_watchdog(self):
         while True:

@@ -80,7 +80,7 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary",
     report.update(continuity(window))
     report.update(energy_check(records, register_before))
     if after["update"]["result"] == "reverted":
-        return finish("reverted", "the meter went back to the previous image")
+        return finish("reverted", after["update"].get("reason") or "the meter went back to the previous image")
     return finish("confirmed")
 
 

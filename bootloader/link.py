@@ -1,4 +1,5 @@
 # The link server: frames in, one handler per command code, a reply out for every request.
+# Part of the bootloader so the recovery console serves the same protocol as the application.
 import asyncio
 import json
 from bootloader import framing
@@ -29,6 +30,9 @@ class LinkServer:
                 await self._serve(ftype, seq, payload)
             if d.bad_crc + d.oversized + d.runt != dropped:
                 self._error(0, "bad_frame", "frame dropped: CRC, size or length wrong")
+
+    def add(self, handlers):
+        self._handlers.update(handlers)
 
     def _error(self, seq, code, message):
         self._board.link_out.write(
