@@ -3,15 +3,21 @@
 import asyncio
 import json
 from bootloader import framing
-from bootloader.protocol import CommandError
+from bootloader.auth import Sessions
+from bootloader.protocol import AUTH_CHALLENGE, CommandError
 
 _RX = 512
 
 
 class LinkServer:
-    def __init__(self, board, handlers):
+    def __init__(self, board, handlers=None):
         self._board = board
-        self._handlers = handlers  # code -> async fn(payload) -> dict or bytes
+        self._handlers = {}  # code -> async fn(payload) -> dict or bytes
+        self._privileged = set()
+        self.sessions = Sessions()
+        self._handlers[AUTH_CHALLENGE] = self.sessions.challenge
+        if handlers:
+            self.add(handlers)
         self._decoder = framing.Decoder()
         self._last = None  # (type, seq, reply): a retried request gets the same reply
         self.requests = 0
@@ -31,8 +37,11 @@ class LinkServer:
             if d.bad_crc + d.oversized + d.runt != dropped:
                 self._error(0, "bad_frame", "frame dropped: CRC, size or length wrong")
 
-    def add(self, handlers):
+    def add(self, handlers, privileged=False):
+        """Register command handlers; privileged ones run only inside an authenticated session."""
         self._handlers.update(handlers)
+        if privileged:
+            self._privileged.update(handlers)
 
     def _error(self, seq, code, message):
         self._board.link_out.write(
@@ -48,6 +57,8 @@ class LinkServer:
             self._error(seq, "unknown_command", "unknown command 0x%02x" % ftype)
             return
         try:
+            if ftype in self._privileged:
+                payload = self.sessions.check(ftype, payload)
             result = await handler(payload)
         except CommandError as e:
             self._error(seq, e.code, e.message)

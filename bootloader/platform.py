@@ -1,5 +1,6 @@
 # The bootloader's services to the application: boot control, slot information, activation,
 # confirm and revert. The application never writes the boot control block itself.
+import json
 from micropython import const
 from bootloader import VERSION, slots, eventlog
 from bootloader.bootctl import NONE, SLOT_NAMES, REASONS
@@ -17,6 +18,11 @@ class Platform:
         self.manifest = manifest
         self.image_id = image_id
         self.bootloader_version = VERSION
+        try:
+            with open("/identity.json") as f:
+                self.identity = json.load(f)
+        except (OSError, ValueError):
+            self.identity = {"serial": None}
 
     @property
     def slot(self):

@@ -25,9 +25,9 @@ class Meter:
             protocol.STATUS: self.status,
             protocol.READ_INTERVALS: self.read_intervals,
             protocol.READ_EVENTS: self.read_events,
-            protocol.REVERT: self.revert,
         })
-        self.link.add(self.agent.commands())
+        self.link.add({protocol.REVERT: self.revert}, privileged=True)
+        self.agent.register(self.link)
 
     async def ping(self, payload):
         return payload
@@ -36,6 +36,7 @@ class Meter:
         p = self.p
         return {
             "board": self.board.name,
+            "serial": p.identity.get("serial"),
             "active_slot": SLOT_NAMES[p.slot],
             "active_version": p.manifest["version"],
             "confirmed": p.bcb.confirmed,

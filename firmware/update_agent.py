@@ -13,10 +13,11 @@ class UpdateAgent:
         self._metering = metering
         self.transfer = Transfer(platform)
 
-    def commands(self):
+    def register(self, link):
         t = self.transfer
-        return {UPD_INITIATE: t.initiate, UPD_BLOCK: t.block, UPD_VERIFY: t.verify,
-                UPD_ACTIVATE: self.activate, UPD_STATE: self.state}
+        link.add({UPD_STATE: self.state})
+        link.add({UPD_INITIATE: t.initiate, UPD_BLOCK: t.block, UPD_VERIFY: t.verify,
+                  UPD_ACTIVATE: self.activate}, privileged=True)
 
     async def state(self, _payload):
         return self.transfer.public_state()

@@ -61,7 +61,9 @@ def main() -> int:
         before = wait_intervals(port, 3)
         print(f"\n== 4. live upgrade to 1.1.0 while it meters (activation at the next interval boundary)")
         report_file = WORK / "report.json"
-        proc = subprocess.run([str(BIN / "meterfw"), "--port", port, "upgrade", str(v2), "--report", str(report_file)])
+        print(f"$ meterfw --port {port} --keys keys upgrade {v2.name} --report {report_file.name}", flush=True)
+        proc = subprocess.run([str(BIN / "meterfw"), "--port", port, "--keys", str(keys), "upgrade", str(v2),
+                               "--report", str(report_file)])
         report = json.loads(report_file.read_text()) if report_file.exists() else {"result": "failed"}
         records = wait_intervals(port, len(before) + 2)
         truth_ok = all(r["energy_mwh"] == true_energy_mwh(SEED, r["start"], r["start"] + r["duration_s"])

@@ -93,8 +93,9 @@ def images(tmp_path_factory, keys_dir) -> dict:
 class MeterBoard:
     """A SimBoard running our firmware, with what tests need to check its data."""
 
-    def __init__(self, sim, seed: int, interval_s: int):
+    def __init__(self, sim, seed: int, interval_s: int, keys_dir: Path):
         self.sim = sim
+        self.keys_dir = keys_dir
         self.port = sim.port
         self.seed = seed
         self.interval_s = interval_s
@@ -103,7 +104,9 @@ class MeterBoard:
         from meterfw.session import Meter
         from meterfw.transport import Link
 
-        return Meter(Link(self.port))
+        from meterfw.keys import load_keys
+
+        return Meter(Link(self.port), utility_secret=load_keys(self.keys_dir, private=False).utility_secret)
 
     def wait_intervals(self, n: int) -> list[dict]:
         """Block until the meter has closed at least n intervals; returns them."""
@@ -127,7 +130,7 @@ class MeterBoard:
 def board(sim_factory, images, keys_dir) -> MeterBoard:
     """A factory-fresh simulated meter running image v1, metering short intervals."""
     sim = sim_factory(image=images["v1"], keys=keys_dir, interval_s=INTERVAL_S, seed=SEED)
-    return MeterBoard(sim, SEED, INTERVAL_S)
+    return MeterBoard(sim, SEED, INTERVAL_S, keys_dir)
 
 
 @pytest.fixture
@@ -139,7 +142,8 @@ def link(board):
 
 
 @pytest.fixture
-def meter(link):
+def meter(link, keys_dir):
+    from meterfw.keys import load_keys
     from meterfw.session import Meter
 
-    return Meter(link)
+    return Meter(link, utility_secret=load_keys(keys_dir, private=False).utility_secret)

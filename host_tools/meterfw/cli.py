@@ -26,7 +26,10 @@ def _emit(args, data, human: str) -> None:
 def _meter(args) -> Meter:
     if not args.port:
         raise CommandError("this command talks to a meter: give --port PORT (a device path or socket://host:port)")
-    return Meter(Link(args.port, baud=args.baud, timeout_s=args.timeout))
+    secret = None
+    if args.keys:
+        secret = load_keys(Path(args.keys), private=False).utility_secret
+    return Meter(Link(args.port, baud=args.baud, timeout_s=args.timeout), utility_secret=secret)
 
 
 def _read_file(path: str) -> bytes:

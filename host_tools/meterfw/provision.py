@@ -13,6 +13,7 @@ from pathlib import Path
 
 from littlefs import LittleFS
 
+from .auth import meter_key
 from .errors import CommandError
 from .image import ImageError, _compile, parse_image
 from .keys import load_keys
@@ -47,6 +48,9 @@ def device_files(image: bytes, keys_dir: Path, board: str, serial: str) -> dict[
     files["/keys/vendor.pub"] = keys.vendor_public_raw
     if keys.utility_public_raw:
         files["/keys/utility.pub"] = keys.utility_public_raw
+    if keys.utility_secret is None:
+        raise CommandError(f"cannot provision: {keys_dir} has no utility.secret to derive the meter key from")
+    files["/keys/meter.key"] = meter_key(keys.utility_secret, serial)
     files["/identity.json"] = json.dumps({"serial": serial, "board": board}).encode()
     files["/slots/a.mfw"] = image
     return files

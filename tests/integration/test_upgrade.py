@@ -12,8 +12,9 @@ from meterfw.upgrade import continuity
 MFW = str(Path(sys.executable).parent / "meterfw")
 
 
-def cli(port, *args):
-    proc = subprocess.run([MFW, "--port", port, *args], capture_output=True, text=True, timeout=120)
+def cli(port, *args, keys=None):
+    extra = ["--keys", str(keys)] if keys else []
+    proc = subprocess.run([MFW, "--port", port, *extra, *args], capture_output=True, text=True, timeout=120)
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -34,10 +35,10 @@ def assert_continuous_and_true(records, seed):
             assert r["energy_mwh"] == true_energy_mwh(seed, r["start"], r["start"] + r["duration_s"]), r
 
 
-def test_upgrade_live_keeps_every_interval(board, images):
+def test_upgrade_live_keeps_every_interval(board, images, keys_dir):
     port = board.port
     board.wait_intervals(2)
-    rc, out, err = cli(port, "upgrade", str(images["v2"]), "--json")
+    rc, out, err = cli(port, "upgrade", str(images["v2"]), "--json", keys=keys_dir)
     assert rc == 0, err
     report = json.loads(out)
     assert report["result"] == "confirmed"
@@ -53,10 +54,10 @@ def test_upgrade_live_keeps_every_interval(board, images):
     assert any("firmware-change" in r["flags"] for r in records)
 
 
-def test_revert_goes_back_with_continuity(board, images):
+def test_revert_goes_back_with_continuity(board, images, keys_dir):
     port = board.port
-    assert cli(port, "upgrade", str(images["v2"]), "--when", "now")[0] == 0
-    rc, out, err = cli(port, "revert", "--json")
+    assert cli(port, "upgrade", str(images["v2"]), "--when", "now", keys=keys_dir)[0] == 0
+    rc, out, err = cli(port, "revert", "--json", keys=keys_dir)
     assert rc == 0, err
     assert json.loads(out) == {"result": "reverted", "from_version": "1.1.0", "to_version": "1.0.0"}
     st = cli_json(port, "status")
@@ -72,7 +73,7 @@ def _unchanged(port, before):
 
 
 @pytest.mark.parametrize("case", ["missing_file", "other_board", "truncated", "garbage"])
-def test_bad_image_input_changes_nothing(board, images, tmp_path, case):
+def test_bad_image_input_changes_nothing(board, images, keys_dir, tmp_path, case):
     port = board.port
     before = cli_json(port, "status")
     data = images["v2"].read_bytes()
@@ -89,7 +90,7 @@ def test_bad_image_input_changes_nothing(board, images, tmp_path, case):
         path.write_bytes(data[: len(data) // 2])
     elif case == "garbage":
         path.write_bytes(b"\x00not an image" * 50)
-    rc, out, err = cli(port, "upgrade", str(path))
+    rc, out, err = cli(port, "upgrade", str(path), keys=keys_dir)
     assert rc == 1
     assert err.startswith("meterfw: ") and err.count("\n") == 1 and expect in err, err
     _unchanged(port, before)
@@ -98,3 +99,42 @@ def test_bad_image_input_changes_nothing(board, images, tmp_path, case):
 def test_port_that_does_not_exist(images):
     rc, out, err = cli("/dev/does-not-exist", "upgrade", str(images["v2"]))
     assert rc == 1 and err == "meterfw: cannot open port /dev/does-not-exist: no such device\n"
+
+
+def test_privileged_commands_need_the_meters_key(board, images, tmp_path):
+    from meterfw.keys import init_keys
+
+    port = board.port
+    before = cli_json(port, "status")
+    rc, _, err = cli(port, "revert")
+    assert rc == 1 and "privileged command: give --keys" in err
+    init_keys(tmp_path / "other")
+    rc, _, err = cli(port, "upgrade", str(images["v2"]), keys=tmp_path / "other")
+    assert rc == 1 and err == "meterfw: meter refused: authentication failed: wrong key or damaged request\n"
+    _unchanged(port, before)
+
+
+def test_unauthenticated_and_replayed_frames_are_refused(board, images):
+    """Below the CLI: a forged trailer, and a genuine request played again."""
+    import json as _json
+    from meterfw import protocol as P
+    from meterfw.auth import AuthSession, meter_key
+    from meterfw.errors import CommandError
+    from meterfw.keys import load_keys
+    from meterfw.transport import Link
+
+    with Link(board.port) as link:
+        with pytest.raises(CommandError) as e:
+            link.request_json(P.REVERT)
+        assert e.value.code == "auth_required"
+        st = link.request_json(P.STATUS)
+        nonce = bytes.fromhex(link.request_json(P.AUTH_CHALLENGE)["nonce"])
+        secret = load_keys(Path(board.keys_dir), private=False).utility_secret
+        auth = AuthSession(meter_key(secret, st["serial"]), nonce)
+        sealed = auth.seal(P.UPD_ACTIVATE, _json.dumps({"when": "now"}).encode())
+        with pytest.raises(CommandError) as e:
+            link.request_json(P.UPD_ACTIVATE, raw=sealed)
+        assert e.value.code == "not_verified"  # authenticated, refused on its merits
+        with pytest.raises(CommandError) as e:
+            link.request_json(P.UPD_ACTIVATE, raw=sealed)
+        assert e.value.code == "replay"
