@@ -71,7 +71,7 @@ def start(board):
     bcb = BootControl.load() or _rebuild(board, events)
     bcb.reason = _reason_index(board, bcb)
     bcb.pending = NONE
-    wdt = board.watchdog(_WATCHDOG_MS)
+    wdt = board.watchdog(board.defaults.get("watchdog_ms", _WATCHDOG_MS))
     if bcb.trial == bcb.active:
         if bcb.attempts_left == 0:
             _, img_id = slots.manifest(bcb.active)

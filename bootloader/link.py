@@ -37,6 +37,10 @@ class LinkServer:
             if d.bad_crc + d.oversized + d.runt != dropped:
                 self._error(0, "bad_frame", "frame dropped: CRC, size or length wrong")
 
+    def send_alarm(self, seq, payload):
+        """An unsolicited frame; the host acknowledges it with a command of its own."""
+        self._board.link_out.write(framing.encode(framing.ALARM, seq, payload))
+
     def add(self, handlers, privileged=False):
         """Register command handlers; privileged ones run only inside an authenticated session."""
         self._handlers.update(handlers)

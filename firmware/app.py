@@ -1,6 +1,7 @@
 # The meter application: entry module of every firmware image. The bootloader imports it
 # from the read-only image at /app and calls main(platform).
 import asyncio
+import gc
 import json
 import time
 from bootloader import eventlog, protocol
@@ -20,6 +21,7 @@ class Meter:
         self.metering = Metering(self.board)
         self.agent = UpdateAgent(platform, self.metering)
         self.health = None
+        self.heap_peak = 0
         self.link = LinkServer(self.board, {
             protocol.PING: self.ping,
             protocol.STATUS: self.status,
@@ -53,6 +55,8 @@ class Meter:
             "rejected": [r.hex() for r in p.bcb.rejected],
             "health": self.health,
             "update": self.agent.transfer.public_state(),
+            "metering": {"closes": self.metering.closes, "late_ms": self.metering.late_ms},
+            "heap": {"free": gc.mem_free(), "used": gc.mem_alloc(), "peak_used": self.heap_peak},
         }
 
     async def read_intervals(self, payload):
@@ -96,7 +100,10 @@ class Meter:
     async def feed_watchdog(self):
         while True:
             self.p.watchdog.feed()
-            await asyncio.sleep_ms(500)
+            used = gc.mem_alloc()  # sampled here: heap use at its busiest is what the Pico must fit
+            if used > self.heap_peak:
+                self.heap_peak = used
+            await asyncio.sleep_ms(100)
 
     async def run(self):
         asyncio.create_task(self.feed_watchdog())

@@ -5,6 +5,8 @@ import time
 import simhw
 
 NAME = "sim"
+# Defaults a test rig may override in sim.json (a real board takes them from its config).
+OVERRIDABLE = ("interval_s", "watchdog_ms", "trial_attempts", "require_approval")
 
 
 class Watchdog:
@@ -42,8 +44,8 @@ class Board:
         with open("/board/board.json") as f:
             self.config = json.load(f)
         self.defaults = self.config["defaults"]
-        for key in ("interval_s",):  # the rig may override defaults per run
-            if self._hw.sim.get(key):
+        for key in OVERRIDABLE:  # the rig may override defaults per run
+            if self._hw.sim.get(key) is not None:
                 self.defaults[key] = self._hw.sim[key]
         self.clock = Clock(self._hw)
         self.link_in = self._hw.stdin    # raw pty with VMIN=0: readinto returns what is there

@@ -22,6 +22,7 @@ class Link:
         self._seq = random.randrange(256)  # a fresh session never collides with the meter's cached reply
         self._decoder = framing.Decoder()
         self._ser = None
+        self.alarms: list[framing.Frame] = []  # unsolicited frames seen while waiting for replies
         self.open()
 
     def open(self) -> None:
@@ -76,7 +77,9 @@ class Link:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 for f in self._decoder.feed(self._read()):
-                    if f.type == framing.ERROR:
+                    if f.type == framing.ALARM:
+                        self.alarms.append(f)
+                    elif f.type == framing.ERROR:
                         err = _decode_error(f.payload)
                         if f.seq == seq and err.code != "bad_frame":
                             raise err
