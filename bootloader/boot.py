@@ -1,17 +1,26 @@
-# The boot flow: read boot control, count a trial attempt before running it, check the
-# active slot, mount it read-only at /app and hand over to its entry module.
+# The boot flow:
+#  1. read boot control (newest valid copy) and arm the watchdog;
+#  2. count a trial attempt *before* the image runs; when attempts are exhausted, revert;
+#     an image that failed to come up healthy too many boots in a row gets no more tries;
+#  3. check the active slot (size and SHA-256), mount it read-only at /app, import its entry;
+#  4. a crash of an image on trial reverts at once; any other failure ends in the recovery
+#     console rather than switching slots again, so reversion never ping-pongs (FR13).
 import os
 import sys
 import vfs
 from micropython import const
 from bootloader import bootctl, eventlog, slots
-from bootloader.bootctl import BootControl, NONE, REASONS
+from bootloader.bootctl import BootControl, NONE, REASONS, slot_path
 from bootloader.image import ImageVfs
 from bootloader.platform import Platform
-from bootloader.bootctl import slot_path
 
 _WATCHDOG_MS = const(8000)
 _REVERT = const(4)
+_RECOVERY = const(5)
+
+
+class NoBootableImage(Exception):
+    pass
 
 
 def _reason_index(board, bcb):
@@ -19,6 +28,14 @@ def _reason_index(board, bcb):
         return bcb.pending
     cause = board.reset_cause()
     return REASONS.index(cause) if cause in REASONS else 0
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
 
 
 def _rebuild(board, events):
@@ -35,35 +52,65 @@ def _rebuild(board, events):
     found.sort()
     if found:
         bcb.active = found[-1][1]
+        if len(found) == 2:
+            bcb.previous = found[0][1]
     if any(_exists(p) for p in bootctl.PATHS):
         events.log(eventlog.BCB_RECOVERED, bcb.active)
     return bcb
 
 
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
-def _revert_now(bcb, events, image_id, why):
-    """Fall back to the previous slot before anything of the failed image ran."""
-    if image_id is not None:
-        bcb.reject(image_id)
+def _revert_now(bcb, events, why):
+    """Fall back to the previous slot before anything more of the failed image runs."""
+    _, img_id = slots.manifest(bcb.active)
+    if img_id is not None:
+        bcb.reject(img_id)
     failed = bcb.active
     bcb.active, bcb.previous = bcb.previous, failed
     bcb.trial = NONE
     bcb.confirmed = True
+    bcb.failures = 0
     bcb.reason = _REVERT
-    bcb.save()
     events.log(eventlog.REVERTED, bcb.active)
-    board_log(why)
+    _say("reverted to slot %s: %s" % (bcb.active, why))
+    try:
+        from bootloader.transfer import record_failure
+        record_failure(why)
+    except (OSError, ValueError):
+        pass  # the verdict still shows in the boot control and the event log
 
 
-def board_log(msg):
+def _say(msg):
+    # The board's debug console (stderr on the sim); never the meter's link.
     print("boot:", msg, file=sys.stderr)
+
+
+def _select(board, bcb, events):
+    """Decide which slot runs, persisting the decision before anything runs. Returns
+    (manifest, image id) of a verified image, or raises NoBootableImage."""
+    limit = board.defaults.get("trial_attempts", 3)
+    events.log(eventlog.BOOT, bcb.reason)
+    if bcb.trial == bcb.active:
+        if bcb.attempts_left == 0:
+            _revert_now(bcb, events, "image on trial did not confirm within its attempts")
+        else:
+            bcb.attempts_left -= 1
+            events.log(eventlog.TRIAL_ATTEMPT, bcb.attempts_left)
+    elif bcb.failures >= limit:
+        bcb.save()
+        raise NoBootableImage("image failed to come up healthy %d boots in a row" % bcb.failures)
+    bcb.failures += 1  # cleared by the application once it is healthy
+    bcb.save()  # the attempt counts before the image runs
+    try:
+        return slots.check(bcb.active, board.name)
+    except ValueError as e:
+        if bcb.trial != bcb.active or bcb.previous == NONE:
+            raise NoBootableImage("active image does not verify: %s" % e)
+        _revert_now(bcb, events, "image on trial does not verify: %s" % e)
+        bcb.save()
+    try:
+        return slots.check(bcb.active, board.name)
+    except ValueError as e:
+        raise NoBootableImage("previous image does not verify either: %s" % e)
 
 
 def start(board):
@@ -72,22 +119,11 @@ def start(board):
     bcb.reason = _reason_index(board, bcb)
     bcb.pending = NONE
     wdt = board.watchdog(board.defaults.get("watchdog_ms", _WATCHDOG_MS))
-    if bcb.trial == bcb.active:
-        if bcb.attempts_left == 0:
-            _, img_id = slots.manifest(bcb.active)
-            _revert_now(bcb, events, img_id, "trial attempts exhausted")
-        else:
-            bcb.attempts_left -= 1
-            events.log(eventlog.TRIAL_ATTEMPT, bcb.attempts_left)
-    bcb.save()  # the attempt counts before the image runs
-    events.log(eventlog.BOOT, bcb.reason)
     try:
-        manifest, image_id = slots.check(bcb.active, board.name)
-    except ValueError as e:
-        if bcb.trial != bcb.active or bcb.previous == NONE:
-            raise  # no image to fall back to: the recovery console's job
-        _revert_now(bcb, events, slots.manifest(bcb.active)[1], str(e))
-        manifest, image_id = slots.check(bcb.active, board.name)
+        manifest, image_id = _select(board, bcb, events)
+    except NoBootableImage as e:
+        _recover(board, bcb, events, wdt, str(e))
+        return
     vfs.mount(ImageVfs(slot_path(bcb.active)), "/app")
     sys.path.insert(0, "/app")
     platform = Platform(board, bcb, events, wdt, manifest, image_id)
@@ -97,6 +133,15 @@ def start(board):
     except Exception as e:  # any failure of the image is a failed boot, not a bootloader fault
         sys.print_exception(e, sys.stderr)
         events.log(eventlog.APP_CRASH, bcb.active)
-        if platform.in_trial and bcb.previous != NONE:
-            platform.revert(reject=True)
-        board.reset()
+        if platform.in_trial and platform.can_revert():
+            platform.revert(reject=True, why="image on trial crashed: %s" % e)
+        board.reset()  # counted as a failed boot; enough of them open the recovery console
+
+
+def _recover(board, bcb, events, wdt, why):
+    from bootloader.recovery import RecoveryConsole
+
+    _say("recovery console: " + why)
+    bcb.reason = _RECOVERY
+    events.log(eventlog.RECOVERY, bcb.active)
+    RecoveryConsole(board, bcb, events, wdt, why).run()

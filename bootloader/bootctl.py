@@ -6,8 +6,9 @@ from binascii import crc32
 from micropython import const
 
 _MAGIC = b"MBC1"
-_FMT = "<4sIBBBBBBBBI"  # magic seq active previous trial attempts confirmed reason pending nrej floor
-_HEAD = const(20)
+# magic seq active previous trial attempts confirmed reason pending failures nrej floor
+_FMT = "<4sIBBBBBBBBBI"
+_HEAD = const(21)
 _MAX_REJECTED = const(4)
 _ID = const(32)
 _SIZE = const(_HEAD + _MAX_REJECTED * _ID + 4)
@@ -33,6 +34,7 @@ class BootControl:
         self.confirmed = True
         self.reason = 0
         self.pending = NONE  # reason for the reset we asked for; consumed by the next boot
+        self.failures = 0    # boots in a row that did not reach a healthy application
         self.rejected = []   # image ids (sha256 of the manifest), oldest first
         self.floor = 0       # security-version floor
         self.copy = -1       # which copy this was loaded from; -1 if none was valid
@@ -41,7 +43,7 @@ class BootControl:
         buf = bytearray(_SIZE)
         struct.pack_into(_FMT, buf, 0, _MAGIC, self.seq, self.active, self.previous,
                          self.trial, self.attempts_left, 1 if self.confirmed else 0,
-                         self.reason, self.pending, len(self.rejected), self.floor)
+                         self.reason, self.pending, self.failures, len(self.rejected), self.floor)
         for i, img_id in enumerate(self.rejected):
             buf[_HEAD + i * _ID:_HEAD + (i + 1) * _ID] = img_id
         struct.pack_into("<I", buf, _SIZE - 4, crc32(memoryview(buf)[:_SIZE - 4]))
@@ -52,11 +54,11 @@ class BootControl:
         if len(buf) != _SIZE or struct.unpack_from("<I", buf, _SIZE - 4)[0] != crc32(memoryview(buf)[:_SIZE - 4]):
             return None
         f = struct.unpack_from(_FMT, buf, 0)
-        if f[0] != _MAGIC or f[9] > _MAX_REJECTED:
+        if f[0] != _MAGIC or f[10] > _MAX_REJECTED:
             return None
         b = cls()
         (_, b.seq, b.active, b.previous, b.trial, b.attempts_left, confirmed,
-         b.reason, b.pending, nrej, b.floor) = f
+         b.reason, b.pending, b.failures, nrej, b.floor) = f
         b.confirmed = bool(confirmed)
         b.rejected = [bytes(buf[_HEAD + i * _ID:_HEAD + (i + 1) * _ID]) for i in range(nrej)]
         return b
@@ -82,6 +84,12 @@ class BootControl:
             f.write(self.pack())
         self.copy = target
 
+    def unreject(self, img_id):
+        if img_id in self.rejected:
+            self.rejected.remove(img_id)
+            return True
+        return False
+
     def reject(self, img_id):
         if img_id not in self.rejected:
             self.rejected.append(img_id)
@@ -93,6 +101,6 @@ class BootControl:
             "previous": SLOT_NAMES[self.previous] if self.previous != NONE else None,
             "trial": SLOT_NAMES[self.trial] if self.trial != NONE else None,
             "attempts_left": self.attempts_left, "confirmed": self.confirmed,
-            "reason": REASONS[self.reason], "floor": self.floor,
+            "reason": REASONS[self.reason], "floor": self.floor, "failures": self.failures,
             "rejected": [r.hex() for r in self.rejected],
         }

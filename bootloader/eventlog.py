@@ -22,12 +22,16 @@ DOWNLOAD_STARTED = const(105)  # value: image size
 DOWNLOAD_DONE = const(106)     # value: image size
 BCB_RECOVERED = const(107)
 INTERVAL_GAP = const(108)  # value: intervals closed late after power-down
+RECOVERY = const(109)      # value: active slot
+UNREJECTED = const(110)
+HEALTH_FAILED = const(111)  # value: 1 critical, 2 important
 NAMES = {
     17: "firmware ready for activation", 18: "firmware activated",
     51: "firmware verification failed", 100: "boot", 101: "trial attempt",
     102: "image confirmed", 103: "reverted", 104: "application crashed",
     105: "download started", 106: "download complete", 107: "boot control rebuilt",
-    108: "intervals closed after power-down",
+    108: "intervals closed after power-down", 109: "recovery console opened",
+    110: "rejected image allowed again by operator", 111: "health check failed",
 }
 
 

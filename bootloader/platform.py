@@ -75,6 +75,7 @@ class Platform:
             return False
         b.trial = NONE
         b.confirmed = True
+        b.failures = 0
         b.floor = max(b.floor, self.manifest.get("security_version", 0))
         b.save()
         self.events.log(eventlog.CONFIRMED, b.floor)
@@ -84,16 +85,34 @@ class Platform:
         b = self.bcb
         return b.previous != NONE and slots.manifest(b.previous)[0] is not None
 
-    def revert(self, reject=False):
+    def healthy(self):
+        """The application is up and its critical checks pass: this boot did not fail."""
+        if self.bcb.failures:
+            self.bcb.failures = 0
+            self.bcb.save()
+
+    def unreject(self, image_id):
+        """An operator's authenticated decision to allow a rejected image again."""
+        if self.bcb.unreject(image_id):
+            self.bcb.save()
+            self.events.log(eventlog.UNREJECTED, 0)
+            return True
+        return False
+
+    def revert(self, reject=False, why=None):
         """Go back to the previous slot and reset. Does not return. Raises ValueError if none."""
         b = self.bcb
         if not self.can_revert():
             raise ValueError("no previous image to revert to")
-        if reject:
+        if reject and self.image_id is not None:
             b.reject(self.image_id)
+            if why:
+                from bootloader.transfer import record_failure
+                record_failure(why)
         b.active, b.previous = b.previous, b.active
         b.trial = NONE
         b.confirmed = True
+        b.failures = 0
         b.pending = _REVERT
         b.save()
         self.events.log(eventlog.REVERTED, b.active)

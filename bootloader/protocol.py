@@ -12,6 +12,8 @@ UPD_VERIFY = const(0x12)
 UPD_ACTIVATE = const(0x13)
 UPD_STATE = const(0x14)
 REVERT = const(0x20)
+UNREJECT = const(0x21)
+RETRY = const(0x22)
 AUTH_CHALLENGE = const(0x30)
 
 

@@ -174,14 +174,21 @@ class Transfer:
             s["reason"] = s.get("reason") or "the meter went back to the previous image"
         self.save()
 
-    def fail(self, reason):
-        """The image on trial failed; the reason travels to the host with the verdict."""
-        s = self.state
-        if s["status"] in (ACTIVATING, ACTIVATED):
-            s["status"], s["result"], s["reason"] = ACTIVATION_FAILED, "reverted", reason
-            self.save()
-
     def confirmed(self):
         if self.state.get("result") == "trial":
             self.state["result"] = "confirmed"
             self.save()
+
+
+def record_failure(reason):
+    """Mark an activation as reverted with its reason, from wherever the failure was seen
+    (the bootloader before the image runs, or the image's own health check)."""
+    try:
+        with open(_STATE) as f:
+            s = json.load(f)
+    except (OSError, ValueError):
+        return
+    if s.get("status") in (ACTIVATING, ACTIVATED) and s.get("result") in (None, "trial"):
+        s["status"], s["result"], s["reason"] = ACTIVATION_FAILED, "reverted", reason
+        with open(_STATE, "w") as f:
+            json.dump(s, f)

@@ -28,7 +28,7 @@ class Meter:
             protocol.READ_INTERVALS: self.read_intervals,
             protocol.READ_EVENTS: self.read_events,
         })
-        self.link.add({protocol.REVERT: self.revert}, privileged=True)
+        self.link.add({protocol.REVERT: self.revert, protocol.UNREJECT: self.unreject}, privileged=True)
         self.agent.register(self.link)
 
     async def ping(self, payload):
@@ -79,6 +79,9 @@ class Meter:
         asyncio.create_task(self._revert())
         return {"reverting": True}
 
+    async def unreject(self, payload):
+        return {"unrejected": self.p.unreject(bytes(payload))}
+
     async def _revert(self):
         await asyncio.sleep_ms(50)  # let the reply leave first
         self.p.revert()
@@ -90,10 +93,14 @@ class Meter:
         results = await health.run(self.board, self.metering)
         self.health = [{"check": n, "severity": s, "ok": m is None, "message": m} for n, s, m in results]
         critical = [n + ": " + m for n, s, m in results if m and s == health.CRITICAL]
+        if any(m for _, _, m in results):
+            self.p.events.log(eventlog.HEALTH_FAILED, 1 if critical else 2)
+        if critical and self.p.in_trial:
+            self.p.revert(reject=True, why="critical health check failed: " + "; ".join(critical))
+        if critical:
+            return  # a confirmed image stays; the failure is reported and the boot counts as failed
+        self.p.healthy()
         if self.p.in_trial:
-            if critical:
-                self.agent.transfer.fail("critical health check failed: " + "; ".join(critical))
-                self.p.revert(reject=True)
             self.p.confirm()
             self.agent.transfer.confirmed()
 

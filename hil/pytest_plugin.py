@@ -90,6 +90,41 @@ def images(tmp_path_factory, keys_dir) -> dict:
     return made
 
 
+# Firmware variants that fail in one way each, made from firmware/ by a small patch, so the
+# production code carries no fault hooks.
+_VARIANTS = {
+    "crash_at_import": ("app.py", 'raise RuntimeError("crash at import (test image)")\n', "prepend"),
+    "hang": ("app.py", "\n\ndef main(platform):\n    import time\n    while True:\n        time.sleep(1)\n",
+             "append"),
+    "critical_health": ("health.py", "\n\nasync def _injected(board, metering):\n    return 'injected failure'\n\n"
+                        "CHECKS = CHECKS + (('injected', CRITICAL, _injected),)\n", "append"),
+    "important_health": ("health.py", "\n\nasync def _injected(board, metering):\n    return 'injected failure'\n\n"
+                         "CHECKS = CHECKS + (('injected', IMPORTANT, _injected),)\n", "append"),
+}
+
+
+@pytest.fixture(scope="session")
+def variant_images(tmp_path_factory, keys_dir) -> dict:
+    """name -> image file of version 1.1.0 with one injected fault (see _VARIANTS)."""
+    import shutil
+
+    from meterfw.image import build_image
+    from meterfw.keys import load_keys
+    from meterfw.paths import FIRMWARE
+
+    keys = load_keys(keys_dir)
+    out = tmp_path_factory.mktemp("variants")
+    made = {}
+    for name, (module, text, where) in _VARIANTS.items():
+        src = out / name
+        shutil.copytree(FIRMWARE, src, ignore=shutil.ignore_patterns("__pycache__"))
+        path = src / module
+        path.write_text(text + path.read_text() if where == "prepend" else path.read_text() + text)
+        made[name] = out / f"{name}.mfw"
+        made[name].write_bytes(build_image(src, "sim", "1.1.0", keys, build_time=1))
+    return made
+
+
 class MeterBoard:
     """A SimBoard running our firmware, with what tests need to check its data."""
 
@@ -131,6 +166,23 @@ def board(sim_factory, images, keys_dir) -> MeterBoard:
     """A factory-fresh simulated meter running image v1, metering short intervals."""
     sim = sim_factory(image=images["v1"], keys=keys_dir, interval_s=INTERVAL_S, seed=SEED)
     return MeterBoard(sim, SEED, INTERVAL_S, keys_dir)
+
+
+@pytest.fixture
+def make_board(sim_factory, images, keys_dir):
+    """make_board(image=..., **sim_json_overrides) for boards that need other settings
+    (a short watchdog, one trial attempt, ...). Overrides go to sim.json before start."""
+
+    def make(image=None, **overrides) -> MeterBoard:
+        import json as _json
+
+        d = sim_factory.new_dir()
+        if overrides:
+            (d / "sim.json").write_text(_json.dumps(overrides))
+        sim = sim_factory(dir=d, image=image or images["v1"], keys=keys_dir, interval_s=INTERVAL_S, seed=SEED)
+        return MeterBoard(sim, SEED, INTERVAL_S, keys_dir)
+
+    return make
 
 
 @pytest.fixture

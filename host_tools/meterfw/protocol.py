@@ -9,6 +9,8 @@ UPD_VERIFY = 0x12
 UPD_ACTIVATE = 0x13
 UPD_STATE = 0x14
 REVERT = 0x20
+UNREJECT = 0x21
+RETRY = 0x22
 AUTH_CHALLENGE = 0x30
 
 # DLMS class 18 image_transfer_status

@@ -20,11 +20,11 @@ from .keys import load_keys
 from .paths import BOOTLOADER, board_dir
 
 # VfsLfs2's defaults on MicroPython: images made here must mount there unchanged.
-_LFS = dict(read_size=32, prog_size=32, lookahead_size=32)
+LFS_CONFIG = dict(read_size=32, prog_size=32, lookahead_size=32)
 
 
-def _geometry(board: str) -> dict:
-    return json.loads((board_dir(board) / "board.json").read_text())
+def flash_geometry(board: str) -> dict:
+    return json.loads((board_dir(board) / "board.json").read_text())["flash"]
 
 
 def device_files(image: bytes, keys_dir: Path, board: str, serial: str) -> dict[str, bytes]:
@@ -61,8 +61,8 @@ def default_serial(image: bytes, seed: str) -> str:
 
 
 def build_flash(files: dict[str, bytes], board: str) -> bytes:
-    geo = _geometry(board)["flash"]
-    fs = LittleFS(block_size=geo["block_size"], block_count=geo["block_count"], **_LFS)
+    geo = flash_geometry(board)
+    fs = LittleFS(block_size=geo["block_size"], block_count=geo["block_count"], **LFS_CONFIG)
     for path, data in files.items():
         parent = path.rsplit("/", 1)[0]
         if parent:

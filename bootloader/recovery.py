@@ -1,0 +1,92 @@
+# The recovery console: a minimal command server in the bootloader, opened when no
+# application can run (like MCUboot's serial recovery), so a meter with a broken application
+# never needs a site visit (BR11). Same link, framing and authentication as the application.
+import asyncio
+import json
+from micropython import const
+from bootloader import eventlog, protocol as P
+from bootloader.bootctl import SLOT_NAMES, REASONS
+from bootloader.link import LinkServer
+from bootloader.platform import Platform
+from bootloader.protocol import CommandError
+from bootloader.transfer import Transfer, VERIFIED
+
+_FEED_MS = const(1000)
+
+
+class RecoveryConsole:
+    def __init__(self, board, bcb, events, wdt, why):
+        self.why = why
+        self.p = Platform(board, bcb, events, wdt, None, None)
+        self.transfer = Transfer(self.p)
+        self.link = LinkServer(board)
+        self.link.add({P.PING: self.ping, P.STATUS: self.status, P.READ_EVENTS: self.read_events,
+                       P.UPD_STATE: self.update_state})
+        t = self.transfer
+        self.link.add({P.UPD_INITIATE: t.initiate, P.UPD_BLOCK: t.block, P.UPD_VERIFY: t.verify,
+                       P.UPD_ACTIVATE: self.activate, P.REVERT: self.revert, P.UNREJECT: self.unreject,
+                       P.RETRY: self.retry}, privileged=True)
+
+    async def ping(self, payload):
+        return payload
+
+    async def status(self, _payload):
+        p = self.p
+        active = p.slot_versions()[SLOT_NAMES[p.slot]]["version"]
+        return {
+            "mode": "recovery", "recovery_reason": self.why, "board": p.board.name,
+            "serial": p.identity.get("serial"), "active_slot": SLOT_NAMES[p.slot],
+            "active_version": active, "confirmed": p.bcb.confirmed, "trial": False,
+            "slots": p.slot_versions(), "register_wh": None, "register_mwh": None, "uptime_s": 0,
+            "boot_reason": REASONS[p.bcb.reason], "bootloader_version": p.bootloader_version,
+            "security_floor": p.bcb.floor, "rejected": [r.hex() for r in p.bcb.rejected],
+            "boot_control": p.bcb.to_dict(), "update": self.transfer.public_state(), "health": None,
+        }
+
+    async def read_events(self, payload):
+        q = json.loads(payload) if payload else {}
+        evs = self.p.events.read(q.get("since_seq", 0), min(q.get("limit", 50), 50))
+        return {"events": [{"seq": e[0], "time": e[1], "code": e[2],
+                            "name": eventlog.NAMES.get(e[2], "event"), "value": e[3]} for e in evs]}
+
+    async def update_state(self, _payload):
+        return self.transfer.public_state()
+
+    async def activate(self, _payload):
+        if self.transfer.state["status"] != VERIFIED:
+            raise CommandError("not_verified", "verify the image before activating it")
+        self.transfer.activating()
+        asyncio.create_task(self._later(self.p.activate, self.transfer.state["slot"]))
+        return {"when": "now", "boundary_s": None}
+
+    async def revert(self, _payload):
+        if not self.p.can_revert():
+            raise CommandError("no_previous", "no previous image to revert to")
+        asyncio.create_task(self._later(self.p.revert))
+        return {"reverting": True}
+
+    async def unreject(self, payload):
+        return {"unrejected": self.p.unreject(bytes(payload))}
+
+    async def retry(self, _payload):
+        """Give the active image a fresh set of tries, as after a repair of its data."""
+        self.p.bcb.failures = 0
+        self.p.bcb.save()
+        asyncio.create_task(self._later(self.p.board.reset))
+        return {"retrying": True}
+
+    async def _later(self, fn, *args):
+        await asyncio.sleep_ms(50)  # let the reply leave first
+        fn(*args)
+
+    async def _feed(self):
+        while True:
+            self.p.watchdog.feed()
+            await asyncio.sleep_ms(_FEED_MS)
+
+    def run(self):
+        async def main():
+            asyncio.create_task(self._feed())
+            await self.link.run()
+
+        asyncio.run(main())
