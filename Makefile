@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test powercut clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+powercut: $(STAMP)
+	$(BIN)/python -m hil.powercut
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

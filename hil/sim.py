@@ -54,6 +54,14 @@ class SimBoard:
         """Press the reset button. Returns the state after the new boot."""
         return _sup.command(self.dir, "reset")
 
+    def cut_at(self, n: int, torn: bool = False) -> dict:
+        """Cut the power at the device's nth flash operation from now (tearing it if asked)."""
+        return _sup.command(self.dir, "cut", n, "torn" if torn else "clean")
+
+    def flash_ops(self) -> int:
+        """Flash erases and programs the device has done, over all its boots."""
+        return _sup.command(self.dir, "sync")["flash_ops"]
+
     # -- observing --------------------------------------------------------------------------
     def state(self) -> dict:
         return _sup.read_state(self.dir)

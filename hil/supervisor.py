@@ -208,6 +208,11 @@ class Supervisor:
         self.proc: subprocess.Popen | None = None
         self.ctl_out: int | None = None  # our read end of the device's fd 3
         self.ctl_in: int | None = None  # our write end of the device's fd 4
+        self.flash_ops = 0   # erases and programs the device reported, over all boots
+        self.power_cuts = 0  # cuts at a flash operation that the device carried out
+        # A planned cut outlives the boots before it: [operations left, torn]. The device
+        # counts down within a boot; we count its reported operations to hand the rest on.
+        self.cut_plan: list | None = None
         self._ctl_buf = b""
         self.wdt_ms: int | None = None
         self.wdt_deadline: float | None = None
@@ -258,6 +263,8 @@ class Supervisor:
             "updated_s": time.time(),
             "acks": list(self.acks),
             "line": self.line.stats() if hasattr(self, "line") else None,
+            "flash_ops": self.flash_ops,
+            "power_cuts": self.power_cuts,
         }
 
     def write_state(self, name: str | None = None) -> None:
@@ -377,6 +384,7 @@ class Supervisor:
                 os.close(child_in)
         self.ctl_out, self.ctl_in = out_r, in_w
         self._ctl_buf = b""
+        self._send_cut_plan()
         self.boots = n
         self.last_cause = cause
         self.wdt_ms = None
@@ -391,6 +399,11 @@ class Supervisor:
         self.log(f"boot {n} cause={cause} device_pid={self.proc.pid}")
         self.write_state()
 
+    def _send_cut_plan(self) -> None:
+        if self.cut_plan is not None and self.ctl_in is not None and self.cut_plan[0] > 0:
+            n, torn = self.cut_plan
+            os.write(self.ctl_in, f"cut {n} {'torn' if torn else 'clean'}\n".encode())
+
     def kill_device(self, why: str) -> None:
         """Cut the MCU's power at once."""
         if self.proc is None:
@@ -401,6 +414,8 @@ class Supervisor:
         except ProcessLookupError:
             pass
         rc = self.proc.wait()
+        if self.cut_plan is not None:
+            self._read_ctl(time.monotonic())  # its last flash operations count toward the plan
         self.log(f"device pid={pid} killed ({why}), rc={rc}")
         self._device_gone()
 
@@ -450,7 +465,18 @@ class Supervisor:
         if not line:
             return
         word, _, rest = line.partition(" ")
-        if word == "feed":
+        if word == "w":
+            self.flash_ops += 1
+            if self.cut_plan is not None:
+                self.cut_plan[0] -= 1
+        elif word == "cut":
+            # The device stopped itself at the flash operation we asked for: the power is off.
+            self.power_cuts += 1
+            self.cut_plan = None
+            self.log(f"power cut at flash operation: {rest}")
+            self.kill_device("power cut at a flash operation")
+            self.boot(POWER_ON)
+        elif word == "feed":
             if self.wdt_ms is not None:
                 self.wdt_deadline = now + self.wdt_ms / 1000.0
         elif word == "wdt":
@@ -513,6 +539,17 @@ class Supervisor:
             else:
                 self._acks_at_boot.append(token)
                 self.boot(POWER_ON)
+        elif cmd == "cut":
+            # Forward to the device's flash model: cut the power at its Nth flash operation
+            # from now, optionally tearing that operation part-way.
+            self.log(f"command cut {' '.join(args)}")
+            self.cut_plan = [int(args[0]), len(args) > 1 and args[1] == "torn"]
+            self._send_cut_plan()
+            self.acks.append(token)
+            self.write_state()
+        elif cmd == "sync":
+            self.acks.append(token)  # a fresh state.json, e.g. for the flash-operation count
+            self.write_state()
         elif cmd == "reset":
             self.log("command reset")
             self.kill_device("reset pin")

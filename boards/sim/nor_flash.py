@@ -30,6 +30,8 @@ class NorFlash:
         self._check = bytearray(self._bs)
         self.writes = 0  # erases plus programs since power-on
         self.busy_hook = None  # the UART model wants to know when the CPU was stalled
+        self._cut_in = None    # flash operations left before a planned power cut
+        self._cut_torn = False
         self._ensure_size()
 
     def _ensure_size(self):
@@ -75,7 +77,28 @@ class NorFlash:
         return 0
 
     def _cut_point(self, block, off, buf):
+        """Every erase and program passes here: count it for the rig, and play a power cut
+        when one was asked for at this operation (a torn one programs or erases only part)."""
         self.writes += 1
+        self._ctl.send("w")
+        plan = self._ctl.poll_cut()
+        if plan is not None:
+            self._cut_in, self._cut_torn = plan
+        if self._cut_in is None:
+            return
+        self._cut_in -= 1
+        if self._cut_in > 0:
+            return
+        if self._cut_torn:
+            pos = block * self._bs + off
+            self._f.seek(pos)
+            if buf is None:  # an interrupted erase leaves the first part erased
+                self._f.write(self._ff[: self._bs // 2])
+            else:  # an interrupted program has programmed only its first pages
+                self._f.write(buf[: max(1, len(buf) // 2)])
+        self._ctl.send("cut %s %d" % ("torn" if self._cut_torn else "clean", self.writes))
+        while True:  # the power is gone: nothing runs until the supervisor ends this process
+            time.sleep(1)
 
     def _stall(self, ms):
         if ms > 0:

@@ -2,6 +2,7 @@
 # Loaded by power_on.py from the host before the flash filesystem is mounted, so it may hold
 # host file handles; the board HAL (/board/hal.py on the device filesystem) is its only user.
 import json
+import select
 import sys
 from nor_flash import NorFlash
 from metrology import Metrology
@@ -25,8 +26,21 @@ class Ctl:
         self._out = open("/dev/fd/%d" % out_fd, "wb")
         self._in = open("/dev/fd/%d" % in_fd, "rb")
 
+        self._poll = select.poll()
+        self._poll.register(self._in, select.POLLIN)
+
     def send(self, line):
         self._out.write(line.encode() + b"\n")
+
+    def poll_cut(self):
+        """A `cut N [torn]` request from the supervisor, if one is waiting: (N, torn)."""
+        if not self._poll.poll(0):
+            return None
+        line = b""
+        while not line.endswith(b"\n"):
+            line += self._in.read(1)
+        words = line.split()
+        return int(words[1]), len(words) > 2 and words[2] == b"torn"
 
 
 class Hardware:

@@ -23,6 +23,14 @@ from .paths import BOOTLOADER, board_dir
 LFS_CONFIG = dict(read_size=32, prog_size=32, lookahead_size=32)
 
 
+# The board's HAL modules that go to /board/ (pico2 shares the rp2 code of pico).
+HAL_SOURCES = {
+    "sim": [board_dir("sim") / "hal.py"],
+    "pico": [board_dir("pico") / "hal.py", board_dir("pico") / "rp2hal.py"],
+    "pico2": [board_dir("pico2") / "hal.py", board_dir("pico") / "rp2hal.py"],
+}
+
+
 def flash_geometry(board: str) -> dict:
     return json.loads((board_dir(board) / "board.json").read_text())["flash"]
 
@@ -41,9 +49,8 @@ def device_files(image: bytes, keys_dir: Path, board: str, serial: str) -> dict[
         for src in sorted(BOOTLOADER.glob("*.py")):
             if src.name != "main.py":
                 files[f"/bootloader/{src.stem}.mpy"] = _compile(src, f"bootloader/{src.name}", Path(tmp))
-        for src in sorted(board_dir(board).glob("*.py")):
-            if src.name in ("hal.py",):
-                files[f"/board/{src.stem}.mpy"] = _compile(src, f"board/{src.name}", Path(tmp))
+        for src in HAL_SOURCES[board]:
+            files[f"/board/{src.stem}.mpy"] = _compile(src, f"board/{src.name}", Path(tmp))
     files["/board/board.json"] = (board_dir(board) / "board.json").read_bytes()
     files["/keys/vendor.pub"] = keys.vendor_public_raw
     if keys.utility_public_raw:
