@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test powercut clean
+.PHONY: setup demo test powercut bench clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 powercut: $(STAMP)
 	$(BIN)/python -m hil.powercut
+
+bench: $(STAMP)
+	$(BIN)/python -m hil.bench
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

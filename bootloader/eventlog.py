@@ -25,6 +25,30 @@ INTERVAL_GAP = const(108)  # value: intervals closed late after power-down
 RECOVERY = const(109)      # value: active slot
 UNREJECTED = const(110)
 HEALTH_FAILED = const(111)  # value: 1 critical, 2 important
+UPGRADE_NOTICE = const(130)  # value: image size (FR33)
+ACTIVATION_DEFERRED = const(131)  # value: seconds later than asked, for a pricing event (FR30)
+# The application's codes (firmware/codes.py defines them for the application itself): DLMS
+# standard event log codes, and 140-159 for the meter runtime.
+CLOCK_ADJUSTED_OLD = const(4)
+CLOCK_ADJUSTED_NEW = const(5)
+CLOCK_INVALID = const(6)
+NV_MEMORY_ERROR = const(14)
+MEASUREMENT_ERROR = const(16)
+INTERVALS_DROPPED = const(140)
+REGISTERS_RESET = const(141)
+REGISTERS_RESET_RECEIVED = const(142)
+STATE_CHANGED = const(143)
+RELAY_DISCONNECTED = const(144)
+RELAY_CONNECTED = const(145)
+RELAY_MISMATCH = const(146)
+HEALTH_PASSED = const(147)
+HEALTH_CRITICAL = const(148)
+HEALTH_IMPORTANT = const(149)
+LOAD_LIMIT_EXCEEDED = const(150)
+FRONTEND_RESTARTED = const(151)
+STATE_RECOVERED = const(152)
+ALARMS_ACKED = const(153)
+OUTBOX_OVERFLOW = const(154)
 NAMES = {
     17: "firmware ready for activation", 18: "firmware activated",
     51: "firmware verification failed", 100: "boot", 101: "trial attempt",
@@ -32,6 +56,16 @@ NAMES = {
     105: "download started", 106: "download complete", 107: "boot control rebuilt",
     108: "intervals closed after power-down", 109: "recovery console opened",
     110: "rejected image allowed again by operator", 111: "health check failed",
+    130: "upgrade available", 131: "activation deferred for a pricing event",
+    4: "clock adjusted (old time)", 5: "clock adjusted (new time)", 6: "clock invalid",
+    14: "non-volatile memory error", 16: "measurement system error",
+    140: "interval records dropped (quota)", 141: "registers reset (delivered)",
+    142: "registers reset (received)", 143: "meter state changed", 144: "relay disconnected",
+    145: "relay connected", 146: "relay position differs from meter state",
+    147: "health check passed", 148: "critical health check failed",
+    149: "important health check failed", 150: "load limit exceeded",
+    151: "metrology front-end restarted", 152: "meter state recovered",
+    153: "alarms acknowledged", 154: "alarm dropped: outbox full",
 }
 
 

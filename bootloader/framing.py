@@ -14,7 +14,7 @@ _ESC_END = b"\xdb\xdc"
 _ESC_ESC = b"\xdb\xdd"
 _HEAD = const(2)
 _CRC = const(4)
-MAX_PAYLOAD = const(2048)  # an image block plus its header fits with room to spare
+MAX_PAYLOAD = const(2560)  # a 2 KiB image block with its header and session trailer fits
 
 # Frame types. A request's type is its command code; the reply is code | OK_BIT, or ERROR.
 OK_BIT = const(0x80)

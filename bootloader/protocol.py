@@ -11,10 +11,23 @@ UPD_BLOCK = const(0x11)
 UPD_VERIFY = const(0x12)
 UPD_ACTIVATE = const(0x13)
 UPD_STATE = const(0x14)
+UPD_NOTICE = const(0x15)  # upgrade available, before any payload (FR33)
 REVERT = const(0x20)
 UNREJECT = const(0x21)
 RETRY = const(0x22)
 AUTH_CHALLENGE = const(0x30)
+# The meter runtime (firmware/runtime.py): reads, then privileged changes.
+READ_REGISTERS = const(0x40)
+READ_STATE = const(0x41)
+HEALTH = const(0x42)
+TIME_GET = const(0x43)
+READ_ALARMS = const(0x44)
+READ_DISPLAY = const(0x45)
+SET_STATE = const(0x50)
+TIME_SET = const(0x51)
+RELAY = const(0x52)
+ACK_ALARMS = const(0x53)
+RESET_REGISTERS = const(0x54)
 
 
 class CommandError(Exception):

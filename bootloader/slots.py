@@ -61,10 +61,15 @@ def _public_key(role):
 async def check_signatures(slot, require_approval):
     """Ed25519 checks of a slot's manifest against the meter's public keys (vendor, and the
     utility's approval when required). Raises ValueError naming the first failure."""
-    from bootloader import ed25519  # loaded only for a verify: ~14 KB of heap
-
     with open(slot_path(slot), "rb") as f:
         raw, sigs, _ = image.read_header(f)
+    await check_header_signatures(raw, sigs, require_approval)
+
+
+async def check_header_signatures(raw, sigs, require_approval):
+    """check_signatures on a manifest and signatures already read (an initiate's image head)."""
+    from bootloader import ed25519  # loaded only for a verify: ~14 KB of heap
+
     found = {}
     for role, key_id, sig in sigs:
         if role not in _PREFIX:

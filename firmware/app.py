@@ -3,14 +3,27 @@
 import asyncio
 import gc
 import json
+import sys
 import time
 from bootloader import eventlog, protocol
 from bootloader.bootctl import SLOT_NAMES
-from intervals import FIRMWARE_CHANGE, flag_names
+from intervals import FIRMWARE_CHANGE, FLAG_NAMES
 from metering import Metering
 from bootloader.link import LinkServer
 from update_agent import UpdateAgent
-import health
+import codes
+from display import Notices
+from meter_state import MeterState
+from outbox import Outbox
+
+# Pages small enough that a reply stays near 2 KiB: the host's frame limit, and the heap's.
+_INTERVAL_PAGE = 20
+_EVENT_PAGE = 30
+_GC_EVERY_BYTES = 8192
+_LOAD_TRIES = 5
+_LOAD_RETRY_MS = 200
+_IV_FIELDS = ("seq", "start", "duration_s", "flags", "energy_mwh", "received_mwh", "register_mwh",
+              "register_received_mwh")
 
 
 class Meter:
@@ -18,8 +31,22 @@ class Meter:
         self.p = platform
         self.board = platform.board
         self.started_ms = time.ticks_ms()
-        self.metering = Metering(self.board)
-        self.agent = UpdateAgent(platform, self.metering)
+        events = platform.events
+        self.state = MeterState(events=events)
+        self.metering = Metering(self.board, events, self.state, platform.boot_reason)
+        self.outbox = Outbox(self.board.clock, events, self.state.reports_at_once)
+        self.metering.alarm = self.outbox.post
+        self.notices = Notices(self.board)
+        self.agent = UpdateAgent(platform, self.metering, self.metering.pricing_events)
+        # Every activation (the update agent's, or the recovery path's) stores the pre-switch
+        # snapshot first, so the new image's health check has registers and a meter state hash
+        # to compare with. Wrapped here so the platform need not know about meter data.
+        activate = platform.activate
+
+        def activate_after_snapshot(slot):
+            self.metering.pre_switch()
+            activate(slot)
+        platform.activate = activate_after_snapshot
         self.health = None
         self.heap_peak = 0
         self.link = LinkServer(self.board, {
@@ -30,6 +57,36 @@ class Meter:
         })
         self.link.add({protocol.REVERT: self.revert, protocol.UNREJECT: self.unreject}, privileged=True)
         self.agent.register(self.link)
+        # The runtime's commands load their code for each request and drop it after: the heap
+        # holds none of it while the meter meters and downloads (cmd_read.py, cmd_change.py).
+        self.link.add({protocol.READ_REGISTERS: self._run("cmd_read", "registers"),
+                       protocol.READ_STATE: self._run("cmd_read", "state"),
+                       protocol.HEALTH: self._run("cmd_read", "health"),
+                       protocol.TIME_GET: self._run("cmd_read", "time_get"),
+                       protocol.READ_ALARMS: self._run("cmd_read", "alarms"),
+                       protocol.READ_DISPLAY: self._run("cmd_read", "display")})
+        self.link.add({protocol.SET_STATE: self._run("cmd_change", "set_state"),
+                       protocol.TIME_SET: self._run("cmd_change", "time_set"),
+                       protocol.RELAY: self._run("cmd_change", "relay"),
+                       protocol.ACK_ALARMS: self._run("cmd_change", "ack"),
+                       protocol.RESET_REGISTERS: self._run("cmd_change", "reset_registers")}, privileged=True)
+        self.outbox.send = self.link.send_alarm
+        self.outbox.activity = self._requests
+        _lazy("boot_tasks").at_start(self)  # the relay's latched position is read, never moved (FR2)
+        _drop()
+
+    def _requests(self):
+        return self.link.requests
+
+    def _run(self, module, name):
+        async def handler(payload):
+            try:
+                return await getattr(await _load(module), name)(self, payload)
+            except MemoryError:
+                raise protocol.CommandError("no_memory", "meter busy: no room for this command now; try again")
+            finally:
+                _drop()
+        return handler
 
     async def ping(self, payload):
         return payload
@@ -46,6 +103,9 @@ class Meter:
             "slots": p.slot_versions(),
             "register_wh": self.metering.live_register_mwh() / 1000,
             "register_mwh": self.metering.live_register_mwh(),
+            "register_received_mwh": self.metering.registers()[1],
+            "state_hash": self.state.hash(),
+            "alarms_pending": len(self.outbox.pending),
             "uptime_s": time.ticks_diff(time.ticks_ms(), self.started_ms) // 1000,
             "boot_reason": p.boot_reason,
             "time_s": self.board.clock.time_ms() // 1000,
@@ -60,18 +120,23 @@ class Meter:
         }
 
     async def read_intervals(self, payload):
+        # Rows rather than objects: a page of 20 stays well inside one frame. `more` says
+        # whether records follow; the host pages on from the last seq it got.
         q = json.loads(payload) if payload else {}
-        recs = self.metering.log.read(q.get("since_seq", 0), min(q.get("limit", 100), 100))
-        return {"records": [
-            {"seq": r[0], "start": r[1], "duration_s": r[2], "flags": flag_names(r[3]),
-             "energy_mwh": r[4], "energy_wh": r[4] / 1000, "register_mwh": r[5]} for r in recs]}
+        recs, more = self.metering.log.read(q.get("since_seq", 0), max(1, min(q.get("limit", _INTERVAL_PAGE), _INTERVAL_PAGE)),
+                                            q.get("since_s", 0))
+        return {"fields": _IV_FIELDS, "flag_names": FLAG_NAMES, "more": more,
+                "rows": [r[:8] for r in recs], "first_seq": self.metering.log.first_seq}
 
     async def read_events(self, payload):
         q = json.loads(payload) if payload else {}
-        evs = self.p.events.read(q.get("since_seq", 0), min(q.get("limit", 50), 50))
-        return {"events": [
-            {"seq": e[0], "time": e[1], "code": e[2], "name": eventlog.NAMES.get(e[2], "event"), "value": e[3]}
-            for e in evs]}
+        limit = max(1, min(q.get("limit", _EVENT_PAGE), _EVENT_PAGE))
+        evs = self.p.events.read(q.get("since_seq", 0), limit + 1)
+        names = {}
+        for e in evs[:limit]:
+            names[e[2]] = eventlog.NAMES.get(e[2], "event")
+        return {"fields": ("seq", "time", "code", "value"), "rows": evs[:limit], "names": names,
+                "more": len(evs) > limit}
 
     async def revert(self, _payload):
         if not self.p.can_revert():
@@ -84,25 +149,35 @@ class Meter:
 
     async def _revert(self):
         await asyncio.sleep_ms(50)  # let the reply leave first
+        self.metering.pre_switch()  # what the image reverted to checks itself against
         self.p.revert()
 
     async def post_boot(self):
         if self.p.boot_reason in ("activate", "revert"):
             self.metering.mark(FIRMWARE_CHANGE)
         self.agent.transfer.settle(self.p.image_id)
-        results = await health.run(self.board, self.metering)
-        self.health = [{"check": n, "severity": s, "ok": m is None, "message": m} for n, s, m in results]
-        critical = [n + ": " + m for n, s, m in results if m and s == health.CRITICAL]
-        if any(m for _, _, m in results):
-            self.p.events.log(eventlog.HEALTH_FAILED, 1 if critical else 2)
-        if critical and self.p.in_trial:
-            self.p.revert(reject=True, why="critical health check failed: " + "; ".join(critical))
-        if critical:
-            return  # a confirmed image stays; the failure is reported and the boot counts as failed
-        self.p.healthy()
-        if self.p.in_trial:
-            self.p.confirm()
-            self.agent.transfer.confirmed()
+        rt = await _load("boot_tasks")  # dropped again at the end
+        try:
+            rt.boot_notice(self)
+            if not self.metering.clock_valid(self.board.clock.time_ms() // 1000):
+                self.p.events.log(codes.CLOCK_INVALID, 0)
+                self.outbox.post(codes.CLOCK_INVALID, 0, "clock invalid at start-up")
+            results = await (await _load("health")).run(self)
+            # An absent interface is ok here but keeps its message; `meterfw health` shows its status.
+            self.health = [{"check": n, "severity": s, "ok": st != "fail", "message": m} for n, s, st, m, _ in results]
+            critical = rt.after_health(self, results)
+            if critical and self.p.in_trial:
+                self.p.revert(reject=True, why="critical health check failed: " + "; ".join(critical))
+            if critical:
+                return  # a confirmed image stays; the failure is reported and the boot counts as failed
+            self.p.healthy()
+            trial = self.p.in_trial
+            if trial:
+                self.p.confirm()
+                self.agent.transfer.confirmed()
+            rt.after_confirm(self, trial)
+        finally:
+            _drop()
 
     async def feed_watchdog(self):
         while True:
@@ -116,8 +191,42 @@ class Meter:
         asyncio.create_task(self.feed_watchdog())
         asyncio.create_task(self.metering.run())
         asyncio.create_task(self.post_boot())
+        asyncio.create_task(self.outbox.run())
+        asyncio.create_task(self.notices.follow(self.agent.transfer))
         await self.link.run()
 
 
+def _lazy(name):
+    return __import__(name)
+
+
+async def _load(name):
+    # A module is read in one piece: when the heap has no room that size just now, let other
+    # tasks finish what they hold and try again before giving up.
+    for _ in range(_LOAD_TRIES):
+        try:
+            return __import__(name)
+        except MemoryError:
+            gc.collect()
+            await asyncio.sleep_ms(_LOAD_RETRY_MS)
+    return __import__(name)
+
+
+# Modules loaded for a task and forgotten after it (their names stay interned; their code goes).
+_LAZY = ("boot_tasks", "cmd_read", "cmd_change", "health", "health_data", "state_json", "state_edit",
+         "state_lists", "metering_boot", "metering_ops", "snapshot")
+
+
+def _drop():
+    # Forget the lazily loaded modules so their code leaves the heap once the last call into
+    # them returns.
+    for name in _LAZY:
+        sys.modules.pop(name, None)
+
+
 def main(platform):
+    # Collect after every few KiB allocated rather than when the heap is full: garbage goes
+    # early, live objects pack low, and the contiguous room that importing a module or
+    # encoding a reply needs stays free (a full-heap collection leaves it fragmented).
+    gc.threshold(_GC_EVERY_BYTES)
     asyncio.run(Meter(platform).run())

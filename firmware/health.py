@@ -1,50 +1,153 @@
-# Post-boot health check. Each check returns None when it passes or a message when not;
-# its severity decides what the boot does: critical -> revert, important -> report and stay.
+# Health check (FR12): non-destructive, run after every boot and on request at any time.
+# Each item answers pass, fail or absent (an interface the board does not have: not a pass);
+# its severity, from the meter state's settings, decides what a failure does after a boot:
+# critical -> revert a trial image, important -> report and stay, info -> report only.
 import asyncio
+import gc
 import os
+import time
+from micropython import const
+from bootloader import framing
+from meter_state import HEALTH_ITEMS
 
 CRITICAL = "critical"
 IMPORTANT = "important"
+INFO = "info"
+PASS = "pass"
+FAIL = "fail"
+ABSENT = "absent"
+_VALID_FROM_S = const(1704067200)  # 2024-01-01: an RTC that lost its time reads earlier
+_SETTLE_MS = const(1100)           # the front-end accumulates whole seconds
+_MAX_POWER_W = const(100000)       # more than any single-phase service delivers
+_CLOCK_TOLERANCE_MS = const(2000)
+_MIN_FREE_HEAP_PCT = const(25)
+_MIN_FREE_FLASH_KB = const(64)
+_SCRATCH = "/data/.health"
 
 
-async def _metrology_advances(board, metering):
-    a = board.energy_mwh()
-    await asyncio.sleep_ms(1100)  # the front-end accumulates whole seconds
-    if board.energy_mwh() <= a:
-        return "metrology front-end does not advance"
-    return None
+async def _clock(m, ctx):
+    now_ms = ctx["now_ms"]
+    last = m.metering.log.last
+    if now_ms // 1000 < _VALID_FROM_S:
+        return FAIL, "clock reads %d, before 2024: it lost its time" % (now_ms // 1000), None
+    if last and now_ms // 1000 < last[1]:
+        return FAIL, "clock is behind the last interval (%d)" % last[1], None
+    host_ms = ctx.get("host_time_ms")
+    if host_ms is None:
+        return PASS, None, None
+    offset_ms = now_ms - host_ms
+    tol_ms = m.board.defaults.get("clock_tolerance_ms", _CLOCK_TOLERANCE_MS)
+    if abs(offset_ms) > tol_ms:
+        return FAIL, "clock is %d ms off the host's (tolerance %d ms)" % (offset_ms, tol_ms), offset_ms
+    return PASS, None, offset_ms
 
 
-async def _storage_round_trip(board, metering):
-    path = "/data/.health"
-    probe = b"meterfw-health"
-    with open(path, "wb") as f:
+async def _metrology(m, ctx):
+    read = m.metering.read_frontend
+    a, a_rx = read()
+    t0 = time.ticks_ms()
+    await asyncio.sleep_ms(_SETTLE_MS)
+    b, b_rx = read()
+    dt_ms = time.ticks_diff(time.ticks_ms(), t0)
+    adv_mwh = (b - a) + (b_rx - a_rx)
+    if b < a or b_rx < a_rx:
+        return FAIL, "front-end reading went backwards", adv_mwh
+    if adv_mwh <= 0:
+        return FAIL, "front-end does not advance", 0
+    if adv_mwh * 3600 > _MAX_POWER_W * (dt_ms + 1000):
+        return FAIL, "front-end advanced %d mWh in %d ms: implausible" % (adv_mwh, dt_ms), adv_mwh
+    return PASS, None, adv_mwh
+
+
+async def _storage(m, ctx):
+    probe = b"meterfw-health %d" % ctx["now_ms"]
+    with open(_SCRATCH, "wb") as f:
         f.write(probe)
-    with open(path, "rb") as f:
+    with open(_SCRATCH, "rb") as f:
         ok = f.read() == probe
-    os.remove(path)
-    return None if ok else "storage scratch write does not read back"
+    os.remove(_SCRATCH)
+    return (PASS, None, None) if ok else (FAIL, "scratch write does not read back", None)
 
 
-async def _intervals_readable(board, metering):
-    metering.log.read(max(0, (metering.log.last or (0,))[0] - 1), 2)
-    return None
+async def _link(m, ctx):
+    probe = b"loopback %d" % ctx["now_ms"]
+    d = framing.Decoder()
+    frames = d.feed(framing.encode(0x00, 0x5A, probe))
+    if len(frames) != 1 or bytes(frames[0][2]) != probe:
+        return FAIL, "frame loopback failed", None
+    return PASS, None, m.link.requests
 
 
+def _interface(name):
+    async def check(m, ctx):
+        checks = m.board.interface_checks() if hasattr(m.board, "interface_checks") else {}
+        fn = checks.get(name)
+        if fn is None:
+            return ABSENT, "not fitted on this board", None
+        msg = fn()
+        return (FAIL, msg, None) if msg else (PASS, None, None)
+    return check
+
+
+async def _heap(m, ctx):
+    gc.collect()
+    free = gc.mem_free()
+    pct = free * 100 // (free + gc.mem_alloc())
+    need = m.board.defaults.get("min_free_heap_pct", _MIN_FREE_HEAP_PCT)
+    if pct < need:
+        return FAIL, "%d%% of the heap free, below %d%%" % (pct, need), free
+    return PASS, None, free
+
+
+async def _flash(m, ctx):
+    st = os.statvfs("/")
+    free_kb = st[0] * st[3] // 1024
+    need = m.board.defaults.get("min_free_flash_kb", _MIN_FREE_FLASH_KB)
+    if free_kb < need:
+        return FAIL, "%d KiB of flash free, below %d KiB" % (free_kb, need), free_kb
+    return PASS, None, free_kb
+
+
+def _data_item(name):
+    async def check(m, ctx):
+        data = ctx.get("data") or __import__("health_data")
+        return await getattr(data, name)(m, ctx)
+    return check
+
+
+# (item, default severity, check). A check is called as check(app, ctx) and answers
+# (status, message, value), or just a message (None when it passes). Items named in
+# meter_state.HEALTH_ITEMS take their severity from the meter state when it sets one.
 CHECKS = (
-    ("metrology", CRITICAL, _metrology_advances),
-    ("storage", CRITICAL, _storage_round_trip),
-    ("intervals", IMPORTANT, _intervals_readable),
+    ("metrology", CRITICAL, _metrology), ("clock", IMPORTANT, _clock), ("storage", CRITICAL, _storage),
+    ("data", IMPORTANT, _data_item("data")), ("registers", CRITICAL, _data_item("registers")),
+    ("meter_state", CRITICAL, _data_item("meter_state")), ("link", IMPORTANT, _link),
+    ("han", IMPORTANT, _interface("han")), ("nan", IMPORTANT, _interface("nan")),
+    ("heap", IMPORTANT, _heap), ("flash", IMPORTANT, _flash),
 )
 
 
-async def run(board, metering):
-    """Returns a list of (name, severity, message or None)."""
+async def run(m, host_time_ms=None):
+    """Every item: [(name, severity, status, message, value)]. `m` is the application (board,
+    metering, state, outbox, link). The clock's offset from the host is taken against the
+    meter's time when the request arrived."""
+    ctx = {"now_ms": m.board.clock.time_ms(), "host_time_ms": host_time_ms}
+    for _ in range(5):  # loaded before the checks: a heap short of room for it is not a data fault
+        try:
+            ctx["data"] = __import__("health_data")
+            break
+        except MemoryError:
+            gc.collect()
+            await asyncio.sleep_ms(200)
     results = []
     for name, severity, check in CHECKS:
         try:
-            msg = await check(board, metering)
-        except (OSError, ValueError) as e:
-            msg = "%s: %s" % (name, e)
-        results.append((name, severity, msg))
+            r = await check(m, ctx)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, MemoryError) as e:
+            r = FAIL, "%s: %r" % (name, e), None
+        if r is None or isinstance(r, str):
+            r = (FAIL if r else PASS), r, None
+        if name in HEALTH_ITEMS:
+            severity = m.state.severity(name, severity)
+        results.append((name, severity, r[0], r[1], r[2]))
     return results

@@ -1,87 +1,194 @@
-# Interval records, appended to segment files under /data/iv within a quota, so meter data
-# can never take the space the firmware slots need. Each record carries its own CRC.
+# Interval records, appended to segment files under /data/iv within a quota (oldest segment
+# dropped first, and logged), so meter data can never take the space the firmware slots need.
+# Each record carries its own CRC. A segment file is named by the sequence number of its first
+# record, so a read from a sequence number opens the right file at once.
 import os
 import struct
 from binascii import crc32
 from micropython import const
+import codes
 
-_DIR = "/data/iv"
-_REC = "<IIHHIQQ"  # seq start_s duration_s flags energy_mwh register_mwh frontend_mwh
-_BODY = const(32)
-SIZE = const(36)
-_PER_SEGMENT = const(100)
+DIR = "/data/iv"
+# seq start_s duration_s flags energy_mwh received_mwh register_mwh register_received_mwh
+# frontend_mwh frontend_received_mwh (the readings this interval closed at; see metering.py)
+_REC = "<IIHHIIqqQQ"
+_BODY = const(52)
+SIZE = const(56)
 
 POWER_DOWN = const(1)
 CLOCK_SET = const(2)
 FIRMWARE_CHANGE = const(4)
 PARTIAL = const(8)
 ESTIMATED = const(16)
-FLAG_NAMES = ("power-down", "clock-set", "firmware-change", "partial", "estimated")
+REGISTER_RESET = const(32)
+FLAG_NAMES = ("power-down", "clock-set", "firmware-change", "partial", "estimated", "register-reset")
+
+# Record fields, by index.
+SEQ = const(0)
+START = const(1)
+DURATION = const(2)
+FLAGS = const(3)
+ENERGY = const(4)
+RECEIVED = const(5)
+REGISTER = const(6)
+REGISTER_RX = const(7)
+FRONTEND = const(8)
+FRONTEND_RX = const(9)
 
 
 def flag_names(flags):
     return [n for i, n in enumerate(FLAG_NAMES) if flags & (1 << i)]
 
 
-def _segment(n):
-    return "%s/%06d" % (_DIR, n)
-
-
 class IntervalLog:
-    def __init__(self, max_segments=20):
-        self._max = max_segments
+    def __init__(self, quota_records=2400, per_segment=100, events=None, path=DIR):
+        self._dir = path
+        self._per = max(1, per_segment)
+        self._quota = max(self._per, quota_records)
+        self._events = events
         self._buf = bytearray(SIZE)
+        self.bad_records = 0  # damaged records skipped by reads since boot
         try:
-            os.mkdir(_DIR)
+            os.mkdir(path)
         except OSError:
             pass
-        segs = self._segments()
+        self._segs = sorted(int(n) for n in os.listdir(path) if n.isdigit())
+        self._total = sum(self._size(n) // SIZE for n in self._segs)
         self.last = None
-        for n in reversed(segs):
-            recs = self._read_segment(n)
+        self._count = 0  # records in the newest segment
+        for i in range(len(self._segs) - 1, -1, -1):
+            recs, whole = self._read_segment(self._segs[i])
+            if i == len(self._segs) - 1:
+                if not whole:
+                    self._repair(self._segs[i])
+                self._count = self._size(self._segs[i]) // SIZE
             if recs:
                 self.last = recs[-1]
                 break
 
-    def _segments(self):
-        return sorted(int(name) for name in os.listdir(_DIR))
+    def _name(self, first_seq):
+        return "%s/%08d" % (self._dir, first_seq)
 
-    def _read_segment(self, n, since_seq=0):
-        out = []
+    def _size(self, first_seq):
         try:
-            with open(_segment(n), "rb") as f:
+            return os.stat(self._name(first_seq))[6]
+        except OSError:
+            return 0
+
+    def _read_segment(self, first_seq, since_seq=0, limit=1 << 30):
+        """(records, whole): whole is False when the file ends in a torn record."""
+        out = []
+        whole = True
+        try:
+            with open(self._name(first_seq), "rb") as f:
                 buf = self._buf
-                while f.readinto(buf) == SIZE:
-                    if struct.unpack_from("<I", buf, _BODY)[0] != crc32(memoryview(buf)[:_BODY]):
+                while len(out) < limit:
+                    n = f.readinto(buf)
+                    if not n:
                         break
+                    if n != SIZE:
+                        whole = False  # a torn append: the rest of the record never arrived
+                        break
+                    if struct.unpack_from("<I", buf, _BODY)[0] != crc32(memoryview(buf)[:_BODY]):
+                        self.bad_records += 1
+                        continue  # one damaged record must not hide the ones after it
                     rec = struct.unpack_from(_REC, buf, 0)
                     if rec[0] >= since_seq:
                         out.append(rec)
         except OSError:
             pass
-        return out
+        return out, whole
 
-    def append(self, start_s, duration_s, flags, energy_mwh, register_mwh, frontend_mwh):
-        seq = self.last[0] + 1 if self.last else 1
-        rec = (seq, start_s, duration_s, flags, energy_mwh, register_mwh, frontend_mwh)
+    def _repair(self, first_seq):
+        # The newest segment ends in a torn record (a power cut mid-append on a filesystem that
+        # kept part of it). Cut it off, keeping every whole record as it is, so appends line up.
+        name = self._name(first_seq)
+        keep = self._size(first_seq) // SIZE
+        tmp = name + ".fix"
+        with open(name, "rb") as src, open(tmp, "wb") as dst:
+            for _ in range(keep):
+                src.readinto(self._buf)
+                dst.write(self._buf)
+        os.rename(tmp, name)
+        self._total = sum(self._size(n) // SIZE for n in self._segs)
+
+    def _pack(self, rec):
         struct.pack_into(_REC, self._buf, 0, *rec)
         struct.pack_into("<I", self._buf, _BODY, crc32(memoryview(self._buf)[:_BODY]))
-        n = seq // _PER_SEGMENT
-        with open(_segment(n), "ab") as f:
+
+    def append(self, start_s, duration_s, flags, energy_mwh, received_mwh, register_mwh,
+               register_received_mwh, frontend_mwh, frontend_received_mwh):
+        seq = self.last[0] + 1 if self.last else 1
+        rec = (seq, start_s, duration_s, flags, energy_mwh, received_mwh, register_mwh,
+               register_received_mwh, frontend_mwh, frontend_received_mwh)
+        self._pack(rec)
+        if not self._segs or self._count >= self._per:
+            self._segs.append(seq)
+            self._count = 0
+        with open(self._name(self._segs[-1]), "ab") as f:
             f.write(self._buf)
         self.last = rec
-        if seq % _PER_SEGMENT == 0:  # a new segment started: keep within the quota
-            segs = self._segments()
-            for old in segs[:-self._max]:
-                os.remove(_segment(old))
+        self._count += 1
+        self._total += 1
+        if self._count == 1:
+            self._keep_quota()
         return rec
 
-    def read(self, since_seq=0, limit=100):
+    def _keep_quota(self):
+        dropped = 0
+        while len(self._segs) > 1 and self._total > self._quota:
+            n = self._size(self._segs[0]) // SIZE
+            os.remove(self._name(self._segs.pop(0)))
+            self._total -= n
+            dropped += n
+        if dropped and self._events:
+            self._events.log(codes.INTERVALS_DROPPED, dropped)
+
+    @property
+    def quota_records(self):
+        return self._quota
+
+    @property
+    def first_seq(self):
+        return self._segs[0] if self._segs else None
+
+    def _first_start(self, first_seq):
+        recs, _ = self._read_segment(first_seq, 0, 1)
+        return recs[0][START] if recs else None
+
+    def read(self, since_seq=0, limit=16, since_s=0):
+        """(records, more): up to `limit` records with seq >= since_seq and start >= since_s.
+
+        A time bound skips whole segments whose successor starts no later than it, which is
+        exact while records are in time order (a clock set backwards breaks that; the
+        sequence bound is always exact).
+        """
+        segs = self._segs
+        i = 0
+        for k in range(len(segs)):
+            if segs[k] <= since_seq:
+                i = k
+        if since_s:
+            while i + 1 < len(segs):
+                t = self._first_start(segs[i + 1])
+                if t is None or t > since_s:
+                    break
+                i += 1
         out = []
-        for n in self._segments():
-            if (n + 1) * _PER_SEGMENT <= since_seq:
-                continue
-            out.extend(self._read_segment(n, since_seq))
-            if len(out) >= limit:
+        for n in segs[i:]:
+            recs, _ = self._read_segment(n, since_seq, limit + 1 - len(out) if not since_s else 1 << 30)
+            for r in recs:
+                if r[START] >= since_s and len(out) <= limit:
+                    out.append(r)
+            if len(out) > limit:
                 break
-        return out[:limit]
+        return out[:limit], len(out) > limit
+
+    def scan(self):
+        """Check every record's CRC: (records read, damaged records)."""
+        bad0 = self.bad_records
+        total = 0
+        for n in self._segs:
+            recs, _ = self._read_segment(n)
+            total += len(recs)
+        return total, self.bad_records - bad0

@@ -6,6 +6,9 @@ process's stdin/stdout). A `Line` moves bytes between them, one `Direction` per 
 supervisor's poll loop: `poll_mask()` says what to wait for, `timeout()` when to wake up for
 pacing, and `pump()` does one step.
 
+Remote access (FR6): `attach_host(fd)` puts a TCP client's socket where the user pty was, with
+the same pacing, until `detach_host()` (or the client closing) gives the line back to the pty.
+
 Each direction is a small pipeline: read from the source master into `pending` (bounded, so a
 host or device that outruns the line is held back by the pty buffers, as USB-CDC flow control
 or a blocking UART TX ring would), then release bytes to the destination no faster than the
@@ -57,6 +60,7 @@ class Direction:
         self.sink_blocked = False  # the last write hit a full destination buffer
         self._src_quiet_until = 0.0
         self.counters = {"read": 0, "delivered": 0, "dropped_receiver_off": 0}
+        self.hung_up = False  # a socket end reported EOF or a reset: the line drops that client
 
     # -- what to wait for -------------------------------------------------------------------
     def wants_read(self, now: float) -> bool:
@@ -83,11 +87,15 @@ class Direction:
         except BlockingIOError:
             return
         except OSError as e:
+            if e.errno in (errno.ECONNRESET, errno.EPIPE):
+                self.hung_up = True
+                return
             if e.errno != errno.EIO:
                 raise
             self._src_quiet_until = now + _EIO_BACKOFF_S
             return
         if not data:
+            self.hung_up = True  # only a socket reads empty: a pty master says EIO instead
             return
         self.counters["read"] += len(data)
         if not self.receiver_up:
@@ -126,6 +134,9 @@ class Direction:
             written = os.write(self.dst_fd, chunk)
         except BlockingIOError:
             return 0
+        except (BrokenPipeError, ConnectionResetError):
+            self.hung_up = True  # a TCP client went away: what it would have read is gone
+            return len(chunk)
         self.counters["delivered"] += written
         return written
 
@@ -148,9 +159,33 @@ class Line:
 
     def __init__(self, user_fd: int, device_fd: int, baud: int | None = None):
         self.baud = baud
+        self.user_fd = user_fd
+        self.host_fd: int | None = None  # a remote client's socket, while one is attached
         self.to_device = Direction("to_device", user_fd, device_fd, baud)
         self.to_host = Direction("to_host", device_fd, user_fd, baud)
         self.directions = (self.to_device, self.to_host)
+
+    def attach_host(self, fd: int) -> None:
+        """A remote client takes the host end of the line; the user pty waits meanwhile."""
+        self.host_fd = fd
+        self.to_device.src_fd = self.to_host.dst_fd = fd
+        for d in self.directions:
+            d.hung_up = False
+            d._src_quiet_until = 0.0
+        # What the device sent toward the pty and nobody read is not the new client's.
+        self.to_host.discard_pending()
+
+    def detach_host(self) -> None:
+        """The remote client is gone: the line is the user pty's again."""
+        self.host_fd = None
+        self.to_device.src_fd = self.to_host.dst_fd = self.user_fd
+        for d in self.directions:
+            d.hung_up = False
+            d._src_quiet_until = 0.0
+        self.to_host.discard_pending()
+
+    def host_hung_up(self) -> bool:
+        return self.host_fd is not None and any(d.hung_up for d in self.directions)
 
     def set_device_up(self, up: bool) -> None:
         """The MCU's UART is powered (True) or not (False).

@@ -32,6 +32,7 @@ import os
 import secrets
 import select
 import signal
+import socket
 import subprocess
 import sys
 import termios
@@ -197,6 +198,12 @@ class Supervisor:
         self.device_script = device_script
         self.cfg = _read_json(sim_dir / SIM_JSON) or {}
         self.baud = self.cfg.get("baud")
+        # Remote access (FR6): a loopback TCP port bridged to the meter's line, one client at a time.
+        self.tcp_port = self.cfg.get("tcp_port")
+        self._listener: socket.socket | None = None
+        self._client: socket.socket | None = None
+        self._client_peer: str | None = None
+        self.uart_lost = 0  # bytes the device's UART model dropped during flash stalls, all boots
         self.heap_bytes = _heap_bytes()
         self.micropython = _micropython()
         self.t0 = time.monotonic()
@@ -265,6 +272,9 @@ class Supervisor:
             "line": self.line.stats() if hasattr(self, "line") else None,
             "flash_ops": self.flash_ops,
             "power_cuts": self.power_cuts,
+            "tcp_port": self.tcp_port,
+            "tcp_client": self._client_peer,
+            "uart_lost": self.uart_lost,
         }
 
     def write_state(self, name: str | None = None) -> None:
@@ -320,6 +330,8 @@ class Supervisor:
 
         self._libc = ctypes.CDLL(None, use_errno=True)
         self.line = Line(self.user_master, self.dev_master, self.baud)
+        if self.tcp_port is not None:
+            self._listen(int(self.tcp_port))
         self.log(
             f"supervisor up: dir={self.dir} port={self.port} baud={self.baud} "
             f"device={self.device_script} heap={self.heap_bytes}"
@@ -499,6 +511,10 @@ class Supervisor:
                 self.write_state()
         elif word == "log":
             self.log(f"device: {rest}")
+            if rest.startswith("uart-loss "):  # the UART model's overrun count, for the rig
+                fields = dict(w.split("=", 1) for w in rest.split()[1:] if "=" in w)
+                self.uart_lost += int(fields.get("lost", 0))
+                self.write_state()
         else:
             self.log(f"device: unknown ctl line ignored: {line!r}")
 
@@ -595,6 +611,9 @@ class Supervisor:
             mask[self.cmd_fd] = select.POLLIN
             if self.ctl_out is not None:
                 mask[self.ctl_out] = select.POLLIN
+            if self._listener is not None and self._client is None:
+                # A second client waits in the backlog until the first one hangs up.
+                mask[self._listener.fileno()] = select.POLLIN
             waits = [_IDLE_WAKE_S]
             line_wait = self.line.timeout(now)
             if line_wait is not None:
@@ -616,6 +635,10 @@ class Supervisor:
                     pass
             # Line first: bytes the host sent before a command reach the MCU before it acts.
             self.line.pump(now, events)
+            if self._client is not None and self.line.host_hung_up():
+                self._drop_client("client hung up")
+            if self._listener is not None and self._listener.fileno() in events and self._client is None:
+                self._accept()
             if self.ctl_out is not None and self.ctl_out in events:
                 self._read_ctl(now)
             if self.proc is not None and self.proc.poll() is not None:
@@ -626,9 +649,47 @@ class Supervisor:
             if now - self._state_written_t >= _STATE_REFRESH_S and self.line.stats() != self._state_line_stats:
                 self.write_state()
 
+    # -- remote access (FR6) ----------------------------------------------------------------
+    def _listen(self, port: int) -> None:
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            ls.bind(("127.0.0.1", port))
+        except OSError as e:
+            ls.close()
+            raise SimError(f"cannot listen on 127.0.0.1:{port}: {e.strerror}") from None
+        ls.listen(4)
+        ls.setblocking(False)
+        self._listener = ls
+        self.tcp_port = ls.getsockname()[1]  # port 0 asks for any free one
+        self.log(f"listening on 127.0.0.1:{self.tcp_port}")
+
+    def _accept(self) -> None:
+        try:
+            conn, peer = self._listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._client, self._client_peer = conn, f"{peer[0]}:{peer[1]}"
+        self.line.attach_host(conn.fileno())
+        self.log(f"tcp client {self._client_peer} connected")
+        self.write_state()
+
+    def _drop_client(self, why: str) -> None:
+        self.line.detach_host()
+        self.log(f"tcp client {self._client_peer} gone ({why})")
+        self._client.close()
+        self._client = self._client_peer = None
+        self.write_state()
+
     def shutdown(self) -> None:
         if self._stop_signal is not None:
             self.log(f"stopping on signal {signal.Signals(self._stop_signal).name}")
+        if self._client is not None:
+            self._drop_client("supervisor stopping")
+        if self._listener is not None:
+            self._listener.close()
         self.kill_device("supervisor stopping")
         self.pending_boot = None
         if self._lock_fd is not None and self.port:
@@ -670,10 +731,13 @@ def run(sim_dir: Path, device_script: Path, ready_fd: int | None) -> int:
             return e.code
         ready({"ok": False, "error": f"supervisor failed to start: {e!r}", "code": 1})
         raise
-    ready({
+    msg = {
         "ok": True, "port": sup.port, "pid": os.getpid(), "dir": str(sim_dir),
         "baud": sup.baud, "serial": sup.cfg.get("serial"), "device_pid": sup.proc.pid,
-    })
+    }
+    if sup.tcp_port is not None:
+        msg["tcp_port"] = sup.tcp_port
+    ready(msg)
     try:
         sup.loop()
     except Exception:
@@ -706,7 +770,7 @@ def is_running(sim_dir) -> bool:
 
 
 def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=None,
-          serial=None, device_script=None) -> dict:
+          serial=None, device_script=None, uart_loss=None, tcp_port=None) -> dict:
     """Provision DIR if needed, record the run config and start a detached supervisor.
 
     Returns what `meterfw-sim start` prints: port, pid, dir, baud, serial, device_pid.
@@ -736,7 +800,8 @@ def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=No
     cfg.setdefault("baud", None)
     cfg.setdefault("created_s", int(time.time()))
     cfg.setdefault("serial", None)
-    for key, value in (("seed", seed), ("interval_s", interval_s), ("baud", baud), ("serial", serial)):
+    for key, value in (("seed", seed), ("interval_s", interval_s), ("baud", baud), ("serial", serial),
+                       ("uart_loss", uart_loss), ("tcp_port", tcp_port)):
         if value is not None:
             cfg[key] = value
     _write_json_atomic(d / SIM_JSON, cfg)
@@ -763,7 +828,7 @@ def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=No
         proc.wait(timeout=STOP_WAIT_S)
         raise SimError(msg.get("error", "supervisor failed to start"), msg.get("code", 1))
     _STARTED[proc.pid] = proc
-    return {k: msg[k] for k in ("port", "pid", "dir", "baud", "serial", "device_pid")}
+    return {k: msg[k] for k in ("port", "pid", "dir", "baud", "serial", "device_pid", "tcp_port") if k in msg}
 
 
 def _await_ready(fd: int, proc: subprocess.Popen) -> dict:
@@ -903,6 +968,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--interval-s", type=_number, help="metering interval (default: the board's)")
     s.add_argument("--seed", type=int, help="metrology seed (default 1)")
     s.add_argument("--serial", help="meter serial number")
+    s.add_argument("--uart-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="model an RP2040 UART: bytes arriving while flash is busy are lost beyond "
+                        "its 32-byte FIFO (default: a USB-CDC link, which loses nothing)")
+    s.add_argument("--tcp", type=int, metavar="PORT",
+                   help="also listen on 127.0.0.1:PORT and bridge one client at a time to the line "
+                        "(remote access; 0 picks a free port)")
     s.add_argument("--device-script", help=argparse.SUPPRESS)
 
     for name, text in (
@@ -931,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
             info = start(
                 args.dir, image=args.image, keys=args.keys, baud=args.baud,
                 interval_s=args.interval_s, seed=args.seed, serial=args.serial,
-                device_script=args.device_script,
+                device_script=args.device_script, uart_loss=args.uart_loss, tcp_port=args.tcp,
             )
             print(json.dumps(info), flush=True)
         elif args.cmd == "stop":

@@ -6,7 +6,8 @@ import simhw
 
 NAME = "sim"
 # Defaults a test rig may override in sim.json (a real board takes them from its config).
-OVERRIDABLE = ("interval_s", "watchdog_ms", "trial_attempts", "require_approval")
+OVERRIDABLE = ("interval_s", "watchdog_ms", "trial_attempts", "require_approval",
+               "interval_quota_records", "interval_segment_records")
 
 
 class Watchdog:
@@ -33,7 +34,11 @@ class Clock:
         return time.time_ns() // 1000000 + self._hw.clock_offset_ms
 
     def set_time_ms(self, t_ms):
-        self._hw.clock_offset_ms = t_ms - time.time_ns() // 1000000
+        offset_ms = t_ms - time.time_ns() // 1000000
+        rtc = getattr(self._hw, "rtc", None)
+        if rtc is not None:  # the backed-up RTC keeps the setting through resets and power cuts
+            rtc.store(rtc.adjust_ms + offset_ms - self._hw.clock_offset_ms)
+        self._hw.clock_offset_ms = offset_ms
 
 
 class Board:
@@ -44,12 +49,20 @@ class Board:
         with open("/board/board.json") as f:
             self.config = json.load(f)
         self.defaults = self.config["defaults"]
+        # The unix port's objects are 64-bit: the same application takes about 1.7 times the
+        # Pico's heap here, so the health check's free-heap floor is lower than a Pico's 25 %.
+        self.defaults.setdefault("min_free_heap_pct", 15)
         for key in OVERRIDABLE:  # the rig may override defaults per run
             if self._hw.sim.get(key) is not None:
                 self.defaults[key] = self._hw.sim[key]
         self.clock = Clock(self._hw)
-        self.link_in = self._hw.stdin    # raw pty with VMIN=0: readinto returns what is there
+        # The raw pty (VMIN=0: readinto returns what is there), or the UART model over it.
+        self.link_in = self._hw.link_in
+        self.link_bytes_per_s = self._hw.link_bytes_per_s  # None: not paced
         self.link_out = self._hw.stdout
+        # The latching service relay: its driver reads the position and never pulses a coil on
+        # its own (FR2); only the application's authenticated relay command does.
+        self.relay = getattr(self._hw, "relay", None)
 
     def reset_cause(self):
         return self._hw.reset_cause
@@ -63,5 +76,21 @@ class Board:
     def reset(self):
         self._hw.reset()
 
+    def energies_mwh(self):
+        """(delivered_mwh, received_mwh) from the front-end, read at the same instant."""
+        return self._hw.metrology.read()
+
     def display(self, text):
-        self._hw.ctl.send("display " + text)
+        self._hw.display.show(text)
+
+    def interface_checks(self):
+        """HAN and NAN interface checks for the health check: name -> fn() returning None when
+        the interface answers or a message when not; None for an interface the board lacks.
+        The sim fits them as sim.json says ("ok", "fail"; absent by default)."""
+        return {name: self._interface(name) for name in ("han", "nan")}
+
+    def _interface(self, name):
+        fitted = self._hw.sim.get(name)
+        if fitted is None or fitted == "absent":
+            return None
+        return lambda: None if fitted == "ok" else "%s interface does not answer" % name

@@ -30,6 +30,7 @@ class NorFlash:
         self._check = bytearray(self._bs)
         self.writes = 0  # erases plus programs since power-on
         self.busy_hook = None  # the UART model wants to know when the CPU was stalled
+        self.before_busy = None  # ... and to drain what arrived just before the stall
         self._cut_in = None    # flash operations left before a planned power cut
         self._cut_torn = False
         self._ensure_size()
@@ -102,6 +103,8 @@ class NorFlash:
 
     def _stall(self, ms):
         if ms > 0:
+            if self.before_busy:
+                self.before_busy()
             t0 = time.ticks_ms()
             time.sleep_ms(ms)
             if self.busy_hook:

@@ -6,6 +6,7 @@ import select
 import sys
 from nor_flash import NorFlash
 from metrology import Metrology
+from parts import LatchingRelay, DisplayLog, RtcBackup
 
 # Reset causes as the supervisor passes them in argv.
 POWER_ON = "power-on"
@@ -54,8 +55,24 @@ class Hardware:
         self.flash = NorFlash(sim_dir + "/flash.img", self.board["flash"], self.ctl)
         self.metrology = Metrology(self.sim.get("seed", 1), self.sim["created_s"])
         self.clock_offset_ms = int(self.sim.get("clock_offset_s", 0) * 1000)
+        # Parts whose state outlives the MCU: relay position, display, the RTC's backed-up setting.
+        self.relay = LatchingRelay(sim_dir + "/relay.json")
+        self.display = DisplayLog(sim_dir + "/display.log")
+        self.rtc = RtcBackup(sim_dir + "/rtc.json")
+        self.clock_offset_ms += self.rtc.adjust_ms
         self.stdin = sys.stdin.buffer
         self.stdout = sys.stdout.buffer
+        self.link_in = self.stdin  # USB-CDC: flow-controlled, nothing is lost
+        if self.sim.get("uart_loss"):
+            from uart import Uart  # only then: its code would take heap a USB-CDC board does not spend
+
+            link = self.board.get("link", {})
+            self.link_in = Uart(self.stdin, self.board.get("uart_fifo_bytes", 32),
+                                link.get("rxbuf", 4096), self.ctl.send)
+            self.flash.before_busy = self.link_in.before_stall
+            self.flash.busy_hook = self.link_in.after_stall
+        baud = self.sim.get("baud")
+        self.link_bytes_per_s = baud // 10 if baud else None  # 8N1
 
     def watchdog_arm(self, timeout_ms):
         self.ctl.send("wdt %d" % timeout_ms)

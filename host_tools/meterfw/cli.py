@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
 
+from . import protocol as P
 from .errors import CommandError, MeterfwError
 from .image import ImageError, build_image, inspect, parse_image, write_image
 from .keys import KeysError, init_keys, load_keys
@@ -85,18 +87,51 @@ def cmd_image_inspect(args) -> int:
 def cmd_status(args) -> int:
     st = _meter(args).status()
     slots = ", ".join(f"{k}: {v['version'] or 'empty'}" for k, v in sorted(st["slots"].items()))
-    _emit(args, st, f"board {st['board']}  version {st['active_version']} in slot {st['active_slot']} "
-                    f"({'confirmed' if st['confirmed'] else 'on trial'})\n"
-                    f"slots {slots}\nregister {st['register_wh']:.3f} Wh  uptime {st['uptime_s']} s  "
-                    f"boot reason {st['boot_reason']}")
+    head = (f"board {st['board']}  serial {st.get('serial')}  version {st['active_version']} in slot "
+            f"{st['active_slot']} ({'confirmed' if st['confirmed'] else 'on trial'})\nslots {slots}\n")
+    if st.get("mode") == "recovery":
+        body = (f"RECOVERY CONSOLE: {st['recovery_reason']}\n"
+                f"upload a good image with `upgrade`, or `revert`, or `retry` the active one")
+    else:
+        body = (f"register {st['register_wh']:.3f} Wh  uptime {st['uptime_s']} s  "
+                f"boot reason {st['boot_reason']}")
+    _emit(args, st, head + body)
     return 0
 
 
+def cmd_allow(args) -> int:
+    """Let a rejected image be activated again: an operator's authenticated decision."""
+    data = _read_file(args.file)
+    try:
+        img = parse_image(data)
+    except ImageError as e:
+        raise CommandError(f"{args.file}: {e}") from None
+    image_id = hashlib.sha256(img.manifest_bytes).digest()
+    r = _meter(args).privileged(P.UNREJECT, image_id)
+    out = {"image_id": image_id.hex(), "version": img.manifest["version"], "was_rejected": r["unrejected"]}
+    _emit(args, out, f"{img.manifest['version']} ({image_id.hex()[:16]}) "
+                     + ("may be activated again" if r["unrejected"] else "was not rejected; nothing changed"))
+    return 0
+
+
+def cmd_retry(args) -> int:
+    """From the recovery console: give the active image a fresh set of boot attempts."""
+    meter = _meter(args)
+    if meter.status().get("mode") != "recovery":
+        raise CommandError("the meter is not in its recovery console; nothing to retry")
+    meter.privileged(P.RETRY)
+    st = meter.wait_until(lambda s: s.get("mode") != "recovery", 40)
+    out = {"result": "running" if st else "recovery", "active_version": st and st["active_version"]}
+    _emit(args, out, "the application is running again" if st else "the meter is still in its recovery console")
+    return 0 if st else 1
+
+
 def cmd_read_intervals(args) -> int:
-    recs = _meter(args).read_intervals(args.since_seq)
-    lines = [f"{r['seq']:>6} {r['start']:>11} {r['duration_s']:>5}s {r['energy_wh']:>10.3f} Wh  "
-             f"{','.join(r['flags'])}" for r in recs]
-    _emit(args, recs, "\n".join(["   seq       start  dur     energy      flags"] + lines))
+    since_s = _parse_time(args.since, "--since") if args.since else 0
+    recs = _meter(args).read_intervals(args.since_seq, since_s)
+    lines = [f"{r['seq']:>6} {r['start']:>11} {r['duration_s']:>5}s {r['energy_wh']:>10.3f} Wh "
+             f"{r['received_mwh'] / 1000:>9.3f} Wh  {','.join(r['flags'])}" for r in recs]
+    _emit(args, recs, "\n".join(["   seq       start  dur  delivered        received    flags"] + lines))
     return 0
 
 
@@ -104,6 +139,150 @@ def cmd_log(args) -> int:
     evs = _meter(args).read_events(args.since_seq)
     _emit(args, evs, "\n".join(f"{e['seq']:>6} {e['time']:>11} {e['code']:>4} {e['name']} ({e['value']})"
                                for e in evs))
+    return 0
+
+
+EXIT_UNHEALTHY = 2
+
+
+def _parse_time(text: str, what: str) -> int:
+    """Epoch seconds, or ISO-8601 (UTC unless it says otherwise)."""
+    from datetime import datetime, timezone
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        raise CommandError(f"{what} takes epoch seconds or an ISO-8601 time, not {text!r}") from None
+    return int((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp())
+
+
+def _iso(t_s: float) -> str:
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(t_s, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def cmd_read_registers(args) -> int:
+    r = _meter(args).read_registers()
+    lines = [f"delivered {r['delivered_mwh'] / 1e6:.6f} kWh  received {r['received_mwh'] / 1e6:.6f} kWh  "
+             f"net {r['net_mwh'] / 1e6:.6f} kWh  (multiplier {r['multiplier']})",
+             f"lifetime delivered {r['lifetime_delivered_mwh'] / 1e6:.6f} kWh, received "
+             f"{r['lifetime_received_mwh'] / 1e6:.6f} kWh; register resets {r['resets']}"]
+    if r["prepayment"]:
+        lines.append(f"prepayment balance {r['prepayment']['balance_wh']} Wh of {r['prepayment']['credit_wh']} Wh")
+    lines += [f"alarm {a['seq']}: {a['name']}: {a['message']}" for a in r["alarms"]]
+    _emit(args, r, "\n".join(lines))
+    return 0
+
+
+def cmd_read_state(args) -> int:
+    st = _meter(args).read_state()
+    lines = [f"meter state v{st['version']} seq {st['seq']} hash {st['hash'][:16]}"]
+    lines += [f"  {k:16} {json.dumps(v)}" for k, v in st.items() if k not in ("version", "seq", "hash")]
+    _emit(args, st, "\n".join(lines))
+    return 0
+
+
+def _assignments(items: list[str]) -> dict:
+    changes = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise CommandError(f"state set takes SETTING=VALUE (VALUE in JSON), not {item!r}")
+        try:
+            changes[key] = json.loads(value)
+        except ValueError:
+            changes[key] = value
+    return changes
+
+
+def cmd_state_set(args) -> int:
+    changes = _assignments(args.settings)
+    if args.file:
+        try:
+            changes = {**json.loads(_read_file(args.file)), **changes}
+        except ValueError:
+            raise CommandError(f"{args.file} is not JSON") from None
+    if not changes:
+        raise CommandError("nothing to set: give SETTING=VALUE pairs or --file FILE")
+    r = _meter(args).set_state(changes)
+    _emit(args, r, f"meter state seq {r['seq']} hash {r['hash'][:16]}")
+    return 0
+
+
+def cmd_health(args) -> int:
+    r = _meter(args).health(with_time=not args.no_time)
+    lines = [f"{i['check']:12} {i['status']:7} {i['severity']:10} "
+             + (i["message"] or "") + (f" [{i['value']}]" if i["value"] is not None else "") for i in r["items"]]
+    lines.append("healthy" if r["ok"] else "UNHEALTHY")
+    _emit(args, r, "\n".join(lines))
+    return 0 if r["ok"] else EXIT_UNHEALTHY
+
+
+def cmd_time(args) -> int:
+    import time
+    meter = _meter(args)
+    before = meter.time_get()
+    if args.action == "get":
+        out = before
+        human = f"meter time {_iso(before['time_ms'] / 1000)}  offset {before['offset_ms']:+d} ms  " \
+                f"{'valid' if before['valid'] else 'INVALID'}"
+    else:
+        if args.action == "set" and args.to:
+            target_ms = _parse_time(args.to, "--to") * 1000
+        else:
+            target_ms = None
+        if args.action == "sync" and abs(before["offset_ms"]) <= args.tolerance_ms:
+            out = {"action": "sync", "set": False, "offset_before_ms": before["offset_ms"],
+                   "offset_after_ms": before["offset_ms"]}
+            _emit(args, out, f"meter time is {before['offset_ms']:+d} ms off; within {args.tolerance_ms} ms, left alone")
+            return 0
+        # Our time when the request arrives: half the round trip after we send it.
+        r = meter.time_set(target_ms if target_ms is not None else time.time_ns() // 1_000_000 + before["round_trip_ms"] // 2)
+        after = meter.time_get()
+        out = {"action": args.action, "set": True, "old_ms": r["old_ms"], "new_ms": r["new_ms"],
+               "delta_ms": r["delta_ms"], "interval_split": r["interval_split"],
+               "offset_before_ms": before["offset_ms"], "offset_after_ms": after["offset_ms"]}
+        human = f"meter time set to {_iso(r['new_ms'] / 1000)} ({r['delta_ms']:+d} ms); offset now {after['offset_ms']:+d} ms"
+    _emit(args, out, human)
+    return 0
+
+
+def cmd_relay(args) -> int:
+    meter = _meter(args)
+    r = meter.read_state()["relay"] if args.action == "status" else meter.relay(args.action)
+    human = (f"relay {r['latched'] or 'not fitted'}; meter state says {r['commanded']}"
+             + ("" if r["agrees"] else "  (DIFFERENT: check the meter)")
+             + (f"; {'moved' if r['moved'] else 'already there, not moved'}" if "moved" in r else ""))
+    _emit(args, r, human)
+    return 0
+
+
+def cmd_alarms(args) -> int:
+    meter = _meter(args)
+    pushed = meter.listen(args.listen) if args.listen else meter.pushed_alarms()
+    held = meter.read_alarms()
+    alarms = {a["seq"]: a for a in pushed + held}
+    out = {"alarms": [alarms[k] for k in sorted(alarms)], "acknowledged": 0}
+    if args.ack and alarms:
+        out["acknowledged"] = meter.ack_alarms(alarms)["acknowledged"]
+    lines = [f"{a['seq']:>5} {_iso(a['time'])} {a['name']}: {a['message']} ({a['report']})" for a in out["alarms"]]
+    lines.append(f"{len(alarms)} alarms" + (f", {out['acknowledged']} acknowledged" if args.ack else ""))
+    _emit(args, out, "\n".join(lines))
+    return 0
+
+
+def cmd_display(args) -> int:
+    r = _meter(args).display()
+    _emit(args, r, r["text"] or "(display blank)")
+    return 0
+
+
+def cmd_registers_reset(args) -> int:
+    r = _meter(args).reset_registers()
+    b = r["before"]
+    _emit(args, r, f"registers reset (reset {b['resets']}); before: delivered {b['delivered_mwh']} mWh, "
+                   f"received {b['received_mwh']} mWh")
     return 0
 
 
@@ -120,22 +299,42 @@ def cmd_revert(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
-    from .upgrade import upgrade  # keeps rich out of the other commands' start-up
+    from .upgrade import parse_when, precheck, upgrade  # keeps rich out of the other commands' start-up
     data = _read_file(args.file)
-    try:
-        img = parse_image(data)
-    except ImageError as e:
-        raise CommandError(f"{args.file}: {e}") from None
+    when, at_s = parse_when(args.when)
+    img, why = precheck(data)
+    if img is None:  # nothing to ask the meter: the image itself is unusable
+        return _upgrade_done(args, {"result": "rejected", "reason": f"{args.file}: {why}", "from_version": None,
+                                    "to_version": None, "image_bytes": len(data), "seconds": 0})
     meter = _meter(args)
-    with _progress(args, f"upgrade to {img.manifest['version']}") as progress:
-        report = upgrade(meter, data, img, when=args.when, progress=progress)
+    with _progress(args, f"upgrade to {img.manifest['version']}") as ui:
+        report = upgrade(meter, data, img, when=when, at_s=at_s, registers=args.registers, ack=args.ack,
+                         progress=ui.progress, stage=ui.stage)
+    return _upgrade_done(args, report)
+
+
+def _upgrade_done(args, report: dict) -> int:
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
-    human = (f"{report['result']}: {report['from_version']} -> {report['to_version']}"
-             + (f" ({report['reason']})" if report["reason"] else "")
-             + f"\n  {report['image_bytes']} bytes in {report['seconds']} s"
-             + (f", intervals missed {report['intervals_missed']}" if "intervals_missed" in report else ""))
-    _emit(args, report, human)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        if report["from_version"] is not None:
+            lines = [f"{report['result']}: {report['from_version']} -> {report['to_version']}"
+                     + (f" ({report['reason']})" if report["reason"] else "")]
+            if "transfer_seconds" in report:
+                lines.append(f"  {report['image_bytes']} bytes in {report['transfer_seconds']} s "
+                             f"({report['transfer_bytes_per_s']} B/s), resumed from block {report['resumed_from_block']}")
+            if "intervals_missed" in report:
+                lines.append(f"  intervals missed {report['intervals_missed']}, duplicated "
+                             f"{report['intervals_duplicated']}, energy conserved {report['energy_conserved']}")
+            disc = report.get("discrepancies")
+            if disc is not None:
+                lines.append(f"  {len(disc)} discrepancies between before and after" + (":" if disc else ""))
+                lines += [f"    - {d}" for d in disc]
+            print("\n".join(lines))
+        if report["result"] == "rejected":
+            print(f"meterfw: rejected: {report['reason']}", file=sys.stderr)
     return _UPGRADE_EXIT[report["result"]]
 
 
@@ -145,16 +344,19 @@ class _progress:
     def __init__(self, args, label: str):
         self._on = sys.stderr.isatty() and not args.json
         self._label = label
+        self.progress = self.stage = None
 
     def __enter__(self):
         if not self._on:
-            return None
+            return self
         from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
         self._bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                              TransferSpeedColumn(), transient=True)
         self._bar.start()
         task = self._bar.add_task(self._label, total=None)
-        return lambda done, total: self._bar.update(task, completed=done, total=total)
+        self.progress = lambda done, total: self._bar.update(task, completed=done, total=total)
+        self.stage = lambda name: self._bar.update(task, description=f"{self._label}: {name}")
+        return self
 
     def __exit__(self, *exc):
         if self._on:
@@ -197,15 +399,46 @@ def build_parser() -> argparse.ArgumentParser:
     command("status", cmd_status, "versions, slots, register, boot reason")
     c = command("upgrade", cmd_upgrade, "install an image and wait for the verdict")
     c.add_argument("file")
-    c.add_argument("--when", choices=("boundary", "now"), default="boundary",
-                   help="activate just after the next interval closes (default) or now")
+    c.add_argument("--when", nargs="+", default=["boundary"], metavar="now|boundary|at TIME",
+                   help="activate now, just after the next interval closes (the default), or at TIME "
+                        "(epoch seconds or ISO-8601 UTC); never inside a scheduled pricing event")
+    c.add_argument("--registers", choices=("preserve", "reset"), default="preserve",
+                   help="keep the energy registers (default) or reset them on the new image's first boot")
+    c.add_argument("--ack", choices=("immediate", "next-read"), default="immediate",
+                   help="report the new image's failures at once (default) or with the next read")
     c.add_argument("--report", help="write the JSON report to this file")
     command("revert", cmd_revert, "go back to the previous image")
+    c = command("allow", cmd_allow, "let a rejected image be activated again (authenticated)")
+    c.add_argument("file")
+    command("retry", cmd_retry, "recovery console: boot the active image again")
     read = sub.add_parser("read", help="read meter data").add_subparsers(dest="what", required=True)
     c = command("intervals", cmd_read_intervals, "interval records", read)
     c.add_argument("--since-seq", type=int, default=0)
+    c.add_argument("--since", help="records starting at or after TIME (epoch seconds or ISO-8601)")
+    c = command("events", cmd_log, "the event log", read)
+    c.add_argument("--since-seq", type=int, default=0)
+    command("registers", cmd_read_registers, "energy registers, and alarms waiting for this read", read)
+    command("state", cmd_read_state, "the meter state record", read)
     c = command("log", cmd_log, "the event log")
     c.add_argument("--since-seq", type=int, default=0)
+    c = command("health", cmd_health, "run the meter's health check (exit 2 when unhealthy)")
+    c.add_argument("--no-time", action="store_true", help="do not send our clock for the offset check")
+    c = command("time", cmd_time, "the meter's clock: get, set (authenticated) or sync")
+    c.add_argument("action", nargs="?", choices=("get", "set", "sync"), default="get")
+    c.add_argument("--to", help="time to set (epoch seconds or ISO-8601); default: ours")
+    c.add_argument("--tolerance-ms", type=int, default=1000, help="sync leaves an offset this small alone")
+    c = command("relay", cmd_relay, "the service relay: status, connect or disconnect (authenticated)")
+    c.add_argument("action", nargs="?", choices=("status", "connect", "disconnect"), default="status")
+    c = command("alarms", cmd_alarms, "alarms the meter holds until acknowledged")
+    c.add_argument("--ack", action="store_true", help="acknowledge the alarms shown (authenticated)")
+    c.add_argument("--listen", type=float, default=0, metavar="S", help="also collect pushed alarms for S seconds")
+    state = sub.add_parser("state", help="change the meter state").add_subparsers(dest="what", required=True)
+    c = command("set", cmd_state_set, "change meter state settings (authenticated)", state)
+    c.add_argument("settings", nargs="*", metavar="SETTING=VALUE", help="e.g. multiplier=40 'limiting={\"enabled\": true}'")
+    c.add_argument("--file", help="a JSON object of settings")
+    command("display", cmd_display, "the notice on the meter's display")
+    regs = sub.add_parser("registers", help="energy registers").add_subparsers(dest="what", required=True)
+    command("reset", cmd_registers_reset, "reset the energy registers, logging them first (authenticated)", regs)
     return p
 
 

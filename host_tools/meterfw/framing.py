@@ -17,7 +17,7 @@ ESC_ESC = 0xDD
 OK_BIT = 0x80
 ERROR = 0xFF
 ALARM = 0x7E
-MAX_PAYLOAD = 2048
+MAX_PAYLOAD = 2560  # bootloader/framing.py: a 2 KiB image block, its header and session trailer
 
 _crc32 = crcmod.predefined.mkPredefinedCrcFun("crc-32")
 

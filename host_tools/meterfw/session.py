@@ -13,6 +13,14 @@ from .transport import Link
 _REAUTH = {"auth_required", "replay"}  # the meter rebooted or another client took the session
 
 
+def block_reply(payload: bytes) -> dict:
+    """A block reply: next u32, window u16, done u8 (binary: it is on every window's critical path)."""
+    if len(payload) != 7:
+        raise TransportError(f"meter sent a block reply of {len(payload)} bytes, not 7")
+    nxt, window, done = struct.unpack("<IHB", payload)
+    return {"next": nxt, "window": window, "done": bool(done)}
+
+
 class Meter:
     def __init__(self, link: Link, utility_secret: bytes | None = None):
         self.link = link
@@ -39,27 +47,118 @@ class Meter:
                 self._auth = None
         raise AssertionError("unreachable")
 
+    def seal(self, cmd: int, body: bytes) -> bytes:
+        """body sealed for the current session (opened first if needed), for pipelined sends."""
+        return (self._auth or self._authenticate()).seal(cmd, body)
+
+    def drop_session(self) -> None:
+        """The meter no longer knows our session (it rebooted): the next call opens a new one."""
+        self._auth = None
+
     def status(self, **kw) -> dict:
         return self.link.request_json(P.STATUS, **kw)
 
-    def read_intervals(self, since_seq: int = 0) -> list[dict]:
-        """Every interval record from since_seq on, read page by page."""
+    def read_intervals(self, since_seq: int = 0, since_s: int = 0) -> list[dict]:
+        """Every interval record from since_seq (and from start time since_s) on, page by page."""
         out: list[dict] = []
         while True:
-            page = self.link.request_json(P.READ_INTERVALS, {"since_seq": since_seq, "limit": 100})["records"]
-            out += page
-            if len(page) < 100:
+            page = self.link.request_json(P.READ_INTERVALS, {"since_seq": since_seq, "since_s": since_s})
+            fields, names = page["fields"], page["flag_names"]
+            for row in page["rows"]:
+                r = dict(zip(fields, row))
+                r["flags"] = [n for i, n in enumerate(names) if r["flags"] >> i & 1]
+                r["energy_wh"] = r["energy_mwh"] / 1000
+                out.append(r)
+            if not page["more"] or not page["rows"]:
                 return out
-            since_seq = page[-1]["seq"] + 1
+            since_seq = page["rows"][-1][0] + 1
 
     def read_events(self, since_seq: int = 0) -> list[dict]:
         out: list[dict] = []
         while True:
-            page = self.link.request_json(P.READ_EVENTS, {"since_seq": since_seq, "limit": 50})["events"]
-            out += page
-            if len(page) < 50:
+            page = self.link.request_json(P.READ_EVENTS, {"since_seq": since_seq, "limit": 50})
+            if "events" in page:  # the recovery console answers with objects, up to `limit`
+                out += page["events"]
+                if len(page["events"]) < 50:
+                    return out
+                since_seq = page["events"][-1]["seq"] + 1
+                continue
+            for row in page["rows"]:
+                e = dict(zip(page["fields"], row))
+                e["name"] = page["names"].get(str(e["code"]), "event")
+                out.append(e)
+            if not page["more"] or not page["rows"]:
                 return out
-            since_seq = page[-1]["seq"] + 1
+            since_seq = page["rows"][-1][0] + 1
+
+    # -- the meter runtime: registers, state, health, time, relay, alarms, display -----------------
+    def read_registers(self) -> dict:
+        """The billing read; it carries the alarms that wait for the next read (FR16)."""
+        return self.link.request_json(P.READ_REGISTERS)
+
+    def read_state(self) -> dict:
+        return self.link.request_json(P.READ_STATE)
+
+    def set_state(self, changes: dict) -> dict:
+        return self.privileged(P.SET_STATE, json.dumps(changes).encode())
+
+    def health(self, with_time: bool = True) -> dict:
+        """Run the meter's health check; with_time sends our clock so it measures its offset."""
+        body = {"host_time_ms": time.time_ns() // 1_000_000} if with_time else {}
+        return self.link.request_json(P.HEALTH, body, timeout_s=max(self.link.timeout_s, 10))
+
+    def time_get(self) -> dict:
+        """The meter's time, with the offset from ours (the midpoint of the exchange)."""
+        t0 = time.time_ns() // 1_000_000
+        r = self.link.request_json(P.TIME_GET)
+        t1 = time.time_ns() // 1_000_000
+        r["host_time_ms"] = (t0 + t1) // 2
+        r["offset_ms"] = r["time_ms"] - r["host_time_ms"]
+        r["round_trip_ms"] = t1 - t0
+        return r
+
+    def time_set(self, time_ms: int) -> dict:
+        return self.privileged(P.TIME_SET, json.dumps({"time_ms": int(time_ms)}).encode())
+
+    def relay(self, action: str) -> dict:
+        return self.privileged(P.RELAY, json.dumps({"action": action}).encode())
+
+    def read_alarms(self) -> list[dict]:
+        """Every alarm the meter holds until it is acknowledged."""
+        return self.link.request_json(P.READ_ALARMS)["alarms"]
+
+    def ack_alarms(self, seqs) -> dict:
+        return self.privileged(P.ACK_ALARMS, json.dumps({"seqs": sorted(set(seqs))}).encode())
+
+    def pushed_alarms(self) -> list[dict]:
+        """Alarms the meter pushed (unsolicited ALARM frames) since the last call, one per seq."""
+        seen: dict[int, dict] = {}
+        for f in self.link.alarms:
+            try:
+                a = json.loads(f.payload)
+                seen[int(a["seq"])] = a
+            except (ValueError, KeyError, TypeError):
+                continue  # not ours to judge: the frame's CRC was good, its body is not an alarm
+        self.link.alarms.clear()
+        return [seen[k] for k in sorted(seen)]
+
+    def listen(self, seconds: float, poll_s: float = 0.25) -> list[dict]:
+        """Keep the line open for `seconds`, collecting pushed alarms (pings pump the reader)."""
+        got: dict[int, dict] = {}
+        deadline = time.monotonic() + seconds
+        while True:
+            self.link.request(P.PING, b"")
+            for a in self.pushed_alarms():
+                got[a["seq"]] = a
+            if time.monotonic() >= deadline:
+                return [got[k] for k in sorted(got)]
+            time.sleep(poll_s)
+
+    def display(self) -> dict:
+        return self.link.request_json(P.READ_DISPLAY)
+
+    def reset_registers(self) -> dict:
+        return self.privileged(P.RESET_REGISTERS)
 
     def update_state(self) -> dict:
         return self.link.request_json(P.UPD_STATE)
@@ -68,13 +167,30 @@ class Meter:
         return self.privileged(P.UPD_INITIATE, head)
 
     def block(self, n: int, data: bytes) -> dict:
-        return self.privileged(P.UPD_BLOCK, struct.pack("<I", n) + data)
+        """One block, waiting for its reply (the upgrade flow pipelines windows instead)."""
+        for attempt in (1, 2):
+            auth = self._auth or self._authenticate()
+            try:
+                return block_reply(self.link.request(P.UPD_BLOCK, auth.seal(P.UPD_BLOCK, struct.pack("<I", n) + data)))
+            except CommandError as e:
+                if e.code not in _REAUTH or attempt == 2:
+                    raise
+                self._auth = None
+        raise AssertionError("unreachable")
 
     def verify(self) -> dict:
-        return self.privileged(P.UPD_VERIFY, timeout_s=30)
+        return self.privileged(P.UPD_VERIFY, timeout_s=60)
 
-    def activate(self, when: str = "boundary") -> dict:
-        return self.privileged(P.UPD_ACTIVATE, json.dumps({"when": when}).encode())
+    def notice(self, info: dict) -> dict:
+        """FR33: tell the meter an upgrade is available, before any of the payload."""
+        return self.privileged(P.UPD_NOTICE, json.dumps(info).encode())
+
+    def activate(self, when: str = "boundary", at_s: int | None = None, registers: str = "preserve",
+                 ack: str = "immediate") -> dict:
+        body = {"when": when, "registers": registers, "ack": ack}
+        if at_s is not None:
+            body["at_s"] = int(at_s)
+        return self.privileged(P.UPD_ACTIVATE, json.dumps(body).encode())
 
     def revert(self) -> dict:
         return self.privileged(P.REVERT)

@@ -12,6 +12,7 @@ from . import framing
 from .errors import CommandError, TransportError
 
 DEFAULT_BAUD = 115200
+_RETRY_JITTER_S = 0.4
 
 
 class Link:
@@ -72,7 +73,11 @@ class Link:
         seq = self._seq
         frame = framing.encode(cmd, seq, payload)
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        for _ in range(retries + 1):
+        for attempt in range(retries + 1):
+            if attempt:
+                # A frame the meter lost to one of its flash stalls (an interval close, say) is
+                # resent a random moment later: a fixed timeout could keep landing on the next.
+                time.sleep(random.uniform(0, _RETRY_JITTER_S))
             self._write(frame)
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
@@ -89,6 +94,43 @@ class Link:
                     elif f.seq == seq and f.type == cmd | framing.OK_BIT:
                         return f.payload
         raise TransportError(f"no answer from the meter on {self.url} after {retries + 1} tries")
+
+    # -- pipelined requests: several frames in flight, for the flow-controlled transfer ---------
+    def send(self, cmd: int, payload: bytes = b"") -> int:
+        """Send one request frame without waiting; returns its sequence number."""
+        self._seq = (self._seq + 1) & 0xFF
+        self._write(framing.encode(cmd, self._seq, payload))
+        return self._seq
+
+    def collect(self, cmd: int, seqs, timeout_s: float, quiet_s: float = 0.5) -> tuple[dict, int]:
+        """Replies to the requests `seqs` (sent with send()), in the order they were sent.
+
+        Returns ({seq: reply payload or CommandError}, bad_frames). Stops when every request has
+        its reply, when timeout_s passes without one arriving, or, once the meter has reported a
+        damaged frame, when quiet_s passes without one: the damaged request gets no reply.
+        """
+        pending = set(seqs)
+        got: dict = {}
+        bad = 0
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for f in self._decoder.feed(self._read()):
+                if f.type == framing.ALARM:
+                    self.alarms.append(f)
+                elif f.type == framing.ERROR:
+                    err = _decode_error(f.payload)
+                    if err.code == "bad_frame":
+                        bad += 1
+                        deadline = min(deadline, time.monotonic() + quiet_s)
+                    elif f.seq in pending:
+                        got[f.seq] = err
+                        pending.discard(f.seq)
+                        deadline = time.monotonic() + (quiet_s if bad else timeout_s)
+                elif f.type == cmd | framing.OK_BIT and f.seq in pending:
+                    got[f.seq] = f.payload
+                    pending.discard(f.seq)
+                    deadline = time.monotonic() + (quiet_s if bad else timeout_s)
+        return got, bad
 
     def request_json(self, cmd: int, args: dict | None = None, raw: bytes | None = None, **kw) -> dict:
         """A request whose reply is JSON; the request carries args as JSON, or raw bytes."""

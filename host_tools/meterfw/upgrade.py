@@ -1,21 +1,79 @@
-"""The field upgrade: snapshot, transfer (resuming where the meter stopped), verify, activate,
-wait for the trial to end, snapshot again and compare."""
+"""The field upgrade, as the use case's steps run it: the upgrade-available notice (FR33), a
+snapshot of the meter (FR4: intervals, event log, registers, relay and meter state, health and
+clock), the flow-controlled transfer (resuming where the meter stopped), verify, activate (now,
+at the interval boundary or at a time; FR5, FR30, FR3, FR16), the wait for the meter's verdict,
+a second snapshot and the comparison of the two with every discrepancy listed (step 15)."""
 from __future__ import annotations
 
 import hashlib
+import json
+import struct
 import time
+from datetime import datetime, timezone
 from typing import Callable
 
 from . import protocol as P
-from .errors import CommandError, MeterfwError
-from .image import Image
-from .session import Meter
+from .errors import CommandError, MeterfwError, TransportError
+from .image import Image, ImageError, parse_image
+from .session import Meter, block_reply
 
-# Meter refusals that mean "this image will not go on this meter"; anything else is a failure.
+# Meter refusals that mean "this image will not go on this meter (now)": the result is
+# `rejected` and the meter keeps what it had. Anything else is a failure.
 REFUSALS = {"wrong_board", "bootloader_too_old", "rollback", "rejected", "verify_failed",
-            "already_active", "no_space"}
+            "already_active", "no_space", "pricing_event"}
+_REAUTH = {"auth_required", "replay"}
 _BOOT_S = 30  # boot, slot check and post-boot health check, with margin for a slow host
 _WATCHDOG_S = 9
+_BATCH_TRIES = 6  # a window that gets no reply at all this often in a row: the link is gone
+_NO_CREDIT_WAIT_S = 0.1
+_CLOCK_TOLERANCE_S = 2
+# Status fields that describe the meter's own state and must come through an upgrade unchanged.
+_PRESERVED = ("serial", "board", "state_hash", "interval_s")
+
+
+class Stage:
+    """What the flow is doing, for a progress display: stage(name) and progress(done, total)."""
+
+    def __init__(self, stage: Callable[[str], None] | None = None,
+                 progress: Callable[[int, int], None] | None = None):
+        self.stage = stage or (lambda name: None)
+        self.progress = progress or (lambda done, total: None)
+
+
+def parse_when(words: list[str] | str | None) -> tuple[str, int | None]:
+    """`now`, `boundary`, or `at TIME` (epoch seconds or ISO-8601, UTC unless it says otherwise)."""
+    if not words:
+        return "boundary", None
+    if isinstance(words, str):
+        words = words.split()
+    if words in (["now"], ["boundary"]):
+        return words[0], None
+    if len(words) == 2 and words[0] == "at":
+        return "at", parse_time(words[1])
+    raise CommandError(f"--when takes now, boundary or at TIME, not {' '.join(words)!r}")
+
+
+def parse_time(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise CommandError(f"activation time {text!r} is neither epoch seconds nor ISO-8601") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return int(t.timestamp())
+
+
+def precheck(data: bytes, meter_board: str | None = None) -> tuple[Image | None, str | None]:
+    """Host-side checks before the meter is asked anything: (image, None) or (None, reason)."""
+    try:
+        img = parse_image(data)
+    except ImageError as e:
+        return None, str(e)
+    if meter_board is not None and img.manifest["board"] != meter_board:
+        return None, f"image is for board {img.manifest['board']}, this meter is a {meter_board} board"
+    return img, None
 
 
 def continuity(records: list[dict]) -> dict:
@@ -36,72 +94,291 @@ def energy_check(records: list[dict], register_before_mwh: int) -> dict:
     return {"interval_energy_mwh": total, "register_delta_mwh": delta, "energy_conserved": total == delta}
 
 
-def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary",
-            progress: Callable[[int, int], None] | None = None) -> dict:
+# --- snapshots (FR4) ----------------------------------------------------------------------------
+
+def _optional(fn, *args, default=None):
+    """A read the meter may not offer (an older image, the recovery console)."""
+    try:
+        return fn(*args)
+    except CommandError as e:
+        if e.code in ("unknown_command", "auth_required"):
+            return default
+        raise
+
+
+def snapshot(meter: Meter) -> dict:
+    """Everything FR4 asks for, read from the meter now: status, every interval, the event log,
+    the registers, the meter state with the relay, and a health check with the host's time."""
+    st = meter.status()
+    snap = {"taken_s": round(time.time(), 3), "status": st,
+            "intervals": _optional(meter.read_intervals, default=[]),
+            "events": _optional(meter.read_events, default=[])}
+    for key, name, args in (("registers", "read_registers", ()), ("state", "read_state", ()),
+                            ("health", "health", (True,)), ("time", "time_get", ())):
+        fn = getattr(meter, name, None)
+        snap[key] = _optional(fn, *args) if fn else None
+    t = snap["time"]
+    if t is not None:
+        snap["clock_offset_s"] = round(t["offset_ms"] / 1000, 3)
+    elif st.get("time_s") is not None:
+        snap["clock_offset_s"] = round(st["time_s"] - snap["taken_s"], 1)  # whole seconds only
+    else:
+        snap["clock_offset_s"] = None
+    return snap
+
+
+def _relay(snap: dict):
+    relay = (snap.get("state") or {}).get("relay")
+    return None if relay is None else {k: relay.get(k) for k in ("latched", "commanded")}
+
+
+def _failed_health(snap: dict) -> list:
+    items = (snap.get("health") or {}).get("items") or snap["status"].get("health") or []
+    return [h for h in items if not h.get("ok") and h.get("severity") != "info"]
+
+
+def summary(snap: dict) -> dict:
+    st, regs = snap["status"], snap.get("registers") or {}
+    ivs = snap["intervals"]
+    return {
+        "version": st.get("active_version"), "slot": st.get("active_slot"), "confirmed": st.get("confirmed"),
+        "register_mwh": st.get("register_mwh"), "received_mwh": regs.get("received_mwh"),
+        "intervals": len(ivs), "last_interval_seq": ivs[-1]["seq"] if ivs else None,
+        "events": len(snap["events"]), "clock_offset_s": snap["clock_offset_s"],
+        "security_floor": st.get("security_floor"), "state_hash": st.get("state_hash"),
+        "relay": _relay(snap), "health_failed": _failed_health(snap),
+    }
+
+
+def compare(before: dict, after: dict, *, expect_version: str, registers: str = "preserve") -> list[str]:
+    """Every difference between two snapshots that an upgrade must not cause (step 15)."""
+    out = []
+    sb, sa = before["status"], after["status"]
+    if sa.get("active_version") != expect_version:
+        out.append(f"meter runs {sa.get('active_version')}, expected {expect_version}")
+    # Intervals: each one read before is still there, bit for bit; none missing or twice after.
+    after_by_seq = {r["seq"]: r for r in after["intervals"]}
+    for r in before["intervals"]:
+        a = after_by_seq.get(r["seq"])
+        if a is None:
+            if after["intervals"] and r["seq"] >= after["intervals"][0]["seq"]:
+                out.append(f"interval {r['seq']} (start {r['start']}) is missing after the upgrade")
+        elif a != r:
+            out.append(f"interval {r['seq']} changed: before {r}, after {a}")
+    tail = [r for r in after["intervals"] if not before["intervals"] or r["seq"] >= before["intervals"][-1]["seq"]]
+    cont = continuity(tail)
+    if cont["intervals_missed"]:
+        out.append(f"{cont['intervals_missed']} interval(s) missing since the upgrade started")
+    if cont["intervals_duplicated"]:
+        out.append(f"{cont['intervals_duplicated']} interval(s) duplicated since the upgrade started")
+    for prev, rec in zip(tail, tail[1:]):
+        if rec["register_mwh"] - prev["register_mwh"] != rec["energy_mwh"] and registers != "reset":
+            out.append(f"interval {rec['seq']}: register moved {rec['register_mwh'] - prev['register_mwh']} mWh, "
+                       f"interval energy {rec['energy_mwh']} mWh")
+    # Event log: every record read before is still there (unless the bounded log rotated it out).
+    ev_after = {e["seq"]: e for e in after["events"]}
+    oldest = min(ev_after) if ev_after else None
+    for e in before["events"]:
+        a = ev_after.get(e["seq"])
+        if a is None and oldest is not None and e["seq"] >= oldest:
+            out.append(f"event {e['seq']} ({e['name']}) is missing after the upgrade")
+        elif a is not None and a != e:
+            out.append(f"event {e['seq']} changed: before {e}, after {a}")
+    # Registers never go backwards unless a reset was asked for.
+    rb, ra = sb.get("register_mwh"), sa.get("register_mwh")
+    if rb is not None and ra is not None and ra < rb and registers != "reset":
+        out.append(f"register went backwards: {rb} mWh before, {ra} mWh after")
+    # Meter state, relay, identity: bit for bit.
+    for k in _PRESERVED:
+        if k in sb and k in sa and sb[k] != sa[k]:
+            out.append(f"{k} changed: before {sb[k]!r}, after {sa[k]!r}")
+    if _relay(before) is not None and _relay(after) is not None and _relay(before) != _relay(after):
+        out.append(f"relay changed: before {_relay(before)}, after {_relay(after)}")
+    rb_, ra_ = before.get("registers") or {}, after.get("registers") or {}
+    for k in ("delivered_mwh", "received_mwh"):
+        if k in rb_ and k in ra_ and ra_[k] < rb_[k] and registers != "reset":
+            out.append(f"{k} register went backwards: {rb_[k]} before, {ra_[k]} after")
+    # The clock is where it was (the reboot must not lose or gain time).
+    cb, ca = before.get("clock_offset_s"), after.get("clock_offset_s")
+    if cb is not None and ca is not None and abs(ca - cb) > _CLOCK_TOLERANCE_S:
+        out.append(f"meter clock moved by {ca - cb:+.1f} s against the host's")
+    floor_b, floor_a = sb.get("security_floor"), sa.get("security_floor")
+    if floor_b is not None and floor_a is not None and floor_a < floor_b:
+        out.append(f"security floor went down: {floor_b} -> {floor_a}")
+    for h in _failed_health(after):
+        out.append(f"health check {h.get('check')} ({h.get('severity')}) failed: {h.get('message')}")
+    return out
+
+
+# --- the flow ----------------------------------------------------------------------------------
+
+def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at_s: int | None = None,
+            registers: str = "preserve", ack: str = "immediate",
+            progress: Callable[[int, int], None] | None = None, stage: Callable[[str], None] | None = None,
+            poll_s: float = 0.2) -> dict:
+    ui = Stage(stage, progress)
     t0 = time.monotonic()
     m = img.manifest
-    before = meter.status()
-    report = {"result": None, "reason": None, "from_version": before["active_version"],
-              "to_version": m["version"], "payload_bytes": m["payload_size"], "image_bytes": len(data),
-              "board": before["board"], "when": when}
-    if m["board"] != before["board"]:
-        raise CommandError(f"image is for board {m['board']}, but the meter is a {before['board']} board")
-    history = meter.read_intervals()
-    register_before = history[-1]["register_mwh"] if history else 0
-    first_seq = history[-1]["seq"] if history else 0
-    report["intervals_before"] = len(history)
+    image_id = hashlib.sha256(img.manifest_bytes).hexdigest()
+    ui.stage("snapshot")
+    before = snapshot(meter)
+    st0 = before["status"]
+    report = {"result": None, "reason": None, "from_version": st0.get("active_version"),
+              "to_version": m["version"], "image_id": image_id, "payload_bytes": m["payload_size"],
+              "image_bytes": len(data), "board": st0.get("board"), "serial": st0.get("serial"),
+              "when": when, "at_s": at_s, "registers": registers, "ack": ack}
 
     def finish(result: str, reason: str | None = None) -> dict:
         report.update(result=result, reason=reason, seconds=round(time.monotonic() - t0, 2))
         return report
 
+    _, why = precheck(data, st0.get("board"))
+    if why:
+        return finish("rejected", why)
+    history = before["intervals"]
+    register_before = history[-1]["register_mwh"] if history else 0
+    first_seq = history[-1]["seq"] if history else 0
+    report["before"] = summary(before)
+    report["intervals_before"] = len(history)
+
     try:
+        ui.stage("notice")
+        report["notice"] = _optional(meter.notice, {
+            "version": m["version"], "image_id": image_id, "size": len(data), "board": m["board"],
+            "security_version": m["security_version"], "when": when})
+        ui.stage("transfer")
         t_xfer = time.monotonic()
-        sent = _transfer(meter, data, img, report, progress)
-        report["transfer_seconds"] = round(time.monotonic() - t_xfer, 2)
-        report["transfer_bytes_per_s"] = round(sent / max(time.monotonic() - t_xfer, 1e-6))
-        meter.verify()
-        act = meter.activate(when)
+        sent = _transfer(meter, data, img, image_id, report, ui.progress)
+        xfer_s = max(time.monotonic() - t_xfer, 1e-6)
+        report["transfer_seconds"] = round(xfer_s, 2)
+        report["transfer_bytes_per_s"] = round(sent / xfer_s)
+        ui.stage("verify")
+        v = meter.verify()
+        report["verify_ms"] = v.get("verify_ms")
+        report["signature_ms"] = v.get("signature_ms")
+        ui.stage("activate")
+        t_act = time.monotonic()
+        act = meter.activate(when, at_s, registers, ack)
     except CommandError as e:
         if e.code in REFUSALS:
-            return finish("rejected", str(e))
+            return finish("rejected", str(e).removeprefix("meter refused: "))
         raise
-    wait_s = (before["interval_s"] if when == "boundary" else 0) + _WATCHDOG_S * 3 + _BOOT_S
-    after = meter.wait_until(lambda s: s["update"].get("result") in ("confirmed", "reverted"), wait_s)
-    if after is None:
-        return finish("failed", f"no verdict from the meter within {wait_s} s of activation")
-    report["activated_at_s"] = act.get("boundary_s")
-    report["boot_reason"] = after["boot_reason"]
-    report["active_version"] = after["active_version"]
-    report["health"] = after.get("health")
-    records = [r for r in meter.read_intervals(max(first_seq, 1)) if r["seq"] > first_seq]
-    window = history[-1:] + records
+    report["activate_at_s"] = act.get("activate_at_s", act.get("boundary_s"))
+    report["activation_deferred_s"] = act.get("deferred_s", 0)
+    meter_now = act.get("meter_time_s") or st0.get("time_s") or 0
+    delay_s = max((report["activate_at_s"] or meter_now) - meter_now, 0) if report["activate_at_s"] else 0
+    if when == "boundary" and not report["activate_at_s"]:
+        delay_s = st0.get("interval_s") or 0
+    wait_s = delay_s + _WATCHDOG_S * 3 + _BOOT_S
+
+    ui.stage("waiting for the verdict")
+    seen = {}
+
+    def verdict(s: dict) -> bool:
+        if "first_read" not in seen and s.get("active_version") == m["version"] and s.get("boot_reason") == "activate":
+            seen["first_read"] = time.monotonic()
+        return s.get("update", {}).get("result") in ("confirmed", "reverted")
+
+    after_st = meter.wait_until(verdict, wait_s, poll_s=poll_s)
+    if "first_read" in seen:
+        report["activation_to_first_read_s"] = round(seen["first_read"] - t_act - delay_s, 3)
+    if after_st is None:
+        return finish("failed", f"no verdict from the meter within {wait_s:.0f} s of activation")
+    ui.stage("snapshot")
+    after = snapshot(meter)
+    sa = after["status"]
+    report["after"] = summary(after)
+    report["boot_reason"] = sa.get("boot_reason")
+    report["active_version"] = sa.get("active_version")
+    report["health"] = sa.get("health")
+    records = [r for r in after["intervals"] if r["seq"] > first_seq]
     report["intervals_after"] = len(records)
-    report.update(continuity(window))
+    report.update(continuity(history[-1:] + records))
     report.update(energy_check(records, register_before))
-    if after["update"]["result"] == "reverted":
-        return finish("reverted", after["update"].get("reason") or "the meter went back to the previous image")
+    reverted = after_st["update"]["result"] == "reverted"
+    report["discrepancies"] = compare(before, after, registers=registers,
+                                      expect_version=report["from_version"] if reverted else m["version"])
+    if reverted:
+        return finish("reverted", after_st["update"].get("reason") or "the meter went back to the previous image")
     return finish("confirmed")
 
 
-def _transfer(meter: Meter, data: bytes, img: Image, report: dict, progress) -> int:
-    """Send the image from the first block the meter lacks. Returns the bytes sent now."""
-    image_id = hashlib.sha256(img.manifest_bytes).hexdigest()
+def _transfer(meter: Meter, data: bytes, img: Image, image_id: str, report: dict, progress) -> int:
+    """Send the image from the first block the meter lacks, a granted window at a time.
+
+    The meter grants `window` blocks from `next`; they go out back to back, and the reply to
+    the last one carries the next grant (it comes once the meter has written the window to
+    flash). After anything but a clean window (a damaged or lost frame, a reply that did not
+    come, a meter that restarted) the host asks the meter where it stands and for a fresh
+    grant, so it never sends into the meter's flash work. Returns the payload bytes sent now.
+    """
     st = meter.update_state()
-    if st["status"] == P.INITIATED and st.get("image_id") == image_id:
-        first, bs = st["first_not_transferred_block"], st["block_size"]  # resume, as DLMS clients do
+    if st.get("status") == P.INITIATED and st.get("image_id") == image_id:
+        # Resume, as DLMS clients do: no initiate, from the first block not yet transferred.
+        bs, first = st["block_size"], st["first_not_transferred_block"]
+        nxt, window = first, st.get("next_block", first) + st.get("window", 1) - first
     else:
         r = meter.initiate(data[:img.payload_offset])
-        first, bs = r["first_not_transferred_block"], r["block_size"]
+        bs, first = r["block_size"], r["first_not_transferred_block"]
+        nxt, window = r.get("next", first), r.get("window", 1)
     report["resumed_from_block"] = first
     blocks = (len(data) + bs - 1) // bs
-    sent = 0
-    for n in range(first, blocks):
-        chunk = data[n * bs:(n + 1) * bs]
-        r = meter.block(n, chunk)
-        if r["next"] != n + 1:
-            raise MeterfwError(f"meter expected block {r['next']} after block {n}")
-        sent += len(chunk)
-        if progress:
-            progress(min((n + 1) * bs, len(data)), len(data))
-    return sent
+    report["blocks"] = blocks
+    stats = {"block_frames": 0, "bad_frames": 0, "windows": 0, "no_reply": 0, "resyncs": 0}
+    timeout_s = max(meter.link.timeout_s, 5.0)
+    fails = 0
+    progress(min(nxt * bs, len(data)), len(data))
+    t0 = time.monotonic()
+    while nxt < blocks:
+        if window <= 0:  # the meter is about to write flash of its own, or restarting: ask again
+            time.sleep(_NO_CREDIT_WAIT_S)
+            try:
+                nxt, window = _where(meter, image_id)
+            except TransportError:
+                fails += 1
+                if fails >= _BATCH_TRIES:
+                    raise
+            continue
+        sent = []
+        for n in range(nxt, min(nxt + window, blocks)):
+            body = struct.pack("<I", n) + data[n * bs:(n + 1) * bs]
+            sent.append(meter.link.send(P.UPD_BLOCK, meter.seal(P.UPD_BLOCK, body)))
+        stats["block_frames"] += len(sent)
+        stats["windows"] += 1
+        got, bad = meter.link.collect(P.UPD_BLOCK, sent, timeout_s)
+        stats["bad_frames"] += bad
+        stats["no_reply"] += len(sent) - len(got)
+        errors = [r for r in got.values() if isinstance(r, CommandError)]
+        if any(e.code not in _REAUTH for e in errors):
+            raise next(e for e in errors if e.code not in _REAUTH)
+        if errors:
+            meter.drop_session()  # the meter restarted: a new session, then where it stands
+        last = got.get(sent[-1])
+        if last is not None and not errors and not bad:
+            r = block_reply(last)
+            fails = 0
+            nxt, window = r["next"], r["window"]
+            progress(min(nxt * bs, len(data)), len(data))
+            if r["done"]:
+                break
+            continue
+        fails = fails + 1 if not got else 0
+        if fails >= _BATCH_TRIES:
+            raise TransportError(f"the meter stopped answering during the transfer (at block {nxt} of {blocks})")
+        stats["resyncs"] += 1
+        try:
+            nxt, window = _where(meter, image_id)
+        except TransportError:
+            window = 0  # the meter is restarting; ask again
+    stats["blocks_resent"] = max(stats["block_frames"] - (blocks - first), 0)
+    stats["blocks_seconds"] = round(time.monotonic() - t0, 3)  # first block out to the last reply
+    report["transfer"] = stats
+    return max(len(data) - first * bs, 0)
+
+
+def _where(meter: Meter, image_id: str) -> tuple[int, int]:
+    """(next block, window) from the meter's update state, with a grant made just now."""
+    st = meter.update_state()
+    if st.get("status") != P.INITIATED or st.get("image_id") != image_id:
+        raise MeterfwError("the meter dropped the transfer (it was initiated again elsewhere)")
+    return st["next_block"], st["window"]

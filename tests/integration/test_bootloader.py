@@ -107,9 +107,15 @@ def test_forced_reactivation_needs_authentication(board, variant_images, link, m
         link.request_json(P.UNREJECT, raw=img_id)
     assert e.value.code == "auth_required"
     assert image_id(bad) in meter.status()["rejected"]
-    assert meter.privileged(P.UNREJECT, img_id) == {"unrejected": True}
+    rc, _, err = subprocess.run([MFW, "--port", board.port, "allow", str(bad)], capture_output=True, text=True).returncode, 0, 0
+    assert rc == 1  # no keys, no authority
+    assert image_id(bad) in meter.status()["rejected"]
+    rc, out, err = cli(board, "allow", str(bad), "--json")
+    assert rc == 0 and json.loads(out)["was_rejected"] is True, err
     assert image_id(bad) not in meter.status()["rejected"]
     assert "rejected image allowed again by operator" in [e["name"] for e in meter.read_events()]
+    rc, report = upgrade(board, bad)  # forced through: it is tried (and fails) once more
+    assert rc == 3 and report["result"] == "reverted"
 
 
 def _stop_and_edit(board):
@@ -136,6 +142,8 @@ def test_no_ping_pong_when_old_image_also_fails_opens_recovery(board, variant_im
     reverted_at = max(e["seq"] for e in evs if e["name"] == "reverted")
     assert [e for e in evs if e["seq"] > reverted_at and e["name"] == "reverted"] == []  # no ping-pong
     assert "recovery console opened" in [e["name"] for e in evs]
+    rc, out, err = cli(board, "status")
+    assert rc == 0 and "RECOVERY CONSOLE" in out
 
 
 def test_recovery_console_upload_and_activate(board, variant_images, images, sim_factory):

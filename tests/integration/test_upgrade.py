@@ -90,9 +90,16 @@ def test_bad_image_input_changes_nothing(board, images, keys_dir, tmp_path, case
         path.write_bytes(data[: len(data) // 2])
     elif case == "garbage":
         path.write_bytes(b"\x00not an image" * 50)
-    rc, out, err = cli(port, "upgrade", str(path), keys=keys_dir)
-    assert rc == 1
+    report = tmp_path / "report.json"
+    rc, out, err = cli(port, "upgrade", str(path), "--report", str(report), keys=keys_dir)
     assert err.startswith("meterfw: ") and err.count("\n") == 1 and expect in err, err
+    if case == "missing_file":
+        assert rc == 1 and not report.exists()  # nothing to judge: an error, not a verdict
+    else:
+        # The image itself is refused before any of it reaches the meter: a verdict, exit 4.
+        assert rc == 4 and err.startswith("meterfw: rejected: "), err
+        r = json.loads(report.read_text())
+        assert r["result"] == "rejected" and expect in r["reason"]
     _unchanged(port, before)
 
 

@@ -1,0 +1,79 @@
+# The meter runtime's privileged commands: meter state changes, the register reset, time set,
+# the relay and alarm acknowledgements. Each runs inside an authenticated session (app.py
+# registers them privileged). Loaded for each request and dropped after it, like cmd_read.
+import json
+from micropython import const
+from bootloader.protocol import CommandError
+import codes
+
+_VALID_FROM_S = const(1704067200)  # 2024-01-01
+_VALID_UNTIL_S = const(0xFFFFFFFF)
+
+
+def _query(payload):
+    q = json.loads(payload) if payload else {}
+    if not isinstance(q, dict):
+        raise CommandError("bad_request", "request body must be a JSON object")
+    return q
+
+
+async def set_state(m, payload):
+    import state_edit
+    h = state_edit.update(m.state, _query(payload), m.metering.registers()[0] + m.metering.reset_mwh)
+    return {"hash": h, "seq": m.state.seq}
+
+
+async def reset_registers(m, _payload):
+    return {"before": m.metering.reset_registers()}
+
+
+async def time_set(m, payload):
+    """DLMS codes 4 and 5, stamped with the time before and after; the clock-set flag on the
+    interval(s) it touches (metering.clock_set). Synchronising is the host's: it reads our
+    time against its own and sets it when the offset is beyond its tolerance."""
+    t_ms = _query(payload).get("time_ms")
+    if isinstance(t_ms, bool) or not isinstance(t_ms, int) or not _VALID_FROM_S * 1000 <= t_ms <= _VALID_UNTIL_S * 1000:
+        raise CommandError("bad_request", "time_ms must be epoch milliseconds from 2024 on")
+    clock = m.board.clock
+    old_ms = clock.time_ms()
+    delta_s = max(-0x7FFFFFFF, min(0x7FFFFFFF, (t_ms - old_ms) // 1000))
+    m.p.events.log(codes.CLOCK_ADJUSTED_OLD, delta_s)
+    clock.set_time_ms(t_ms)
+    split = m.metering.clock_set(old_ms, t_ms)
+    m.p.events.log(codes.CLOCK_ADJUSTED_NEW, delta_s)
+    return {"old_ms": old_ms, "new_ms": t_ms, "delta_ms": t_ms - old_ms, "interval_split": split}
+
+
+# -- the service relay (FR2) ----------------------------------------------------------------------
+# A latching relay: a coil pulse moves it and it stays where it is without power. So its position
+# is read at boot and no coil is pulsed then, nor during an upgrade, a revert or a power loss; only
+# the authenticated relay command moves it. The meter state holds the position the utility asked
+# for; when the latched one differs (a cut between the two, or a hand on the relay) that is
+# reported, not "corrected": correcting it would be an actuation nobody asked for.
+async def relay(m, payload):
+    """Connect or disconnect the supply: the intent is stored first, then the coil pulsed, and
+    only when the relay is not already there."""
+    action = _query(payload).get("action")
+    if action not in ("connect", "disconnect"):
+        raise CommandError("bad_request", "relay action must be connect or disconnect")
+    hw = getattr(m.board, "relay", None)
+    if hw is None:
+        raise CommandError("no_relay", "this meter has no service relay")
+    connect = action == "connect"
+    moved = hw.closed() != connect
+    import state_edit
+    state_edit.set_relay(m.state, connect)
+    if moved:
+        hw.actuate(connect)
+        m.p.events.log(codes.RELAY_CONNECTED if connect else codes.RELAY_DISCONNECTED, 0)
+        m.notices.show("Supply reconnected" if connect else "Supply disconnected by your utility")
+    return {"fitted": True, "latched": "connected" if hw.closed() else "disconnected",
+            "commanded": "connected" if m.state.relay_connected else "disconnected", "agrees": True,
+            "moved": moved}
+
+
+async def ack(m, payload):
+    seqs = _query(payload).get("seqs")
+    if not isinstance(seqs, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seqs):
+        raise CommandError("bad_request", "seqs must be a list of alarm sequence numbers")
+    return {"acknowledged": m.outbox.ack(seqs), "pending": len(m.outbox.pending)}

@@ -1,0 +1,91 @@
+# The meter runtime's read commands: registers (the billing read, which carries the alarms that
+# wait for it), the meter state, health, time, alarms and the display. Open to anyone on the
+# link. Loaded for each request and dropped after it (app.py), so the heap carries none of it
+# while the meter meters; kept small because the image reader loads a module in one piece.
+import json
+from micropython import const
+from bootloader.protocol import CommandError
+
+# meter_state.FIXED indexes read here
+_MULT = const(11)
+_PP_ON = const(15)
+_PP_CREDIT = const(16)
+_PP_BASE = const(19)
+
+
+def _query(payload):
+    q = json.loads(payload) if payload else {}
+    if not isinstance(q, dict):
+        raise CommandError("bad_request", "request body must be a JSON object")
+    return q
+
+
+def lifetime_mwh(m):
+    """Delivered energy over the meter's life: the register plus what resets took away."""
+    return m.metering.registers()[0] + m.metering.reset_mwh
+
+
+def _prepayment(m):
+    f = m.state.fixed
+    if not f[_PP_ON]:
+        return None
+    # The credit counts down with delivered energy since it was set (its base), so the meter
+    # state itself never changes with consumption: its hash stays put between commands.
+    used_wh = (lifetime_mwh(m) - f[_PP_BASE]) // 1000
+    return {"credit_wh": f[_PP_CREDIT], "used_wh": used_wh, "balance_wh": f[_PP_CREDIT] - used_wh}
+
+
+async def registers(m, _payload):
+    """The billing read: registers now, and the alarms that wait for it (FR16 next-read)."""
+    mt = m.metering
+    reg, reg_rx, _, _ = mt.registers()
+    last = mt.log.last
+    return {"time_s": m.board.clock.time_ms() // 1000,
+            "delivered_mwh": reg, "received_mwh": reg_rx, "net_mwh": reg - reg_rx,
+            "lifetime_delivered_mwh": reg + mt.reset_mwh, "lifetime_received_mwh": reg_rx + mt.reset_rx_mwh,
+            "resets": mt.resets, "multiplier": m.state.fixed[_MULT], "prepayment": _prepayment(m),
+            "last_interval_seq": last[0] if last else 0, "alarms": m.outbox.listing(deferred_only=True)}
+
+
+async def state(m, _payload):
+    import state_json
+    out = state_json.to_dict(m.state)
+    out["relay"].update(relay_status(m))
+    if out["prepayment"]["enabled"]:
+        out["prepayment"].update(_prepayment(m))
+    return out
+
+
+async def health(m, payload):
+    import health as h
+    host_ms = _query(payload).get("host_time_ms")
+    if host_ms is not None and (isinstance(host_ms, bool) or not isinstance(host_ms, int)):
+        raise CommandError("bad_request", "host_time_ms must be epoch milliseconds")
+    results = await h.run(m, host_ms)
+    items = [{"check": n, "severity": s, "status": st, "ok": st != h.FAIL, "message": msg, "value": v}
+             for n, s, st, msg, v in results]
+    return {"items": items, "ok": all(i["ok"] for i in items if i["severity"] != h.INFO)}
+
+
+async def time_get(m, _payload):
+    now_ms = m.board.clock.time_ms()
+    return {"time_ms": now_ms, "valid": m.metering.clock_valid(now_ms // 1000)}
+
+
+def _pos(closed):
+    return "connected" if closed else "disconnected"
+
+
+def relay_status(m):
+    hw = getattr(m.board, "relay", None)
+    closed = hw.closed() if hw else None
+    return {"fitted": hw is not None, "latched": None if hw is None else _pos(closed),
+            "commanded": _pos(m.state.relay_connected), "agrees": hw is None or closed == m.state.relay_connected}
+
+
+async def alarms(m, _payload):
+    return {"alarms": m.outbox.listing(), "pushes": m.outbox.pushes}
+
+
+async def display(m, _payload):
+    return {"text": m.notices.text}

@@ -1,0 +1,29 @@
+# Event codes the application logs (FR14), beside the bootloader's own. DLMS standard event log
+# codes where one exists, ours from 140 to 159. bootloader/eventlog.py lists the same numbers
+# with their names (the names live there only, to spare the heap); a test keeps the two in step.
+# The numbers are defined here too because the bootloader is never upgraded in the field, and a
+# newer application must not depend on constants an older bootloader lacks.
+from micropython import const
+
+INTERVAL_GAP = const(108)        # the bootloader's; value: intervals closed late after a restart
+CLOCK_ADJUSTED_OLD = const(4)    # DLMS; stamped with the time before; value: change in s
+CLOCK_ADJUSTED_NEW = const(5)    # DLMS; stamped with the time after; value: change in s
+CLOCK_INVALID = const(6)         # DLMS; value: 0 before 2024, 1 behind the last interval, 2 leapt ahead
+NV_MEMORY_ERROR = const(14)      # DLMS; value: damaged records found
+MEASUREMENT_ERROR = const(16)    # DLMS; value: 0
+INTERVALS_DROPPED = const(140)   # value: oldest interval records dropped to keep the quota
+REGISTERS_RESET = const(141)     # value: delivered register before the reset, Wh
+REGISTERS_RESET_RECEIVED = const(142)  # value: received register before the reset, Wh
+STATE_CHANGED = const(143)       # value: meter state seq
+RELAY_DISCONNECTED = const(144)  # value: 0
+RELAY_CONNECTED = const(145)     # value: 0
+RELAY_MISMATCH = const(146)      # value: latched position (1 closed); state says otherwise
+HEALTH_PASSED = const(147)       # value: items checked
+HEALTH_CRITICAL = const(148)     # value: index of the failed item (meter_state.HEALTH_ITEMS)
+HEALTH_IMPORTANT = const(149)    # value: index of the failed item
+LOAD_LIMIT_EXCEEDED = const(150)  # value: average power over the interval, W
+FRONTEND_RESTARTED = const(151)  # value: mWh the front-end counted since it restarted
+STATE_RECOVERED = const(152)     # value: 0 from the unrenamed copy, 1 factory settings
+ALARMS_ACKED = const(153)        # value: alarms acknowledged
+OUTBOX_OVERFLOW = const(154)     # value: seq of the alarm dropped unacknowledged
+
