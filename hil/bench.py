@@ -27,7 +27,7 @@ from meterfw.keys import init_keys, load_keys
 from meterfw.paths import FIRMWARE
 from meterfw.session import Meter
 from meterfw.transport import Link
-from meterfw.upgrade import _transfer, continuity, upgrade
+from meterfw.upgrade import continuity, send_image, upgrade
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "build" / "bench"
@@ -124,7 +124,7 @@ def run() -> list[dict]:
         s0 = meter.status()
         late_idle = _late(s_idle, s0)
         rb: dict = {}
-        _transfer(meter, big, img, hashlib.sha256(img.manifest_bytes).hexdigest(), rb, lambda d, n: None)
+        send_image(meter, big, img, hashlib.sha256(img.manifest_bytes).hexdigest(), rb, lambda d, n: None)
         s1 = meter.status()
         sig_ms = []
         t_end = time.monotonic() + VERIFY_BUSY_S

@@ -399,9 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("status", cmd_status, "versions, slots, register, boot reason")
     c = command("upgrade", cmd_upgrade, "install an image and wait for the verdict")
     c.add_argument("file")
-    c.add_argument("--when", nargs="+", default=["boundary"], metavar="now|boundary|at TIME",
-                   help="activate now, just after the next interval closes (the default), or at TIME "
-                        "(epoch seconds or ISO-8601 UTC); never inside a scheduled pricing event")
+    c.add_argument("--when", nargs="+", default=["boundary"], metavar="WHEN",
+                   help="`now`, `boundary` (the default: just after the next interval closes) or "
+                        "`at TIME` (epoch seconds or ISO-8601 UTC); never inside a scheduled pricing event")
     c.add_argument("--registers", choices=("preserve", "reset"), default="preserve",
                    help="keep the energy registers (default) or reset them on the new image's first boot")
     c.add_argument("--ack", choices=("immediate", "next-read"), default="immediate",

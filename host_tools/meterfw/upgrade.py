@@ -6,7 +6,6 @@ a second snapshot and the comparison of the two with every discrepancy listed (s
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 import time
 from datetime import datetime, timezone
@@ -220,9 +219,7 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
     t0 = time.monotonic()
     m = img.manifest
     image_id = hashlib.sha256(img.manifest_bytes).hexdigest()
-    ui.stage("snapshot")
-    before = snapshot(meter)
-    st0 = before["status"]
+    st0 = meter.status()
     report = {"result": None, "reason": None, "from_version": st0.get("active_version"),
               "to_version": m["version"], "image_id": image_id, "payload_bytes": m["payload_size"],
               "image_bytes": len(data), "board": st0.get("board"), "serial": st0.get("serial"),
@@ -235,6 +232,8 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
     _, why = precheck(data, st0.get("board"))
     if why:
         return finish("rejected", why)
+    ui.stage("snapshot")
+    before = snapshot(meter)
     history = before["intervals"]
     register_before = history[-1]["register_mwh"] if history else 0
     first_seq = history[-1]["seq"] if history else 0
@@ -248,7 +247,7 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
             "security_version": m["security_version"], "when": when})
         ui.stage("transfer")
         t_xfer = time.monotonic()
-        sent = _transfer(meter, data, img, image_id, report, ui.progress)
+        sent = send_image(meter, data, img, image_id, report, ui.progress)
         xfer_s = max(time.monotonic() - t_xfer, 1e-6)
         report["transfer_seconds"] = round(xfer_s, 2)
         report["transfer_bytes_per_s"] = round(sent / xfer_s)
@@ -303,7 +302,7 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
     return finish("confirmed")
 
 
-def _transfer(meter: Meter, data: bytes, img: Image, image_id: str, report: dict, progress) -> int:
+def send_image(meter: Meter, data: bytes, img: Image, image_id: str, report: dict, progress) -> int:
     """Send the image from the first block the meter lacks, a granted window at a time.
 
     The meter grants `window` blocks from `next`; they go out back to back, and the reply to
