@@ -151,9 +151,12 @@ class Metering:
     async def run(self):
         clock = self._board.clock
         while True:
-            due_ms = await self.step(clock.time_ms())
+            await self.step(clock.time_ms())
+            # Measured after the close: its own flash writes take tens of ms, and sleeping for
+            # a wait computed before them would make the next close late by that much.
+            due_ms = self.open_end_s * 1000 - clock.time_ms()
             # Re-check at least every second so a clock change is noticed promptly.
-            await asyncio.sleep_ms(min(due_ms, 1000))
+            await asyncio.sleep_ms(max(0, min(due_ms, 1000)))
 
     # -- seldom: metering_ops.py ---------------------------------------------------------------
     def clock_set(self, old_ms, new_ms):

@@ -173,8 +173,9 @@ def run() -> list[dict]:
         ("peak heap during transfer and verify (since boot)", heap_peak, "bytes", "report"),
         ("  share of the Pico's heap", round(heap_peak / heap, 3), "ratio", "<= 0.60"),
         ("  heap free at peak", round(1 - heap_peak / heap, 3), "ratio", ">= 0.40"),
-        ("Ed25519 verify (vendor + utility signatures) on the sim", round(sum(sig_ms) / len(sig_ms)), "ms", "report"),
-        ("whole verify (payload SHA-256 + signatures), ~200 KB image", rep.get("verify_ms"), "ms", "report"),
+        ("Ed25519 check of both signatures on the sim, mean of %d verifies" % len(sig_ms),
+         round(sum(sig_ms) / len(sig_ms)), "ms", "report"),
+        ("whole verify (payload SHA-256 + signatures), ~200 KB image, meter A", rep.get("verify_ms"), "ms", "report"),
     ]
     return [{"name": n, "value": v, "unit": u, "target": tgt} for n, v, u, tgt in figures]
 
