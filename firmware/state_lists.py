@@ -1,23 +1,13 @@
 # Meter state changes to the listed settings: NEM channels, pricing and grid events, the
 # reporting policy and health severities (see state_edit.py). Loaded with it, dropped after.
 from micropython import const
-from bootloader.protocol import CommandError
 from meter_state import ALARM_CODES, HEALTH_ITEMS, SEVERITIES
 from state_json import GRID_KINDS, NEM_CHANNELS
+from state_edit import _bad, _int  # always loaded first: only state_edit imports this module
 
 MAX_EVENTS = const(8)
 _NEM_ON = const(7)
 _NEM_CH = const(8)
-
-
-def _bad(msg):
-    return CommandError("bad_request", "meter state: " + msg)
-
-
-def _int(v, lo, hi, what):
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise _bad("%s must be a whole number from %d to %d" % (what, lo, hi))
-    return v
 
 
 def nem(f, value):
