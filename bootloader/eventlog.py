@@ -1,5 +1,7 @@
 # Event log (FR14): timestamped, sequence-numbered records appended to two files in turn,
-# so the log stays bounded and one file is always whole. Codes follow DLMS where one exists.
+# so the log stays bounded and one file is always whole. Codes follow DLMS where one exists;
+# their names are in event_names.py, loaded only to read the log out.
+import json
 import struct
 from binascii import crc32
 from micropython import const
@@ -49,24 +51,16 @@ FRONTEND_RESTARTED = const(151)
 STATE_RECOVERED = const(152)
 ALARMS_ACKED = const(153)
 OUTBOX_OVERFLOW = const(154)
-NAMES = {
-    17: "firmware ready for activation", 18: "firmware activated",
-    51: "firmware verification failed", 100: "boot", 101: "trial attempt",
-    102: "image confirmed", 103: "reverted", 104: "application crashed",
-    105: "download started", 106: "download complete", 107: "boot control rebuilt",
-    108: "intervals closed after power-down", 109: "recovery console opened",
-    110: "rejected image allowed again by operator", 111: "health check failed",
-    130: "upgrade available", 131: "activation deferred for a pricing event",
-    4: "clock adjusted (old time)", 5: "clock adjusted (new time)", 6: "clock invalid",
-    14: "non-volatile memory error", 16: "measurement system error",
-    140: "interval records dropped (quota)", 141: "registers reset (delivered)",
-    142: "registers reset (received)", 143: "meter state changed", 144: "relay disconnected",
-    145: "relay connected", 146: "relay position differs from meter state",
-    147: "health check passed", 148: "critical health check failed",
-    149: "important health check failed", 150: "load limit exceeded",
-    151: "metrology front-end restarted", 152: "meter state recovered",
-    153: "alarms acknowledged", 154: "alarm dropped: outbox full",
-}
+
+
+def names(codes, default="event"):
+    """{code: name} for the given codes; event_names.py loads for the call and leaves after."""
+    from bootloader import event_names, forget
+
+    try:
+        return {c: event_names.NAMES.get(c, default) for c in codes}
+    finally:
+        forget("event_names")
 
 
 def _read(path):
@@ -113,3 +107,14 @@ class EventLog:
                     out.append((seq, t, code, value))
         out.sort()
         return out
+
+    def page(self, request, most):
+        """A page of the log for the link (READ_EVENTS): the events from the request's
+        since_seq, at most its limit and `most`, the names of their codes, and whether more
+        follow."""
+        q = json.loads(request) if request else {}
+        limit = max(1, min(q.get("limit", most), most))
+        evs = self.read(q.get("since_seq", 0), limit + 1)
+        rows = evs[:limit]
+        return {"fields": ("seq", "time", "code", "value"), "rows": rows, "names": names({e[2] for e in rows}),
+                "more": len(evs) > limit}

@@ -18,6 +18,10 @@ class Platform:
         self.manifest = manifest
         self.image_id = image_id
         self.bootloader_version = VERSION
+        # fn() the application sets to store what the next image checks itself against (its
+        # pre-switch snapshot). Not called when the running image is rejected: its view of
+        # the meter is not to be trusted.
+        self.before_switch = None
         try:
             with open("/identity.json") as f:
                 self.identity = json.load(f)
@@ -58,6 +62,8 @@ class Platform:
 
     def activate(self, slot):
         """Start a trial of slot and reset into it. Does not return."""
+        if self.before_switch:
+            self.before_switch()
         b = self.bcb
         b.previous = b.active
         b.active = slot
@@ -104,6 +110,8 @@ class Platform:
         b = self.bcb
         if not self.can_revert():
             raise ValueError("no previous image to revert to")
+        if not reject and self.before_switch:
+            self.before_switch()
         if reject and self.image_id is not None:
             b.reject(self.image_id)
             if why:

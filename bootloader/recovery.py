@@ -4,7 +4,7 @@
 import asyncio
 import json
 from micropython import const
-from bootloader import eventlog, protocol as P
+from bootloader import protocol as P
 from bootloader.bootctl import SLOT_NAMES, REASONS
 from bootloader.link import LinkServer
 from bootloader.platform import Platform
@@ -12,6 +12,7 @@ from bootloader.protocol import CommandError
 from bootloader.transfer import Transfer, VERIFIED
 
 _FEED_MS = const(1000)
+_EVENT_PAGE = const(30)
 
 
 class RecoveryConsole:
@@ -44,10 +45,7 @@ class RecoveryConsole:
         }
 
     async def read_events(self, payload):
-        q = json.loads(payload) if payload else {}
-        evs = self.p.events.read(q.get("since_seq", 0), min(q.get("limit", 50), 50))
-        return {"events": [{"seq": e[0], "time": e[1], "code": e[2],
-                            "name": eventlog.NAMES.get(e[2], "event"), "value": e[3]} for e in evs]}
+        return self.p.events.page(payload, _EVENT_PAGE)
 
     async def update_state(self, _payload):
         return self.transfer.public_state()

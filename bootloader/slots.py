@@ -68,20 +68,26 @@ async def check_signatures(slot, require_approval):
 
 async def check_header_signatures(raw, sigs, require_approval):
     """check_signatures on a manifest and signatures already read (an initiate's image head)."""
-    from bootloader import ed25519  # loaded only for a verify: ~14 KB of heap
+    # Loaded for the check and forgotten after: ~20 KB of heap, needed only for a verify.
+    from bootloader import ed25519, forget
 
-    found = {}
-    for role, key_id, sig in sigs:
-        if role not in _PREFIX:
-            continue
-        pub = _public_key(role)
-        if pub is None or hashlib.sha256(pub).digest()[:8] != key_id:
-            if role == 1:
-                raise ValueError("vendor signature is by an unknown key")
-            continue
-        if not await ed25519.verify_async(pub, _PREFIX[role] + raw, sig):
-            raise ValueError("bad %s signature" % _ROLE_NAME[role])
-        found[role] = True
+    try:
+        found = {}
+        for role, key_id, sig in sigs:
+            if role not in _PREFIX:
+                continue
+            pub = _public_key(role)
+            if pub is None or hashlib.sha256(pub).digest()[:8] != key_id:
+                if role == 1:
+                    raise ValueError("vendor signature is by an unknown key")
+                continue
+            if not await ed25519.verify_async(pub, _PREFIX[role] + raw, sig):
+                raise ValueError("bad %s signature" % _ROLE_NAME[role])
+            found[role] = True
+    finally:
+        del ed25519
+        forget("ed25519")
+        forget("sha512")
     if 1 not in found:
         raise ValueError("no vendor signature")
     if require_approval and 2 not in found:

@@ -68,6 +68,7 @@ class Transfer:
         bps = getattr(platform.board, "link_bytes_per_s", None) or _ASSUMED_LINK_BPS
         self._block_ms = (BLOCK_SIZE + _BLOCK_WIRE_EXTRA) * 1000 // bps + 1
         self.state = {"status": NOT_INITIATED}
+        self.changed = None  # fn(state), called after each stored change (the app's notices)
         try:
             with open(_STATE) as f:
                 self.state = json.load(f)
@@ -77,6 +78,8 @@ class Transfer:
     def save(self):
         with open(_STATE, "w") as f:
             json.dump(self.state, f)
+        if self.changed:
+            self.changed(self.state)
 
     def _written(self):
         try:

@@ -5,7 +5,7 @@ import gc
 import json
 import sys
 import time
-from bootloader import eventlog, protocol
+from bootloader import protocol
 from bootloader.bootctl import SLOT_NAMES
 from intervals import FIRMWARE_CHANGE, FLAG_NAMES
 from metering import Metering
@@ -38,17 +38,15 @@ class Meter:
         self.metering.alarm = self.outbox.post
         self.notices = Notices(self.board)
         self.agent = UpdateAgent(platform, self.metering, self.metering.pricing_events)
-        # Every activation (the update agent's, or the recovery path's) stores the pre-switch
-        # snapshot first, so the new image's health check has registers and a meter state hash
-        # to compare with. Wrapped here so the platform need not know about meter data.
-        activate = platform.activate
-
-        def activate_after_snapshot(slot):
-            self.metering.pre_switch()
-            activate(slot)
-        platform.activate = activate_after_snapshot
+        self.agent.show = self.notices.show
+        self.agent.transfer.changed = self.notices.transfer_changed
+        # Every switch the running image asks for (the update agent's activation, an operator's
+        # revert) stores the pre-switch snapshot first, so the next image's health check has
+        # registers and a meter state hash to compare with.
+        platform.before_switch = self.metering.pre_switch
         self.health = None
         self.heap_peak = 0
+        self.heap_peak_live = 0
         self.link = LinkServer(self.board, {
             protocol.PING: self.ping,
             protocol.STATUS: self.status,
@@ -116,7 +114,8 @@ class Meter:
             "health": self.health,
             "update": self.agent.transfer.public_state(),
             "metering": {"closes": self.metering.closes, "late_ms": self.metering.late_ms},
-            "heap": {"free": gc.mem_free(), "used": gc.mem_alloc(), "peak_used": self.heap_peak},
+            "heap": {"free": gc.mem_free(), "used": gc.mem_alloc(), "peak_used": self.heap_peak,
+                     "peak_live": self.heap_peak_live, "board_models": getattr(self.board, "heap_models", 0)},
         }
 
     async def read_intervals(self, payload):
@@ -129,14 +128,7 @@ class Meter:
                 "rows": [r[:8] for r in recs], "first_seq": self.metering.log.first_seq}
 
     async def read_events(self, payload):
-        q = json.loads(payload) if payload else {}
-        limit = max(1, min(q.get("limit", _EVENT_PAGE), _EVENT_PAGE))
-        evs = self.p.events.read(q.get("since_seq", 0), limit + 1)
-        names = {}
-        for e in evs[:limit]:
-            names[e[2]] = eventlog.NAMES.get(e[2], "event")
-        return {"fields": ("seq", "time", "code", "value"), "rows": evs[:limit], "names": names,
-                "more": len(evs) > limit}
+        return self.p.events.page(payload, _EVENT_PAGE)
 
     async def revert(self, _payload):
         if not self.p.can_revert():
@@ -149,7 +141,6 @@ class Meter:
 
     async def _revert(self):
         await asyncio.sleep_ms(50)  # let the reply leave first
-        self.metering.pre_switch()  # what the image reverted to checks itself against
         self.p.revert()
 
     async def post_boot(self):
@@ -183,8 +174,12 @@ class Meter:
         while True:
             self.p.watchdog.feed()
             used = gc.mem_alloc()  # sampled here: heap use at its busiest is what the Pico must fit
-            if used > self.heap_peak:
-                self.heap_peak = used
+            self.heap_peak = max(self.heap_peak, used)
+            if used > self.heap_peak_live:
+                # Perhaps a new high: how much of it is live? Garbage is room the next
+                # collection gives back; what the heap must hold is what stays.
+                gc.collect()
+                self.heap_peak_live = max(self.heap_peak_live, gc.mem_alloc())
             await asyncio.sleep_ms(100)
 
     async def run(self):
@@ -192,7 +187,6 @@ class Meter:
         asyncio.create_task(self.metering.run())
         asyncio.create_task(self.post_boot())
         asyncio.create_task(self.outbox.run())
-        asyncio.create_task(self.notices.follow(self.agent.transfer))
         await self.link.run()
 
 

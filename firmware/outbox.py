@@ -8,7 +8,7 @@ import time
 from micropython import const
 import codes
 import store
-from bootloader.eventlog import NAMES
+from bootloader.eventlog import names
 
 PATH = "/data/outbox"
 CAPACITY = const(16)
@@ -80,17 +80,22 @@ class Outbox:
         return n
 
     @staticmethod
-    def as_dict(a):
-        return {"seq": a[_SEQ], "time": a[_TIME], "code": a[_CODE], "name": NAMES.get(a[_CODE], "alarm"),
+    def as_dict(a, named):
+        return {"seq": a[_SEQ], "time": a[_TIME], "code": a[_CODE], "name": named[a[_CODE]],
                 "value": a[_VALUE], "message": a[_MESSAGE], "report": "immediate" if a[_NOW] else "next-read"}
 
+    def _names(self):
+        return names({a[_CODE] for a in self.pending}, "alarm")
+
     def listing(self, deferred_only=False):
-        return [self.as_dict(a) for a in self.pending if not (deferred_only and a[_NOW])]
+        named = self._names()
+        return [self.as_dict(a, named) for a in self.pending if not (deferred_only and a[_NOW])]
 
     def _push(self):
+        named = self._names()
         for a in self.pending:
             if a[_NOW]:
-                self.send(a[_SEQ] & 0xFF, json.dumps(self.as_dict(a)).encode())
+                self.send(a[_SEQ] & 0xFF, json.dumps(self.as_dict(a, named)).encode())
                 self.pushes += 1
 
     async def run(self):

@@ -51,6 +51,7 @@ class UpdateAgent:
         except (OSError, ValueError):
             pass
         self._pending = None  # the task waiting to activate
+        self.show = platform.board.display  # the customer display; the app routes it via its notices
 
     # -- the metering task's flash work, as the transfer schedules around it -----------------
     def ms_to_next(self):
@@ -87,7 +88,7 @@ class UpdateAgent:
             json.dump(notice, f)
         self.notice = notice
         self._p.events.log(UPGRADE_NOTICE, notice["size"])
-        self._p.board.display("Firmware %s available" % notice["version"])  # FR32
+        self.show("Firmware %s available" % notice["version"])  # FR32
         return {"noted": True, "update": self.transfer.public_state()}
 
     def _now_s(self):

@@ -138,12 +138,13 @@ def run() -> list[dict]:
         frames_b = tb["bad_frames"] + tb["no_reply"]
         records = [r for r in meter.read_intervals() if r["start"] >= s0["time_s"] - 2]
         cont = continuity(records)
-        heap_peak = s2["heap"]["peak_used"]
+        hp = s2["heap"]
         meter.link.close()
     finally:
         b.stop()
 
     heap = BOARD["heap_bytes"]
+    app_peak = hp["peak_live"] - hp["board_models"]
     figures = [
         ("payload throughput, 115200 baud, UART-loss model on", round(bps), "B/s", ">= 0.95 x ceiling"),
         ("  share of the raw line rate (11520 B/s)", round(bps / LINE_BPS, 3), "ratio", "report"),
@@ -169,10 +170,12 @@ def run() -> list[dict]:
         ("activation to first read on the new image", rep.get("activation_to_first_read_s"), "s", "<= 2"),
         ("intervals affected by the activation", rep["intervals_missed"] + rep["intervals_duplicated"], "intervals",
          "0"),
-        ("heap in use before the transfer, peak since boot", s0["heap"]["peak_used"], "bytes", "report"),
-        ("peak heap during transfer and verify (since boot)", heap_peak, "bytes", "report"),
-        ("  share of the Pico's heap", round(heap_peak / heap, 3), "ratio", "<= 0.60"),
-        ("  heap free at peak", round(1 - heap_peak / heap, 3), "ratio", ">= 0.40"),
+        ("heap: peak allocated since boot, garbage included", hp["peak_used"], "bytes", "report"),
+        ("heap: peak live since boot (transfer and verify included)", hp["peak_live"], "bytes", "report"),
+        ("  of which the sim's own hardware models (C on a Pico)", hp["board_models"], "bytes", "report"),
+        ("  the application's peak live heap", app_peak, "bytes", "report"),
+        ("  share of the Pico's heap (64-bit sim objects)", round(app_peak / heap, 3), "ratio", "<= 0.60"),
+        ("  heap free at peak", round(1 - app_peak / heap, 3), "ratio", ">= 0.40"),
         ("Ed25519 check of both signatures on the sim, mean of %d verifies" % len(sig_ms),
          round(sum(sig_ms) / len(sig_ms)), "ms", "report"),
         ("whole verify (payload SHA-256 + signatures), ~200 KB image, meter A", rep.get("verify_ms"), "ms", "report"),

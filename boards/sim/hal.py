@@ -63,6 +63,9 @@ class Board:
         # The latching service relay: its driver reads the position and never pulses a coil on
         # its own (FR2); only the application's authenticated relay command does.
         self.relay = getattr(self._hw, "relay", None)
+        # Heap the simulated parts take (a Pico has them in silicon and C): status reports it
+        # so the rig can tell the application's own share.
+        self.heap_models = self._hw.models_heap
 
     def reset_cause(self):
         return self._hw.reset_cause

@@ -51,6 +51,7 @@ class Hardware:
         with open(sim_dir + "/sim.json") as f:
             self.sim = json.load(f)
         self.reset_cause = reset_cause
+        self.models_heap = 0  # set by power_on.py once the models are built
         self.ctl = Ctl(ctl_out_fd, ctl_in_fd)
         self.flash = NorFlash(sim_dir + "/flash.img", self.board["flash"], self.ctl)
         self.metrology = Metrology(self.sim.get("seed", 1), self.sim["created_s"])

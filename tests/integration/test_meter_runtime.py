@@ -144,12 +144,12 @@ def test_energy_state_and_relay_survive_upgrade_revert_and_two_power_cuts(runtim
         assert code in codes, code
     assert [e["value"] for e in events if e["code"] == 100].count(0) >= 3  # power-on boots, first one too
 
-    # Customer notices before (download), during (the trial boot) and after (verdict, revert).
+    # Customer notices before (available, downloading, ready), during (the trial boot) and after
+    # (verdict, revert). The transfer's states reach the display as they are stored.
     notices = " | ".join(line.split(" ", 1)[1] for line in display_log(board))
-    # "before": the upgrade-available notice, shown when it arrives (the download notice follows
-    # the transfer state by polling and can be skipped when a transfer takes under a second).
-    at = [notices.find(text) for text in ("1.1.0 available", "Installing meter software 1.1.0",
-                                          "updated to 1.1.0", "undone; running 1.0.0")]
+    at = [notices.find(text) for text in ("1.1.0 available", "1.1.0 downloading", "1.1.0 ready",
+                                          "Installing meter software 1.1.0", "updated to 1.1.0",
+                                          "undone; running 1.0.0")]
     assert -1 not in at and at == sorted(at), notices
     assert notices.count("updated to 1.1.0") == 1, notices  # said once, not at every boot after
 
