@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hil.sim import SimBoard
 from meterfw.errors import MeterfwError
-from meterfw.image import build_image, parse_image
+from meterfw.image import build_image
 from meterfw.keys import init_keys, load_keys
 from meterfw.paths import FIRMWARE
 from meterfw.session import Meter
@@ -83,12 +83,7 @@ class Sweep:
         try:
             meter = self._meter(board)
             _wait(lambda: len(meter.read_intervals()) >= 2, 3 * self.interval_s + 20, "two closed intervals")
-            data = self.v2.read_bytes()
-            img = parse_image(data)
-            r = meter.initiate(data[:img.payload_offset])
-            bs = r["block_size"]
-            for n in range(r["blocks"]):
-                meter.block(n, data[n * bs:(n + 1) * bs])
+            meter.upload(self.v2.read_bytes())
             meter.verify()
             meter.link.close()
         finally:

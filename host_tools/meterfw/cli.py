@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import protocol as P
 from .errors import CommandError, MeterfwError
-from .image import ImageError, build_image, inspect, parse_image, write_image
+from .image import Image, ImageError, build_image, inspect, parse_image, write_image
 from .keys import KeysError, init_keys, load_keys
 from .paths import BOARD_NAMES, FIRMWARE
 from .session import Meter
@@ -41,6 +41,16 @@ def _read_file(path: str) -> bytes:
         raise CommandError(f"no such file: {path}") from None
     except OSError as e:
         raise CommandError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _read_image(path: str) -> tuple[bytes, Image | None, str | None]:
+    """An image file: (data, image, None), or (data, None, "path: why") when the bytes are no
+    usable image. A file that cannot be read is an error (CommandError), not a verdict."""
+    data = _read_file(path)
+    try:
+        return data, parse_image(data), None
+    except ImageError as e:
+        return data, None, f"{path}: {e}"
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -101,11 +111,9 @@ def cmd_status(args) -> int:
 
 def cmd_allow(args) -> int:
     """Let a rejected image be activated again: an operator's authenticated decision."""
-    data = _read_file(args.file)
-    try:
-        img = parse_image(data)
-    except ImageError as e:
-        raise CommandError(f"{args.file}: {e}") from None
+    _, img, why = _read_image(args.file)
+    if img is None:
+        raise CommandError(why)
     image_id = hashlib.sha256(img.manifest_bytes).digest()
     r = _meter(args).privileged(P.UNREJECT, image_id)
     out = {"image_id": image_id.hex(), "version": img.manifest["version"], "was_rejected": r["unrejected"]}
@@ -299,12 +307,11 @@ def cmd_revert(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
-    from .upgrade import parse_when, precheck, upgrade  # keeps rich out of the other commands' start-up
-    data = _read_file(args.file)
+    from .upgrade import parse_when, upgrade  # keeps rich out of the other commands' start-up
+    data, img, why = _read_image(args.file)
     when, at_s = parse_when(args.when)
-    img, why = precheck(data)
     if img is None:  # nothing to ask the meter: the image itself is unusable
-        return _upgrade_done(args, {"result": "rejected", "reason": f"{args.file}: {why}", "from_version": None,
+        return _upgrade_done(args, {"result": "rejected", "reason": why, "from_version": None,
                                     "to_version": None, "image_bytes": len(data), "seconds": 0})
     meter = _meter(args)
     with _progress(args, f"upgrade to {img.manifest['version']}") as ui:

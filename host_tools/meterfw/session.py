@@ -1,16 +1,21 @@
 """Talking to one meter: typed calls over a Link."""
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import time
+from typing import Callable
 
 from . import protocol as P
 from .auth import AuthSession, meter_key
-from .errors import CommandError, TransportError
+from .errors import CommandError, MeterfwError, TransportError
+from .image import parse_image
 from .transport import Link
 
 _REAUTH = {"auth_required", "replay"}  # the meter rebooted or another client took the session
+_BATCH_TRIES = 6  # a window that gets no reply at all this often in a row: the link is gone
+_NO_CREDIT_WAIT_S = 0.1
 
 
 def block_reply(payload: bytes) -> dict:
@@ -77,12 +82,6 @@ class Meter:
         out: list[dict] = []
         while True:
             page = self.link.request_json(P.READ_EVENTS, {"since_seq": since_seq, "limit": 50})
-            if "events" in page:  # the recovery console answers with objects, up to `limit`
-                out += page["events"]
-                if len(page["events"]) < 50:
-                    return out
-                since_seq = page["events"][-1]["seq"] + 1
-                continue
             for row in page["rows"]:
                 e = dict(zip(page["fields"], row))
                 e["name"] = page["names"].get(str(e["code"]), "event")
@@ -166,17 +165,90 @@ class Meter:
     def initiate(self, head: bytes) -> dict:
         return self.privileged(P.UPD_INITIATE, head)
 
-    def block(self, n: int, data: bytes) -> dict:
-        """One block, waiting for its reply (the upgrade flow pipelines windows instead)."""
-        for attempt in (1, 2):
-            auth = self._auth or self._authenticate()
+    def upload(self, data: bytes, progress: Callable[[int, int], None] | None = None) -> dict:
+        """Upload an image into the meter's inactive slot, a granted window at a time, from the
+        first block the meter lacks (no initiate when it already holds part of this image).
+
+        The meter grants `window` blocks from `next`; they go out back to back, and the reply to
+        the last one carries the next grant (it comes once the meter has written the window to
+        flash). After anything but a clean window (a damaged or lost frame, a reply that did not
+        come, a meter that restarted) we ask the meter where it stands and for a fresh grant, so
+        we never send into its flash work. progress(bytes the meter has, image bytes) is called
+        as grants come. Returns `resumed_from_block`, `blocks`, `bytes_sent` (payload sent now)
+        and `transfer`: the counts of block frames, bad frames, windows, replies missing,
+        resyncs, blocks sent again, and the seconds from the first block to the last reply.
+        Raises TransportError when the meter stops answering, CommandError when it refuses.
+        """
+        progress = progress or (lambda done, total: None)
+        img = parse_image(data)
+        image_id = hashlib.sha256(img.manifest_bytes).hexdigest()
+        st = self.update_state()
+        if st.get("status") == P.INITIATED and st.get("image_id") == image_id:
+            # Resume, as DLMS clients do: no initiate, from the first block not yet transferred.
+            bs, first = st["block_size"], st["first_not_transferred_block"]
+            nxt, window = first, st.get("next_block", first) + st.get("window", 1) - first
+        else:
+            r = self.initiate(data[:img.payload_offset])
+            bs, first = r["block_size"], r["first_not_transferred_block"]
+            nxt, window = r.get("next", first), r.get("window", 1)
+        blocks = (len(data) + bs - 1) // bs
+        stats = {"block_frames": 0, "bad_frames": 0, "windows": 0, "no_reply": 0, "resyncs": 0}
+        timeout_s = max(self.link.timeout_s, 5.0)
+        fails = 0
+        progress(min(nxt * bs, len(data)), len(data))
+        t0 = time.monotonic()
+        while nxt < blocks:
+            if window <= 0:  # the meter is about to write flash of its own, or restarting: ask again
+                time.sleep(_NO_CREDIT_WAIT_S)
+                try:
+                    nxt, window = self._where(image_id)
+                except TransportError:
+                    fails += 1
+                    if fails >= _BATCH_TRIES:
+                        raise
+                continue
+            sent = []
+            for n in range(nxt, min(nxt + window, blocks)):
+                body = struct.pack("<I", n) + data[n * bs:(n + 1) * bs]
+                sent.append(self.link.send(P.UPD_BLOCK, self.seal(P.UPD_BLOCK, body)))
+            stats["block_frames"] += len(sent)
+            stats["windows"] += 1
+            got, bad = self.link.collect(P.UPD_BLOCK, sent, timeout_s)
+            stats["bad_frames"] += bad
+            stats["no_reply"] += len(sent) - len(got)
+            errors = [r for r in got.values() if isinstance(r, CommandError)]
+            if any(e.code not in _REAUTH for e in errors):
+                raise next(e for e in errors if e.code not in _REAUTH)
+            if errors:
+                self.drop_session()  # the meter restarted: a new session, then where it stands
+            last = got.get(sent[-1])
+            if last is not None and not errors and not bad:
+                r = block_reply(last)
+                fails = 0
+                nxt, window = r["next"], r["window"]
+                progress(min(nxt * bs, len(data)), len(data))
+                if r["done"]:
+                    break
+                continue
+            fails = fails + 1 if not got else 0
+            if fails >= _BATCH_TRIES:
+                raise TransportError(f"the meter stopped answering during the transfer (at block {nxt} of {blocks})")
+            stats["resyncs"] += 1
             try:
-                return block_reply(self.link.request(P.UPD_BLOCK, auth.seal(P.UPD_BLOCK, struct.pack("<I", n) + data)))
-            except CommandError as e:
-                if e.code not in _REAUTH or attempt == 2:
-                    raise
-                self._auth = None
-        raise AssertionError("unreachable")
+                nxt, window = self._where(image_id)
+            except TransportError:
+                window = 0  # the meter is restarting; ask again
+        stats["blocks_resent"] = max(stats["block_frames"] - (blocks - first), 0)
+        stats["blocks_seconds"] = round(time.monotonic() - t0, 3)  # first block out to the last reply
+        return {"resumed_from_block": first, "blocks": blocks, "bytes_sent": max(len(data) - first * bs, 0),
+                "transfer": stats}
+
+    def _where(self, image_id: str) -> tuple[int, int]:
+        """(next block, window) from the meter's update state, with a grant made just now."""
+        st = self.update_state()
+        if st.get("status") != P.INITIATED or st.get("image_id") != image_id:
+            raise MeterfwError("the meter dropped the transfer (it was initiated again elsewhere)")
+        return st["next_block"], st["window"]
 
     def verify(self) -> dict:
         return self.privileged(P.UPD_VERIFY, timeout_s=60)

@@ -6,25 +6,20 @@ a second snapshot and the comparison of the two with every discrepancy listed (s
 from __future__ import annotations
 
 import hashlib
-import struct
 import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from . import protocol as P
-from .errors import CommandError, MeterfwError, TransportError
+from .errors import CommandError
 from .image import Image, ImageError, parse_image
-from .session import Meter, block_reply
+from .session import Meter
 
 # Meter refusals that mean "this image will not go on this meter (now)": the result is
 # `rejected` and the meter keeps what it had. Anything else is a failure.
 REFUSALS = {"wrong_board", "bootloader_too_old", "rollback", "rejected", "verify_failed",
             "already_active", "no_space", "pricing_event"}
-_REAUTH = {"auth_required", "replay"}
 _BOOT_S = 30  # boot, slot check and post-boot health check, with margin for a slow host
 _WATCHDOG_S = 9
-_BATCH_TRIES = 6  # a window that gets no reply at all this often in a row: the link is gone
-_NO_CREDIT_WAIT_S = 0.1
 _CLOCK_TOLERANCE_S = 2
 # Status fields that describe the meter's own state and must come through an upgrade unchanged.
 _PRESERVED = ("serial", "board", "state_hash", "interval_s")
@@ -303,81 +298,9 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
 
 
 def send_image(meter: Meter, data: bytes, img: Image, image_id: str, report: dict, progress) -> int:
-    """Send the image from the first block the meter lacks, a granted window at a time.
-
-    The meter grants `window` blocks from `next`; they go out back to back, and the reply to
-    the last one carries the next grant (it comes once the meter has written the window to
-    flash). After anything but a clean window (a damaged or lost frame, a reply that did not
-    come, a meter that restarted) the host asks the meter where it stands and for a fresh
-    grant, so it never sends into the meter's flash work. Returns the payload bytes sent now.
-    """
-    st = meter.update_state()
-    if st.get("status") == P.INITIATED and st.get("image_id") == image_id:
-        # Resume, as DLMS clients do: no initiate, from the first block not yet transferred.
-        bs, first = st["block_size"], st["first_not_transferred_block"]
-        nxt, window = first, st.get("next_block", first) + st.get("window", 1) - first
-    else:
-        r = meter.initiate(data[:img.payload_offset])
-        bs, first = r["block_size"], r["first_not_transferred_block"]
-        nxt, window = r.get("next", first), r.get("window", 1)
-    report["resumed_from_block"] = first
-    blocks = (len(data) + bs - 1) // bs
-    report["blocks"] = blocks
-    stats = {"block_frames": 0, "bad_frames": 0, "windows": 0, "no_reply": 0, "resyncs": 0}
-    timeout_s = max(meter.link.timeout_s, 5.0)
-    fails = 0
-    progress(min(nxt * bs, len(data)), len(data))
-    t0 = time.monotonic()
-    while nxt < blocks:
-        if window <= 0:  # the meter is about to write flash of its own, or restarting: ask again
-            time.sleep(_NO_CREDIT_WAIT_S)
-            try:
-                nxt, window = _where(meter, image_id)
-            except TransportError:
-                fails += 1
-                if fails >= _BATCH_TRIES:
-                    raise
-            continue
-        sent = []
-        for n in range(nxt, min(nxt + window, blocks)):
-            body = struct.pack("<I", n) + data[n * bs:(n + 1) * bs]
-            sent.append(meter.link.send(P.UPD_BLOCK, meter.seal(P.UPD_BLOCK, body)))
-        stats["block_frames"] += len(sent)
-        stats["windows"] += 1
-        got, bad = meter.link.collect(P.UPD_BLOCK, sent, timeout_s)
-        stats["bad_frames"] += bad
-        stats["no_reply"] += len(sent) - len(got)
-        errors = [r for r in got.values() if isinstance(r, CommandError)]
-        if any(e.code not in _REAUTH for e in errors):
-            raise next(e for e in errors if e.code not in _REAUTH)
-        if errors:
-            meter.drop_session()  # the meter restarted: a new session, then where it stands
-        last = got.get(sent[-1])
-        if last is not None and not errors and not bad:
-            r = block_reply(last)
-            fails = 0
-            nxt, window = r["next"], r["window"]
-            progress(min(nxt * bs, len(data)), len(data))
-            if r["done"]:
-                break
-            continue
-        fails = fails + 1 if not got else 0
-        if fails >= _BATCH_TRIES:
-            raise TransportError(f"the meter stopped answering during the transfer (at block {nxt} of {blocks})")
-        stats["resyncs"] += 1
-        try:
-            nxt, window = _where(meter, image_id)
-        except TransportError:
-            window = 0  # the meter is restarting; ask again
-    stats["blocks_resent"] = max(stats["block_frames"] - (blocks - first), 0)
-    stats["blocks_seconds"] = round(time.monotonic() - t0, 3)  # first block out to the last reply
-    report["transfer"] = stats
-    return max(len(data) - first * bs, 0)
-
-
-def _where(meter: Meter, image_id: str) -> tuple[int, int]:
-    """(next block, window) from the meter's update state, with a grant made just now."""
-    st = meter.update_state()
-    if st.get("status") != P.INITIATED or st.get("image_id") != image_id:
-        raise MeterfwError("the meter dropped the transfer (it was initiated again elsewhere)")
-    return st["next_block"], st["window"]
+    """The transfer step: Meter.upload, its figures into the report (`resumed_from_block`,
+    `blocks`, `transfer`). Returns the payload bytes sent now. (img and image_id are the
+    caller's, kept for hil/bench.py; the meter's upload works them out from data.)"""
+    up = meter.upload(data, progress)
+    report.update(resumed_from_block=up["resumed_from_block"], blocks=up["blocks"], transfer=up["transfer"])
+    return up["bytes_sent"]

@@ -153,12 +153,7 @@ def test_recovery_console_upload_and_activate(board, variant_images, images, sim
     _restart(board, sim_factory)
     meter = board.meter()
     assert meter.wait_until(lambda s: s.get("mode") == "recovery", 30) is not None
-    data = images["v2"].read_bytes()
-    img = parse_image(data)
-    r = meter.initiate(data[:img.payload_offset])
-    bs = r["block_size"]
-    for n in range(r["blocks"]):
-        meter.block(n, data[n * bs:(n + 1) * bs])
+    meter.upload(images["v2"].read_bytes())
     meter.verify()
     meter.activate("now")
     st = meter.wait_until(lambda s: s.get("mode") != "recovery" and s["update"].get("result") == "confirmed", 40)
