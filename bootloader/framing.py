@@ -33,40 +33,117 @@ def encode(ftype, seq, payload=b""):
 
 
 class Decoder:
-    """Turns a byte stream into (type, seq, payload) frames; counts what it had to drop."""
+    """Turns a byte stream into (type, seq, payload) frames; counts what it had to drop.
+
+    Frames are unescaped as the bytes arrive into one buffer allocated once, the size of the
+    largest frame: a 2 KiB block costs no allocation of its size, which a fragmented heap
+    could refuse, and leaves no KBs of garbage. Hand in what the line gave with feed(), then
+    call next() until it returns None; a payload is a memoryview into the buffer, valid until
+    the next call of next().
+    """
 
     def __init__(self, max_payload=MAX_PAYLOAD):
-        self._buf = bytearray()
-        # An escaped frame can be at most twice its size; anything longer is garbage.
-        self._max_wire = 2 * (max_payload + _HEAD + _CRC) + 2
+        self._frame = bytearray(max_payload + _HEAD + _CRC)
+        self._mv = memoryview(self._frame)
+        self._n = 0  # bytes of the frame being received
+        self._esc = False  # the last byte fed was ESC: the next one says which byte it stands for
+        self._bad = False  # this frame is dropped: too long, or a bad escape
+        self._src = b""
+        self._pos = self._end = 0
         self.bad_crc = 0
         self.oversized = 0
         self.runt = 0
 
-    def feed(self, data):
-        self._buf.extend(data)
-        frames = []
-        while True:
-            end = self._buf.find(END)
-            if end < 0:
-                if len(self._buf) > self._max_wire:
-                    self.oversized += 1
-                    self._buf = bytearray()
+    def feed(self, data, n=None):
+        """Bytes from the line (a bytes-like object; its first n bytes if n is given)."""
+        self._src = data
+        self._pos = 0
+        self._end = len(data) if n is None else n
+
+    def next(self):
+        """The next whole frame of what was fed, or None when it is used up."""
+        src, pos, end = self._src, self._pos, self._end
+        view = memoryview(src)
+        while pos < end:
+            if self._esc:
+                self._esc = False
+                self._unescape(src[pos])
+                pos += 1
+                continue
+            stop = src.find(END, pos, end)
+            last = end if stop < 0 else stop
+            while pos < last:
+                k = src.find(_ESC, pos, last)
+                cut = last if k < 0 else k
+                if cut > pos:
+                    self._put(view[pos:cut])
+                if k < 0:
+                    pos = last
+                elif k + 1 < last:
+                    self._unescape(src[k + 1])
+                    pos = k + 2
+                elif stop < 0:
+                    self._esc = True  # the escaped byte comes with the next feed
+                    pos = last
+                else:
+                    self._damaged()  # an ESC just before END escapes nothing
+                    pos = last
+            if stop < 0:
                 break
-            raw = bytes(self._buf[:end])
-            self._buf = self._buf[end + 1:]
-            if not raw:
-                continue  # back-to-back END bytes delimit nothing
-            if len(raw) > self._max_wire:
+            pos = stop + 1
+            frame = self._finish()
+            if frame:
+                self._pos = pos
+                return frame
+        self._pos = end
+        return None
+
+    def frames(self, data):
+        """Every frame in data, payloads copied: for a caller that wants them all at once."""
+        self.feed(data)
+        out = []
+        while True:
+            f = self.next()
+            if f is None:
+                return out
+            out.append((f[0], f[1], bytes(f[2])))
+
+    def _put(self, part):
+        n = self._n + len(part)
+        if n > len(self._frame):
+            if not self._bad:
                 self.oversized += 1
-                continue
-            frame = raw.replace(_ESC_END, END).replace(_ESC_ESC, _ESC)
-            if len(frame) < _HEAD + _CRC:
-                self.runt += 1
-                continue
-            (crc,) = struct.unpack_from("<I", frame, len(frame) - _CRC)
-            if crc != crc32(memoryview(frame)[:len(frame) - _CRC]):
-                self.bad_crc += 1
-                continue
-            frames.append((frame[0], frame[1], frame[_HEAD:len(frame) - _CRC]))
-        return frames
+            self._bad = True
+        elif not self._bad:
+            self._frame[self._n:n] = part
+            self._n = n
+
+    def _unescape(self, b):
+        if b != 0xDC and b != 0xDD:
+            self._damaged()  # not a SLIP escape
+        elif self._n == len(self._frame):
+            self._put(END)  # one byte too many: counted as oversized there
+        elif not self._bad:
+            self._frame[self._n] = 0xC0 if b == 0xDC else 0xDB
+            self._n += 1
+
+    def _damaged(self):
+        if not self._bad:
+            self.bad_crc += 1
+        self._bad = True
+
+    def _finish(self):
+        n, bad = self._n, self._bad
+        self._n = 0
+        self._bad = self._esc = False
+        if bad or n == 0:
+            return None  # counted when found; back-to-back END bytes delimit nothing
+        if n < _HEAD + _CRC:
+            self.runt += 1
+            return None
+        f = self._mv
+        (crc,) = struct.unpack_from("<I", f, n - _CRC)
+        if crc != crc32(f[:n - _CRC]):
+            self.bad_crc += 1
+            return None
+        return self._frame[0], self._frame[1], f[_HEAD:n - _CRC]

@@ -1,6 +1,7 @@
 # The link server: frames in, one handler per command code, a reply out for every request.
 # Part of the bootloader so the recovery console serves the same protocol as the application.
 import asyncio
+import gc
 import json
 from bootloader import framing
 from bootloader.auth import Sessions
@@ -32,8 +33,12 @@ class LinkServer:
                 await asyncio.sleep_ms(5)
                 continue
             dropped = d.bad_crc + d.oversized + d.runt
-            for ftype, seq, payload in d.feed(memoryview(buf)[:n]):
-                await self._serve(ftype, seq, payload)
+            d.feed(buf, n)
+            while True:
+                frame = d.next()
+                if frame is None:
+                    break
+                await self._serve(*frame)
             if d.bad_crc + d.oversized + d.runt != dropped:
                 self._error(0, "bad_frame", "frame dropped: CRC, size or length wrong")
 
@@ -69,6 +74,12 @@ class LinkServer:
             return
         except (ValueError, KeyError, TypeError) as e:
             self._error(seq, "bad_request", "bad request: %s" % e)
+            return
+        except MemoryError:
+            # No room for this request just now (the heap is busiest at boot and in a verify):
+            # refused like any bad request, nothing changed, and the link stays up.
+            gc.collect()
+            self._error(seq, "no_memory", "meter busy: no memory for this request now; try again")
             return
         reply = result if isinstance(result, bytes) else json.dumps(result).encode()
         frame = framing.encode(ftype | framing.OK_BIT, seq, reply)

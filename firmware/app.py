@@ -78,10 +78,8 @@ class Meter:
 
     def _run(self, module, name):
         async def handler(payload):
-            try:
+            try:  # a MemoryError reaches the host as "no_memory" (the link server)
                 return await getattr(await _load(module), name)(self, payload)
-            except MemoryError:
-                raise protocol.CommandError("no_memory", "meter busy: no room for this command now; try again")
             finally:
                 _drop()
         return handler

@@ -71,8 +71,7 @@ async def _storage(m, ctx):
 
 async def _link(m, ctx):
     probe = b"loopback %d" % ctx["now_ms"]
-    d = framing.Decoder()
-    frames = d.feed(framing.encode(0x00, 0x5A, probe))
+    frames = framing.Decoder(len(probe)).frames(framing.encode(0x00, 0x5A, probe))
     if len(frames) != 1 or bytes(frames[0][2]) != probe:
         return FAIL, "frame loopback failed", None
     return PASS, None, m.link.requests

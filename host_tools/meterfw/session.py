@@ -14,6 +14,8 @@ from .image import parse_image
 from .transport import Link
 
 _REAUTH = {"auth_required", "replay"}  # the meter rebooted or another client took the session
+_BUSY = {"no_memory"}  # the meter could not take a request just now; nothing changed
+_BUSY_WAIT_S = 0.2
 _BATCH_TRIES = 6  # a window that gets no reply at all this often in a row: the link is gone
 _NO_CREDIT_WAIT_S = 0.1
 
@@ -217,10 +219,12 @@ class Meter:
             stats["bad_frames"] += bad
             stats["no_reply"] += len(sent) - len(got)
             errors = [r for r in got.values() if isinstance(r, CommandError)]
-            if any(e.code not in _REAUTH for e in errors):
-                raise next(e for e in errors if e.code not in _REAUTH)
-            if errors:
+            if any(e.code not in _REAUTH | _BUSY for e in errors):
+                raise next(e for e in errors if e.code not in _REAUTH | _BUSY)
+            if any(e.code in _REAUTH for e in errors):
                 self.drop_session()  # the meter restarted: a new session, then where it stands
+            if any(e.code in _BUSY for e in errors):
+                time.sleep(_BUSY_WAIT_S)  # it had no room for a block just now: ask again shortly
             last = got.get(sent[-1])
             if last is not None and not errors and not bad:
                 r = block_reply(last)

@@ -1,4 +1,5 @@
 """Framing and boot control under MicroPython, against vectors the host produced."""
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ d = framing.Decoder()
 stream = b"".join(binascii.unhexlify(v["wire"]) for v in vs)
 got = []
 for i in range(0, len(stream), 7):  # arbitrary chunking, as a UART delivers it
-    got += d.feed(stream[i:i + 7])
+    got += d.frames(stream[i:i + 7])
 print(json.dumps({
     "encode_ok": [binascii.hexlify(framing.encode(v["type"], v["seq"], binascii.unhexlify(v["payload"]))).decode() == v["wire"] for v in vs],
     "decoded": [[t, s, binascii.hexlify(p).decode()] for t, s, p in got]}))
@@ -39,10 +40,10 @@ def test_device_drops_damaged_frames_and_keeps_the_next(run_mpy):
 import binascii
 from bootloader import framing
 d = framing.Decoder()
-frames = d.feed(binascii.unhexlify(ARGS[0]))
-frames += d.feed(binascii.unhexlify(ARGS[1]))
-frames += d.feed(b"\\xc0" + b"x" * 9000)    # oversized garbage with no end
-frames += d.feed(binascii.unhexlify(ARGS[1]))
+frames = d.frames(binascii.unhexlify(ARGS[0]))
+frames += d.frames(binascii.unhexlify(ARGS[1]))
+frames += d.frames(b"\\xc0" + b"x" * 9000)    # oversized garbage with no end
+frames += d.frames(binascii.unhexlify(ARGS[1]))
 print(json.dumps({"n": len(frames), "payloads": [bytes(p).decode() for _, _, p in frames],
                   "bad_crc": d.bad_crc, "oversized": d.oversized}))
 """, bytes(flipped).hex() + b"\xc0\x01\xc0".hex(), good.hex())
@@ -73,3 +74,39 @@ print(json.dumps({"first": first, "torn": [torn.seq, torn.active, torn.copy, len
     assert out["first"] == [2, 1]
     assert out["torn"] == [2, 1, 1, 0]  # the previous good copy survives
     assert out["none"] is True
+
+
+def test_device_unescapes_across_every_chunk_boundary_without_copies_of_a_frame(run_mpy, tmp_path):
+    # Payloads of nothing but escaped bytes, split at every offset (an ESC last in one read,
+    # its partner first in the next), then the largest frame: all decoded, none dropped,
+    # and the decoder's one buffer is all it allocates of frame size.
+    tricky = bytes([0xC0, 0xDB] * 40) + b"\xdb\xdc\xdd\xc0"
+    wire = framing.encode(0x21, 7, tricky) + framing.encode(0x22, 8, b"\xc0" * 2560)
+    (tmp_path / "wire.bin").write_bytes(wire)
+    out = run_mpy("""
+import binascii, gc, hashlib
+from bootloader import framing
+wire = open(ARGS[0], "rb").read()
+results = []
+for size in (1, 2, 3, 5, 64, 512, len(wire)):
+    d = framing.Decoder()
+    got = []
+    biggest = 0
+    for i in range(0, len(wire), size):
+        d.feed(wire[i:i + size])
+        while True:
+            gc.collect()
+            before = gc.mem_free()
+            f = d.next()
+            biggest = max(biggest, before - gc.mem_free())
+            if f is None:
+                break
+            got.append([f[0], f[1], binascii.hexlify(hashlib.sha256(f[2]).digest()).decode()])
+    results.append({"size": size, "got": got, "dropped": d.bad_crc + d.oversized + d.runt, "biggest": biggest})
+print(json.dumps(results))
+""", tmp_path / "wire.bin")
+    want = [[0x21, 7, hashlib.sha256(tricky).hexdigest()], [0x22, 8, hashlib.sha256(b"\xc0" * 2560).hexdigest()]]
+    for r in out:
+        assert r["got"] == want, r["size"]
+        assert r["dropped"] == 0
+        assert r["biggest"] < 1024, r  # small views and slices only, never a frame-sized copy
