@@ -242,7 +242,9 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
             "security_version": m["security_version"], "when": when})
         ui.stage("transfer")
         t_xfer = time.monotonic()
-        sent = send_image(meter, data, img, image_id, report, ui.progress)
+        up = meter.upload(data, ui.progress)
+        report.update(resumed_from_block=up["resumed_from_block"], blocks=up["blocks"], transfer=up["transfer"])
+        sent = up["bytes_sent"]
         xfer_s = max(time.monotonic() - t_xfer, 1e-6)
         report["transfer_seconds"] = round(xfer_s, 2)
         report["transfer_bytes_per_s"] = round(sent / xfer_s)
@@ -296,11 +298,3 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
         return finish("reverted", after_st["update"].get("reason") or "the meter went back to the previous image")
     return finish("confirmed")
 
-
-def send_image(meter: Meter, data: bytes, img: Image, image_id: str, report: dict, progress) -> int:
-    """The transfer step: Meter.upload, its figures into the report (`resumed_from_block`,
-    `blocks`, `transfer`). Returns the payload bytes sent now. (img and image_id are the
-    caller's, kept for hil/bench.py; the meter's upload works them out from data.)"""
-    up = meter.upload(data, progress)
-    report.update(resumed_from_block=up["resumed_from_block"], blocks=up["blocks"], transfer=up["transfer"])
-    return up["bytes_sent"]

@@ -116,6 +116,32 @@ print(json.dumps({"starts": [r[1] for r in rs], "sum": sum(r[4] for r in rs), "f
     assert out["sum"] == out["fe"] == out["reg"]
 
 
+def test_front_end_that_restarts_at_zero_keeps_registers_rising_and_flags_the_interval(run_mpy):
+    # A real ADE7953 loses its accumulators with its own power: it reads below the open
+    # interval's opening reading. The registers must go on from where they were, and the
+    # interval it happened in says it is estimated.
+    out = run_mpy(_script("""
+b, ev = Board(), Events()
+m = meter(b, ev, "reset")
+advance(b, m, 23)
+before = m.registers()[0]
+b.fe = 0                          # the front-end restarted: it counts from zero again
+advance(b, m, 27)
+rs = recs(m)
+print(json.dumps({"recs": [[r[2], r[4], r[6], flag_names(r[3])] for r in rs], "before": before,
+                  "live": m.registers()[0], "logged": [e for e in ev.logged if e[0] == 151]}))
+"""), ROOT, heap="512k")
+    rs = out["recs"]
+    regs = [r[2] for r in rs]
+    assert regs == sorted(regs) and out["live"] >= regs[-1] >= out["before"]  # never backwards
+    hit = [r for r in rs if "estimated" in r[3]]
+    assert len(hit) == 1 and hit[0][1] >= 0                  # the interval it happened in says so
+    assert all(r[1] == 1000 for r in rs[rs.index(hit[0]) + 1:])  # the ones after are exact again
+    # What it counted between the open interval's opening reading (t = 20 s) and its restart
+    # (t = 23 s) went with it: 300 mWh. The rest is there, exact.
+    assert out["logged"] and out["live"] == out["before"] - 300 + 2700
+
+
 def test_clock_set_splits_the_interval_and_flags_both_halves(run_mpy):
     out = run_mpy(_script("""
 b, ev = Board(), Events()
