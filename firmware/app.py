@@ -2,28 +2,21 @@
 # from the read-only image at /app and calls main(platform).
 import asyncio
 import gc
-import json
 import sys
 import time
+from micropython import const
 from bootloader import protocol
-from bootloader.bootctl import SLOT_NAMES
-from intervals import FIRMWARE_CHANGE, FLAG_NAMES
 from metering import Metering
 from bootloader.link import LinkServer
 from update_agent import UpdateAgent
-import codes
 from display import Notices
 from meter_state import MeterState
 from outbox import Outbox
 
-# Pages small enough that a reply stays near 2 KiB: the host's frame limit, and the heap's.
-_INTERVAL_PAGE = 20
-_EVENT_PAGE = 30
-_GC_EVERY_BYTES = 8192
-_LOAD_TRIES = 5
-_LOAD_RETRY_MS = 200
-_IV_FIELDS = ("seq", "start", "duration_s", "flags", "energy_mwh", "received_mwh", "register_mwh",
-              "register_received_mwh")
+_EVENT_PAGE = const(30)  # a page stays near 2 KiB: the host's frame limit, and the heap's
+_GC_EVERY_BYTES = const(8192)
+_LOAD_TRIES = const(5)
+_LOAD_RETRY_MS = const(200)
 
 
 class Meter:
@@ -49,15 +42,16 @@ class Meter:
         self.heap_peak_live = 0
         self.link = LinkServer(self.board, {
             protocol.PING: self.ping,
-            protocol.STATUS: self.status,
-            protocol.READ_INTERVALS: self.read_intervals,
             protocol.READ_EVENTS: self.read_events,
         })
-        self.link.add({protocol.REVERT: self.revert, protocol.UNREJECT: self.unreject}, privileged=True)
+        self.link.add({protocol.REVERT: self._run("cmd_change", "revert"),
+                       protocol.UNREJECT: self._run("cmd_change", "unreject")}, privileged=True)
         self.agent.register(self.link)
         # The runtime's commands load their code for each request and drop it after: the heap
-        # holds none of it while the meter meters and downloads (cmd_read.py, cmd_change.py).
-        self.link.add({protocol.READ_REGISTERS: self._run("cmd_read", "registers"),
+        # holds none of it while the meter meters and downloads (cmd_status, cmd_read, cmd_change).
+        self.link.add({protocol.STATUS: self._run("cmd_status", "status"),
+                       protocol.READ_INTERVALS: self._run("cmd_status", "intervals"),
+                       protocol.READ_REGISTERS: self._run("cmd_read", "registers"),
                        protocol.READ_STATE: self._run("cmd_read", "state"),
                        protocol.HEALTH: self._run("cmd_read", "health"),
                        protocol.TIME_GET: self._run("cmd_read", "time_get"),
@@ -87,84 +81,13 @@ class Meter:
     async def ping(self, payload):
         return payload
 
-    async def status(self, _payload):
-        p = self.p
-        return {
-            "board": self.board.name,
-            "serial": p.identity.get("serial"),
-            "active_slot": SLOT_NAMES[p.slot],
-            "active_version": p.manifest["version"],
-            "confirmed": p.bcb.confirmed,
-            "trial": p.in_trial,
-            "slots": p.slot_versions(),
-            "register_wh": self.metering.live_register_mwh() / 1000,
-            "register_mwh": self.metering.live_register_mwh(),
-            "register_received_mwh": self.metering.registers()[1],
-            "state_hash": self.state.hash(),
-            "alarms_pending": len(self.outbox.pending),
-            "uptime_s": time.ticks_diff(time.ticks_ms(), self.started_ms) // 1000,
-            "boot_reason": p.boot_reason,
-            "time_s": self.board.clock.time_ms() // 1000,
-            "interval_s": self.metering.interval_s,
-            "bootloader_version": p.bootloader_version,
-            "security_floor": p.bcb.floor,
-            "rejected": [r.hex() for r in p.bcb.rejected],
-            "health": self.health,
-            "update": self.agent.transfer.public_state(),
-            "metering": {"closes": self.metering.closes, "late_ms": self.metering.late_ms},
-            "heap": {"free": gc.mem_free(), "used": gc.mem_alloc(), "peak_used": self.heap_peak,
-                     "peak_live": self.heap_peak_live, "board_models": getattr(self.board, "heap_models", 0)},
-        }
-
-    async def read_intervals(self, payload):
-        # Rows rather than objects: a page of 20 stays well inside one frame. `more` says
-        # whether records follow; the host pages on from the last seq it got.
-        q = json.loads(payload) if payload else {}
-        recs, more = self.metering.log.read(q.get("since_seq", 0), max(1, min(q.get("limit", _INTERVAL_PAGE), _INTERVAL_PAGE)),
-                                            q.get("since_s", 0))
-        return {"fields": _IV_FIELDS, "flag_names": FLAG_NAMES, "more": more,
-                "rows": [r[:8] for r in recs], "first_seq": self.metering.log.first_seq}
-
     async def read_events(self, payload):
         return self.p.events.page(payload, _EVENT_PAGE)
 
-    async def revert(self, _payload):
-        if not self.p.can_revert():
-            raise protocol.CommandError("no_previous", "no previous image to revert to")
-        asyncio.create_task(self._revert())
-        return {"reverting": True}
-
-    async def unreject(self, payload):
-        return {"unrejected": self.p.unreject(bytes(payload))}
-
-    async def _revert(self):
-        await asyncio.sleep_ms(50)  # let the reply leave first
-        self.p.revert()
-
     async def post_boot(self):
-        if self.p.boot_reason in ("activate", "revert"):
-            self.metering.mark(FIRMWARE_CHANGE)
-        self.agent.transfer.settle(self.p.image_id)
-        rt = await _load("boot_tasks")  # dropped again at the end
+        rt = await _load("boot_tasks")
         try:
-            rt.boot_notice(self)
-            if not self.metering.clock_valid(self.board.clock.time_ms() // 1000):
-                self.p.events.log(codes.CLOCK_INVALID, 0)
-                self.outbox.post(codes.CLOCK_INVALID, 0, "clock invalid at start-up")
-            results = await (await _load("health")).run(self)
-            # An absent interface is ok here but keeps its message; `meterfw health` shows its status.
-            self.health = [{"check": n, "severity": s, "ok": st != "fail", "message": m} for n, s, st, m, _ in results]
-            critical = rt.after_health(self, results)
-            if critical and self.p.in_trial:
-                self.p.revert(reject=True, why="critical health check failed: " + "; ".join(critical))
-            if critical:
-                return  # a confirmed image stays; the failure is reported and the boot counts as failed
-            self.p.healthy()
-            trial = self.p.in_trial
-            if trial:
-                self.p.confirm()
-                self.agent.transfer.confirmed()
-            rt.after_confirm(self, trial)
+            await rt.post_boot(self, _load)
         finally:
             _drop()
 
@@ -205,7 +128,7 @@ async def _load(name):
 
 
 # Modules loaded for a task and forgotten after it (their names stay interned; their code goes).
-_LAZY = ("boot_tasks", "cmd_read", "cmd_change", "health", "health_data", "state_json", "state_edit",
+_LAZY = ("boot_tasks", "cmd_status", "cmd_read", "cmd_change", "health", "health_data", "state_json", "state_edit",
          "state_lists", "metering_boot", "metering_ops", "snapshot")
 
 

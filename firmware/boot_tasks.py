@@ -1,8 +1,9 @@
 # What the application does once at boot, beside metering: report a recovered meter state,
 # read the relay's latched position (never moving it, FR2), post the customer notice a switch
-# calls for, report the post-boot health check, and apply what the activation asked of the
-# new image. Loaded for it and dropped after (app.py).
+# calls for, run and report the post-boot health check, confirm or revert, and apply what the
+# activation asked of the new image. Loaded for it and dropped after (app.py).
 import codes
+from intervals import FIRMWARE_CHANGE
 
 
 def _pos(closed):
@@ -78,3 +79,30 @@ def after_confirm(m, confirmed_now):
     if p.image_id and t.get("id") == p.image_id.hex():
         if t.get("registers") == "reset":
             m.metering.reset_registers(p.image_id)
+
+
+async def post_boot(m, load):
+    """The post-boot health check and its verdict: confirm an image on trial that passes,
+    revert one that fails a critical check. `load` imports a module for the task (app.py)."""
+    p = m.p
+    if p.boot_reason in ("activate", "revert"):
+        m.metering.mark(FIRMWARE_CHANGE)
+    m.agent.transfer.settle(p.image_id)
+    boot_notice(m)
+    if not m.metering.clock_valid(m.board.clock.time_ms() // 1000):
+        p.events.log(codes.CLOCK_INVALID, 0)
+        m.outbox.post(codes.CLOCK_INVALID, 0, "clock invalid at start-up")
+    results = await (await load("health")).run(m)
+    # An absent interface is ok here but keeps its message; `meterfw health` shows its status.
+    m.health = [{"check": n, "severity": s, "ok": st != "fail", "message": msg} for n, s, st, msg, _ in results]
+    critical = after_health(m, results)
+    if critical and p.in_trial:
+        p.revert(reject=True, why="critical health check failed: " + "; ".join(critical))
+    if critical:
+        return  # a confirmed image stays; the failure is reported and the boot counts as failed
+    p.healthy()
+    trial = p.in_trial
+    if trial:
+        p.confirm()
+        m.agent.transfer.confirmed()
+    after_confirm(m, trial)

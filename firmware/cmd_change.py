@@ -1,6 +1,7 @@
 # The meter runtime's privileged commands: meter state changes, the register reset, time set,
-# the relay and alarm acknowledgements. Each runs inside an authenticated session (app.py
+# the relay, alarm acknowledgements, revert and allowing a rejected image again. Each runs inside an authenticated session (app.py
 # registers them privileged). Loaded for each request and dropped after it, like cmd_read.
+import asyncio
 import json
 from micropython import const
 from bootloader.protocol import CommandError
@@ -77,3 +78,19 @@ async def ack(m, payload):
     if not isinstance(seqs, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seqs):
         raise CommandError("bad_request", "seqs must be a list of alarm sequence numbers")
     return {"acknowledged": m.outbox.ack(seqs), "pending": len(m.outbox.pending)}
+
+
+async def revert(m, _payload):
+    if not m.p.can_revert():
+        raise CommandError("no_previous", "no previous image to revert to")
+    asyncio.create_task(_revert(m.p))
+    return {"reverting": True}
+
+
+async def _revert(p):
+    await asyncio.sleep_ms(50)  # let the reply leave first
+    p.revert()  # the platform stores the pre-switch snapshot first
+
+
+async def unreject(m, payload):
+    return {"unrejected": m.p.unreject(bytes(payload))}

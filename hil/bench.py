@@ -37,6 +37,7 @@ PAD_BYTES = 160_000  # with the firmware, a ~200 KB image: ~20 s on the line
 VERIFY_BUSY_S = 6.0  # verify back to back this long, so intervals close during it
 IDLE_S = 6.0
 BOARD = json.loads((REPO / "boards" / "sim" / "board.json").read_text())
+PICO2_HEAP = json.loads((REPO / "boards" / "pico2" / "board.json").read_text())["heap_bytes"]
 # Anchors (ANCHORS.md): mpremote cp at 115200 1.6-4.9 KB/s; MCUboot serial recovery ~1-4 KB/s.
 MPREMOTE_BPS = (1600, 4900)
 MCUBOOT_BPS = (1000, 4000)
@@ -174,6 +175,7 @@ def run() -> list[dict]:
         ("  the application's peak live heap", app_peak, "bytes", "report"),
         ("  share of the Pico's heap (64-bit sim objects)", round(app_peak / heap, 3), "ratio", "<= 0.60"),
         ("  heap free at peak", round(1 - app_peak / heap, 3), "ratio", ">= 0.40"),
+        ("  share of a Pico 2's heap (RP2350)", round(app_peak / PICO2_HEAP, 3), "ratio", "report"),
         ("Ed25519 check of both signatures on the sim, mean of %d verifies" % len(sig_ms),
          round(sum(sig_ms) / len(sig_ms)), "ms", "report"),
         ("whole verify (payload SHA-256 + signatures), ~200 KB image, meter A", rep.get("verify_ms"), "ms", "report"),

@@ -1,0 +1,53 @@
+# Status and the interval read: the host's most frequent requests, yet no code the heap need
+# hold between them. Loaded for each request and dropped after it (app.py).
+import gc
+import json
+import time
+from micropython import const
+from bootloader.bootctl import SLOT_NAMES
+from intervals import FLAG_NAMES
+
+# A page small enough that a reply stays near 2 KiB: the host's frame limit, and the heap's.
+_INTERVAL_PAGE = const(20)
+_IV_FIELDS = ("seq", "start", "duration_s", "flags", "energy_mwh", "received_mwh", "register_mwh",
+              "register_received_mwh")
+
+
+async def status(m, _payload):
+    p = m.p
+    return {
+        "board": m.board.name,
+        "serial": p.identity.get("serial"),
+        "active_slot": SLOT_NAMES[p.slot],
+        "active_version": p.manifest["version"],
+        "confirmed": p.bcb.confirmed,
+        "trial": p.in_trial,
+        "slots": p.slot_versions(),
+        "register_wh": m.metering.live_register_mwh() / 1000,
+        "register_mwh": m.metering.live_register_mwh(),
+        "register_received_mwh": m.metering.registers()[1],
+        "state_hash": m.state.hash(),
+        "alarms_pending": len(m.outbox.pending),
+        "uptime_s": time.ticks_diff(time.ticks_ms(), m.started_ms) // 1000,
+        "boot_reason": p.boot_reason,
+        "time_s": m.board.clock.time_ms() // 1000,
+        "interval_s": m.metering.interval_s,
+        "bootloader_version": p.bootloader_version,
+        "security_floor": p.bcb.floor,
+        "rejected": [r.hex() for r in p.bcb.rejected],
+        "health": m.health,
+        "update": m.agent.transfer.public_state(),
+        "metering": {"closes": m.metering.closes, "late_ms": m.metering.late_ms},
+        "heap": {"free": gc.mem_free(), "used": gc.mem_alloc(), "peak_used": m.heap_peak,
+                 "peak_live": m.heap_peak_live, "board_models": getattr(m.board, "heap_models", 0)},
+    }
+
+
+async def intervals(m, payload):
+    # Rows rather than objects: a page of 20 stays well inside one frame. `more` says
+    # whether records follow; the host pages on from the last seq it got.
+    q = json.loads(payload) if payload else {}
+    limit = max(1, min(q.get("limit", _INTERVAL_PAGE), _INTERVAL_PAGE))
+    recs, more = m.metering.log.read(q.get("since_seq", 0), limit, q.get("since_s", 0))
+    return {"fields": _IV_FIELDS, "flag_names": FLAG_NAMES, "more": more,
+            "rows": [r[:8] for r in recs], "first_seq": m.metering.log.first_seq}
