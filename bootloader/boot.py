@@ -5,114 +5,24 @@
 #  3. check the active slot (size and SHA-256), mount it read-only at /app, import its entry;
 #  4. a crash of an image on trial reverts at once; any other failure ends in the recovery
 #     console rather than switching slots again, so reversion never ping-pongs (FR13).
+# Steps 1-3 up to the mount are selection.py, loaded for the decision and dropped before the
+# application is imported.
 import gc
-import os
 import sys
 import vfs
 from micropython import const
-from bootloader import bootctl, eventlog, slots
-from bootloader.bootctl import BootControl, NONE, REASONS, slot_path
+from bootloader import eventlog, forget
+from bootloader.bootctl import slot_path
 from bootloader.image import ImageVfs
 from bootloader.platform import Platform
 
-_WATCHDOG_MS = const(8000)
 _GC_EVERY = const(8192)
-_REVERT = const(4)
 _RECOVERY = const(5)
-
-
-class NoBootableImage(Exception):
-    pass
-
-
-def _reason_index(board, bcb):
-    if bcb.pending != NONE:
-        return bcb.pending
-    cause = board.reset_cause()
-    return REASONS.index(cause) if cause in REASONS else 0
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
-def _rebuild(board, events):
-    """No readable boot control: boot whichever slot verifies, newest first. On a fresh
-    meter that is its first boot; otherwise both copies were corrupt, which is logged."""
-    bcb = BootControl()
-    found = []
-    for s in (0, 1):
-        try:
-            m, _ = slots.check(s, board.name)
-            found.append((tuple(int(x) for x in m["version"].split(".")), s))
-        except ValueError:
-            pass
-    found.sort()
-    if found:
-        bcb.active = found[-1][1]
-        if len(found) == 2:
-            bcb.previous = found[0][1]
-    if any(_exists(p) for p in bootctl.PATHS):
-        events.log(eventlog.BCB_RECOVERED, bcb.active)
-    return bcb
-
-
-def _revert_now(bcb, events, why):
-    """Fall back to the previous slot before anything more of the failed image runs."""
-    _, img_id = slots.manifest(bcb.active)
-    if img_id is not None:
-        bcb.reject(img_id)
-    failed = bcb.active
-    bcb.active, bcb.previous = bcb.previous, failed
-    bcb.trial = NONE
-    bcb.confirmed = True
-    bcb.failures = 0
-    bcb.reason = _REVERT
-    events.log(eventlog.REVERTED, bcb.active)
-    _say("reverted to slot %s: %s" % (bcb.active, why))
-    try:
-        from bootloader.transfer import record_failure
-        record_failure(why)
-    except (OSError, ValueError):
-        pass  # the verdict still shows in the boot control and the event log
 
 
 def _say(msg):
     # The board's debug console (stderr on the sim); never the meter's link.
     print("boot:", msg, file=sys.stderr)
-
-
-def _select(board, bcb, events):
-    """Decide which slot runs, persisting the decision before anything runs. Returns
-    (manifest, image id) of a verified image, or raises NoBootableImage."""
-    limit = board.defaults.get("trial_attempts", 3)
-    events.log(eventlog.BOOT, bcb.reason)
-    if bcb.trial == bcb.active:
-        if bcb.attempts_left == 0:
-            _revert_now(bcb, events, "image on trial did not confirm within its attempts")
-        else:
-            bcb.attempts_left -= 1
-            events.log(eventlog.TRIAL_ATTEMPT, bcb.attempts_left)
-    elif bcb.failures >= limit:
-        bcb.save()
-        raise NoBootableImage("image failed to come up healthy %d boots in a row" % bcb.failures)
-    bcb.failures += 1  # cleared by the application once it is healthy
-    bcb.save()  # the attempt counts before the image runs
-    try:
-        return slots.check(bcb.active, board.name)
-    except ValueError as e:
-        if bcb.trial != bcb.active or bcb.previous == NONE:
-            raise NoBootableImage("active image does not verify: %s" % e)
-        _revert_now(bcb, events, "image on trial does not verify: %s" % e)
-        bcb.save()
-    try:
-        return slots.check(bcb.active, board.name)
-    except ValueError as e:
-        raise NoBootableImage("previous image does not verify either: %s" % e)
 
 
 def start(board):
@@ -122,15 +32,15 @@ def start(board):
     # of 6 KB and cannot import Ed25519; with the threshold the free heap stays in one piece.
     gc.threshold(_GC_EVERY)
     events = eventlog.EventLog(board.clock)
-    bcb = BootControl.load() or _rebuild(board, events)
-    bcb.reason = _reason_index(board, bcb)
-    bcb.pending = NONE
-    wdt = board.watchdog(board.defaults.get("watchdog_ms", _WATCHDOG_MS))
-    try:
-        manifest, image_id = _select(board, bcb, events)
-    except NoBootableImage as e:
-        _recover(board, bcb, events, wdt, str(e))
+    from bootloader import selection
+
+    bcb, wdt, chosen, why = selection.choose(board, events)
+    del selection
+    forget("selection")
+    if chosen is None:
+        _recover(board, bcb, events, wdt, why)
         return
+    manifest, image_id = chosen
     vfs.mount(ImageVfs(slot_path(bcb.active)), "/app")
     sys.path.insert(0, "/app")
     platform = Platform(board, bcb, events, wdt, manifest, image_id)

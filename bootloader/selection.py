@@ -1,0 +1,113 @@
+# The boot decision, made once per boot and then forgotten (boot.py drops this module before
+# the application is imported, so its code is not on the heap while the meter runs):
+# read boot control, arm the watchdog, count a trial attempt before the image runs, revert
+# an image whose attempts are spent or that does not verify, and check the slot that runs.
+import os
+from micropython import const
+from bootloader import bootctl, eventlog, slots
+from bootloader.bootctl import BootControl, NONE, REASONS
+from bootloader.boot import _say
+
+_WATCHDOG_MS = const(8000)
+_REVERT = const(4)
+
+
+class NoBootableImage(Exception):
+    pass
+
+
+def _reason_index(board, bcb):
+    if bcb.pending != NONE:
+        return bcb.pending
+    cause = board.reset_cause()
+    return REASONS.index(cause) if cause in REASONS else 0
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _rebuild(board, events):
+    """No readable boot control: boot whichever slot verifies, newest first. On a fresh
+    meter that is its first boot; otherwise both copies were corrupt, which is logged."""
+    bcb = BootControl()
+    found = []
+    for s in (0, 1):
+        try:
+            m, _ = slots.check(s, board.name)
+            found.append((tuple(int(x) for x in m["version"].split(".")), s))
+        except ValueError:
+            pass
+    found.sort()
+    if found:
+        bcb.active = found[-1][1]
+        if len(found) == 2:
+            bcb.previous = found[0][1]
+    if any(_exists(p) for p in bootctl.PATHS):
+        events.log(eventlog.BCB_RECOVERED, bcb.active)
+    return bcb
+
+
+def _revert_now(bcb, events, why):
+    """Fall back to the previous slot before anything more of the failed image runs."""
+    _, img_id = slots.manifest(bcb.active)
+    if img_id is not None:
+        bcb.reject(img_id)
+    failed = bcb.active
+    bcb.active, bcb.previous = bcb.previous, failed
+    bcb.trial = NONE
+    bcb.confirmed = True
+    bcb.failures = 0
+    bcb.reason = _REVERT
+    events.log(eventlog.REVERTED, bcb.active)
+    _say("reverted to slot %s: %s" % (bcb.active, why))
+    try:
+        from bootloader.transfer import record_failure
+        record_failure(why)
+    except (OSError, ValueError):
+        pass  # the verdict still shows in the boot control and the event log
+
+
+def _select(board, bcb, events):
+    """Decide which slot runs, persisting the decision before anything runs. Returns
+    (manifest, image id) of a verified image, or raises NoBootableImage."""
+    limit = board.defaults.get("trial_attempts", 3)
+    events.log(eventlog.BOOT, bcb.reason)
+    if bcb.trial == bcb.active:
+        if bcb.attempts_left == 0:
+            _revert_now(bcb, events, "image on trial did not confirm within its attempts")
+        else:
+            bcb.attempts_left -= 1
+            events.log(eventlog.TRIAL_ATTEMPT, bcb.attempts_left)
+    elif bcb.failures >= limit:
+        bcb.save()
+        raise NoBootableImage("image failed to come up healthy %d boots in a row" % bcb.failures)
+    bcb.failures += 1  # cleared by the application once it is healthy
+    bcb.save()  # the attempt counts before the image runs
+    try:
+        return slots.check(bcb.active, board.name)
+    except ValueError as e:
+        if bcb.trial != bcb.active or bcb.previous == NONE:
+            raise NoBootableImage("active image does not verify: %s" % e)
+        _revert_now(bcb, events, "image on trial does not verify: %s" % e)
+        bcb.save()
+    try:
+        return slots.check(bcb.active, board.name)
+    except ValueError as e:
+        raise NoBootableImage("previous image does not verify either: %s" % e)
+
+
+def choose(board, events):
+    """(boot control, watchdog, (manifest, image id) of the image to run or None, why not)."""
+    bcb = BootControl.load() or _rebuild(board, events)
+    bcb.reason = _reason_index(board, bcb)
+    bcb.pending = NONE
+    wdt = board.watchdog(board.defaults.get("watchdog_ms", _WATCHDOG_MS))
+    try:
+        return bcb, wdt, _select(board, bcb, events), None
+    except NoBootableImage as e:
+        return bcb, wdt, None, str(e)
