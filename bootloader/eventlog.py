@@ -1,10 +1,10 @@
 # Event log (FR14): timestamped, sequence-numbered records appended to two files in turn,
 # so the log stays bounded and one file is always whole. Codes follow DLMS where one exists;
 # their names are in event_names.py, loaded only to read the log out.
-import json
 import struct
 from binascii import crc32
 from micropython import const
+from bootloader.protocol import query
 
 _REC = "<IIHHi"  # seq time_s code reserved value, then crc32
 _REC_SIZE = const(16)
@@ -112,7 +112,7 @@ class EventLog:
         """A page of the log for the link (READ_EVENTS): the events from the request's
         since_seq, at most its limit and `most`, the names of their codes, and whether more
         follow."""
-        q = json.loads(request) if request else {}
+        q = query(request)
         limit = max(1, min(q.get("limit", most), most))
         evs = self.read(q.get("since_seq", 0), limit + 1)
         rows = evs[:limit]

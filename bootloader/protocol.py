@@ -1,5 +1,6 @@
 # Command codes and error codes of the link protocol, shared by the application's link
 # server and the recovery console. host_tools/meterfw/protocol.py mirrors them.
+import json
 from micropython import const
 
 PING = const(0x00)
@@ -16,7 +17,7 @@ REVERT = const(0x20)
 UNREJECT = const(0x21)
 RETRY = const(0x22)
 AUTH_CHALLENGE = const(0x30)
-# The meter runtime (firmware/runtime.py): reads, then privileged changes.
+# The meter runtime (firmware/cmd_*.py): reads, then privileged changes.
 READ_REGISTERS = const(0x40)
 READ_STATE = const(0x41)
 HEALTH = const(0x42)
@@ -37,3 +38,11 @@ class CommandError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def query(payload):
+    """A request's body as the JSON object it must be ({} when empty)."""
+    q = json.loads(payload) if payload else {}
+    if not isinstance(q, dict):
+        raise CommandError("bad_request", "request body must be a JSON object")
+    return q

@@ -2,25 +2,17 @@
 # the relay, alarm acknowledgements, revert and allowing a rejected image again. Each runs inside an authenticated session (app.py
 # registers them privileged). Loaded for each request and dropped after it, like cmd_read.
 import asyncio
-import json
 from micropython import const
-from bootloader.protocol import CommandError
+from bootloader.protocol import CommandError, query
 import codes
 
 _VALID_FROM_S = const(1704067200)  # 2024-01-01
 _VALID_UNTIL_S = const(0xFFFFFFFF)
 
 
-def _query(payload):
-    q = json.loads(payload) if payload else {}
-    if not isinstance(q, dict):
-        raise CommandError("bad_request", "request body must be a JSON object")
-    return q
-
-
 async def set_state(m, payload):
     import state_edit
-    h = state_edit.update(m.state, _query(payload), m.metering.registers()[0] + m.metering.reset_mwh)
+    h = state_edit.update(m.state, query(payload), m.metering.registers()[0] + m.metering.reset_mwh)
     return {"hash": h, "seq": m.state.seq}
 
 
@@ -32,7 +24,7 @@ async def time_set(m, payload):
     """DLMS codes 4 and 5, stamped with the time before and after; the clock-set flag on the
     interval(s) it touches (metering.clock_set). Synchronising is the host's: it reads our
     time against its own and sets it when the offset is beyond its tolerance."""
-    t_ms = _query(payload).get("time_ms")
+    t_ms = query(payload).get("time_ms")
     if isinstance(t_ms, bool) or not isinstance(t_ms, int) or not _VALID_FROM_S * 1000 <= t_ms <= _VALID_UNTIL_S * 1000:
         raise CommandError("bad_request", "time_ms must be epoch milliseconds from 2024 on")
     clock = m.board.clock
@@ -54,7 +46,7 @@ async def time_set(m, payload):
 async def relay(m, payload):
     """Connect or disconnect the supply: the intent is stored first, then the coil pulsed, and
     only when the relay is not already there."""
-    action = _query(payload).get("action")
+    action = query(payload).get("action")
     if action not in ("connect", "disconnect"):
         raise CommandError("bad_request", "relay action must be connect or disconnect")
     hw = getattr(m.board, "relay", None)
@@ -74,7 +66,7 @@ async def relay(m, payload):
 
 
 async def ack(m, payload):
-    seqs = _query(payload).get("seqs")
+    seqs = query(payload).get("seqs")
     if not isinstance(seqs, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seqs):
         raise CommandError("bad_request", "seqs must be a list of alarm sequence numbers")
     return {"acknowledged": m.outbox.ack(seqs), "pending": len(m.outbox.pending)}

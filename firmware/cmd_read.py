@@ -2,22 +2,14 @@
 # wait for it), the meter state, health, time, alarms and the display. Open to anyone on the
 # link. Loaded for each request and dropped after it (app.py), so the heap carries none of it
 # while the meter meters; kept small because the image reader loads a module in one piece.
-import json
 from micropython import const
-from bootloader.protocol import CommandError
+from bootloader.protocol import CommandError, query
 
 # meter_state.FIXED indexes read here
 _MULT = const(11)
 _PP_ON = const(15)
 _PP_CREDIT = const(16)
 _PP_BASE = const(19)
-
-
-def _query(payload):
-    q = json.loads(payload) if payload else {}
-    if not isinstance(q, dict):
-        raise CommandError("bad_request", "request body must be a JSON object")
-    return q
 
 
 def lifetime_mwh(m):
@@ -58,7 +50,7 @@ async def state(m, _payload):
 
 async def health(m, payload):
     import health as h
-    host_ms = _query(payload).get("host_time_ms")
+    host_ms = query(payload).get("host_time_ms")
     if host_ms is not None and (isinstance(host_ms, bool) or not isinstance(host_ms, int)):
         raise CommandError("bad_request", "host_time_ms must be epoch milliseconds")
     results = await h.run(m, host_ms)

@@ -1,10 +1,10 @@
 # Status and the interval read: the host's most frequent requests, yet no code the heap need
 # hold between them. Loaded for each request and dropped after it (app.py).
 import gc
-import json
 import time
 from micropython import const
 from bootloader.bootctl import SLOT_NAMES
+from bootloader.protocol import query
 from intervals import FLAG_NAMES
 
 # A page small enough that a reply stays near 2 KiB: the host's frame limit, and the heap's.
@@ -46,7 +46,7 @@ async def status(m, _payload):
 async def intervals(m, payload):
     # Rows rather than objects: a page of 20 stays well inside one frame. `more` says
     # whether records follow; the host pages on from the last seq it got.
-    q = json.loads(payload) if payload else {}
+    q = query(payload)
     limit = max(1, min(q.get("limit", _INTERVAL_PAGE), _INTERVAL_PAGE))
     recs, more = m.metering.log.read(q.get("since_seq", 0), limit, q.get("since_s", 0))
     return {"fields": _IV_FIELDS, "flag_names": FLAG_NAMES, "more": more,

@@ -12,7 +12,7 @@
 import asyncio
 import json
 from micropython import const
-from bootloader.protocol import CommandError, UPD_INITIATE, UPD_BLOCK, UPD_VERIFY, UPD_ACTIVATE, UPD_STATE
+from bootloader.protocol import CommandError, query, UPD_INITIATE, UPD_BLOCK, UPD_VERIFY, UPD_ACTIVATE, UPD_STATE
 from bootloader.transfer import Transfer, VERIFIED
 
 _NOTICE = "/data/notice.json"
@@ -79,7 +79,7 @@ class UpdateAgent:
 
     async def notice_received(self, payload):
         """FR33: "an upgrade is available", apart from the payload. Recorded, logged, shown."""
-        q = json.loads(payload)
+        q = query(payload)
         notice = {"version": str(q["version"]), "image_id": str(q.get("image_id", "")),
                   "size": int(q.get("size", 0)), "when": str(q.get("when", "boundary")),
                   "received_s": self._now_s()}
@@ -120,7 +120,7 @@ class UpdateAgent:
         raise CommandError("pricing_event", "no activation time clear of the scheduled pricing events")
 
     async def activate(self, payload):
-        q = json.loads(payload) if payload else {}
+        q = query(payload)
         when = q.get("when", "boundary")
         registers = q.get("registers", "preserve")
         ack = q.get("ack", "immediate")

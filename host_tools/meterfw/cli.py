@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -114,7 +113,7 @@ def cmd_allow(args) -> int:
     _, img, why = _read_image(args.file)
     if img is None:
         raise CommandError(why)
-    image_id = hashlib.sha256(img.manifest_bytes).digest()
+    image_id = img.image_id
     r = _meter(args).privileged(P.UNREJECT, image_id)
     out = {"image_id": image_id.hex(), "version": img.manifest["version"], "was_rejected": r["unrejected"]}
     _emit(args, out, f"{img.manifest['version']} ({image_id.hex()[:16]}) "

@@ -69,6 +69,11 @@ class Image:
     files: dict  # name -> bytes, in file-table order
     payload_offset: int = 0
 
+    @property
+    def image_id(self) -> bytes:
+        """What the meter knows an image by: the SHA-256 of its manifest (the signed bytes)."""
+        return hashlib.sha256(self.manifest_bytes).digest()
+
 
 def version_tuple(version: str) -> tuple:
     if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):

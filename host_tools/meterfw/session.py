@@ -1,7 +1,6 @@
 """Talking to one meter: typed calls over a Link."""
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import time
@@ -183,7 +182,7 @@ class Meter:
         """
         progress = progress or (lambda done, total: None)
         img = parse_image(data)
-        image_id = hashlib.sha256(img.manifest_bytes).hexdigest()
+        image_id = img.image_id.hex()
         st = self.update_state()
         if st.get("status") == P.INITIATED and st.get("image_id") == image_id:
             # Resume, as DLMS clients do: no initiate, from the first block not yet transferred.

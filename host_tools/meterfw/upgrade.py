@@ -5,7 +5,6 @@ at the interval boundary or at a time; FR5, FR30, FR3, FR16), the wait for the m
 a second snapshot and the comparison of the two with every discrepancy listed (step 15)."""
 from __future__ import annotations
 
-import hashlib
 import time
 from datetime import datetime, timezone
 from typing import Callable
@@ -213,7 +212,7 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
     ui = Stage(stage, progress)
     t0 = time.monotonic()
     m = img.manifest
-    image_id = hashlib.sha256(img.manifest_bytes).hexdigest()
+    image_id = img.image_id.hex()
     st0 = meter.status()
     report = {"result": None, "reason": None, "from_version": st0.get("active_version"),
               "to_version": m["version"], "image_id": image_id, "payload_bytes": m["payload_size"],
