@@ -136,7 +136,13 @@ class Sweep:
 
     def run_point(self, phase: str, cut_at: int, torn: bool) -> Outcome:
         board = self._start(self._copy(self.templates[phase]))
-        timer = threading.Timer(_POINT_S, board.stop)
+        overran = threading.Event()
+
+        def stop_it() -> None:
+            overran.set()
+            board.stop()
+
+        timer = threading.Timer(_POINT_S, stop_it)
         timer.start()
         try:
             meter = self._meter(board)
@@ -154,7 +160,7 @@ class Sweep:
         finally:
             timer.cancel()
             board.stop()
-        if timer.finished.is_set() and not out.violations:
+        if overran.is_set() and not out.violations:
             out.violations = [f"the point ran over {_POINT_S} s"]
         if out.violations:
             out.console = _tail(board.dir / "console.log")

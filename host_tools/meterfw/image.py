@@ -107,12 +107,16 @@ def mpy_version() -> str:
 
 
 def _compile(path: Path, name: str, tmp: Path) -> bytes:
+    """mpy-cross `path`; `name` is the path the device imports it from (its `__file__`).
+
+    -s embeds that name rather than the host path, so builds are reproducible anywhere, and
+    the device interns one string for both the module's file and its tracebacks' file name.
+    """
     out = tmp / "out.mpy"
-    # -s: embed the image-relative name, not the host path, so builds are reproducible anywhere.
     cmd = _mpy_cross_cmd() + ["-s", name, "-o", str(out), str(path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ImageError(f"mpy-cross failed on {name}: {(proc.stderr or proc.stdout).strip()}")
+        raise ImageError(f"mpy-cross failed on {path.name}: {(proc.stderr or proc.stdout).strip()}")
     return out.read_bytes()
 
 
@@ -131,12 +135,16 @@ def _sources(src: Path) -> list:
     return sorted(found, key=lambda item: item[1])
 
 
+APP_MOUNT = "/app/"  # where the bootloader mounts the active image (bootloader/boot.py)
+
+
 def _collect_files(src: Path) -> dict:
     files, origin = {}, {}
     with tempfile.TemporaryDirectory(prefix="meterfw-mpy-") as tmp:
         for path, rel in _sources(src):
             if rel.endswith(".py"):
-                name, data = rel[:-3] + ".mpy", _compile(path, rel, Path(tmp))
+                name = rel[:-3] + ".mpy"
+                data = _compile(path, APP_MOUNT + name, Path(tmp))
             else:
                 name, data = rel, path.read_bytes()
             if name in files:

@@ -48,9 +48,9 @@ def device_files(image: bytes, keys_dir: Path, board: str, serial: str) -> dict[
     with tempfile.TemporaryDirectory() as tmp:
         for src in sorted(BOOTLOADER.glob("*.py")):
             if src.name != "main.py":
-                files[f"/bootloader/{src.stem}.mpy"] = _compile(src, f"bootloader/{src.name}", Path(tmp))
+                files[f"/bootloader/{src.stem}.mpy"] = _compile(src, f"bootloader/{src.stem}.mpy", Path(tmp))
         for src in HAL_SOURCES[board]:
-            files[f"/board/{src.stem}.mpy"] = _compile(src, f"board/{src.name}", Path(tmp))
+            files[f"/board/{src.stem}.mpy"] = _compile(src, f"board/{src.stem}.mpy", Path(tmp))
     files["/board/board.json"] = (board_dir(board) / "board.json").read_bytes()
     files["/keys/vendor.pub"] = keys.vendor_public_raw
     if keys.utility_public_raw:
