@@ -13,7 +13,7 @@ _RX = 512
 class LinkServer:
     def __init__(self, board, handlers=None):
         self._board = board
-        self._handlers = {}  # code -> async fn(payload) -> dict or bytes
+        self._handlers = {}  # code -> async fn(payload), or (async fn(arg, payload), arg); -> dict or bytes
         self._privileged = set()
         self.sessions = Sessions()
         self._handlers[AUTH_CHALLENGE] = self.sessions.challenge
@@ -47,7 +47,9 @@ class LinkServer:
         self._board.link_out.write(framing.encode(framing.ALARM, seq, payload))
 
     def add(self, handlers, privileged=False):
-        """Register command handlers; privileged ones run only inside an authenticated session."""
+        """Register command handlers; privileged ones run only inside an authenticated session.
+        A handler is an async fn(payload), or a pair (async fn(arg, payload), arg): one function
+        serving many commands, at a tuple each rather than a closure each."""
         self._handlers.update(handlers)
         if privileged:
             self._privileged.update(handlers)
@@ -68,7 +70,10 @@ class LinkServer:
         try:
             if ftype in self._privileged:
                 payload = self.sessions.check(ftype, payload)
-            result = await handler(payload)
+            if type(handler) is tuple:
+                result = await handler[0](handler[1], payload)
+            else:
+                result = await handler(payload)
         except CommandError as e:
             self._error(seq, e.code, e.message)
             return

@@ -115,7 +115,7 @@ class Platform:
         if reject and self.image_id is not None:
             b.reject(self.image_id)
             if why:
-                from bootloader.transfer import record_failure
+                from bootloader.update_state import record_failure
                 record_failure(why)
         b.active, b.previous = b.previous, b.active
         b.trial = NONE

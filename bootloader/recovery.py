@@ -9,7 +9,8 @@ from bootloader.bootctl import SLOT_NAMES, REASONS
 from bootloader.link import LinkServer
 from bootloader.platform import Platform
 from bootloader.protocol import CommandError
-from bootloader.transfer import Transfer, VERIFIED
+from bootloader.transfer import Transfer
+from bootloader.update_state import VERIFIED
 
 _FEED_MS = const(1000)
 _EVENT_PAGE = const(30)

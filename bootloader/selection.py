@@ -66,7 +66,7 @@ def _revert_now(bcb, events, why):
     events.log(eventlog.REVERTED, bcb.active)
     _say("reverted to slot %s: %s" % (bcb.active, why))
     try:
-        from bootloader.transfer import record_failure
+        from bootloader.update_state import record_failure
         record_failure(why)
     except (OSError, ValueError):
         pass  # the verdict still shows in the boot control and the event log

@@ -15,18 +15,15 @@
 # work (closing an interval) is scheduled around the windows through `schedule`.
 import asyncio
 import gc
-import hashlib
-import io
-import json
 import os
 import struct
 import time
 from micropython import const
-from bootloader import VERSION, eventlog, image, slots
+from bootloader import eventlog, slots, update_state
 from bootloader.bootctl import slot_path
 from bootloader.protocol import CommandError
+from bootloader.update_state import INITIATED, VERIFYING, VERIFIED, VERIFY_FAILED, ACTIVATING, load, summary
 
-_STATE = "/data/update.json"
 # 2 KiB blocks: a block's frame type, seq, CRC, number, session trailer and SLIP escapes cost
 # ~48 bytes on the line, 2.3% at this size (3.9% at 1 KiB).
 BLOCK_SIZE = const(2048)
@@ -39,19 +36,6 @@ _GRANT_MARGIN_MS = const(40)  # host turnaround and scheduling slack before the 
 _FLUSH_MS = const(150)  # writing a window: an erase, 16 page programs, littlefs metadata
 _SYNC_BYTES = const(65536)  # commit the slot file this often: the resume point's granularity
 _SETTLE_WAIT_MS = const(3000)  # longest wait for the application's flash work to pass
-
-NOT_INITIATED = const(0)
-INITIATED = const(1)
-VERIFYING = const(2)
-VERIFIED = const(3)
-VERIFY_FAILED = const(4)
-ACTIVATING = const(5)
-ACTIVATED = const(6)
-ACTIVATION_FAILED = const(7)
-
-
-def _vtuple(v):
-    return tuple(int(x) for x in v.split("."))
 
 
 class Transfer:
@@ -67,17 +51,11 @@ class Transfer:
         self._grant_end = 0  # the host may send blocks up to (not including) this one
         bps = getattr(platform.board, "link_bytes_per_s", None) or _ASSUMED_LINK_BPS
         self._block_ms = (BLOCK_SIZE + _BLOCK_WIRE_EXTRA) * 1000 // bps + 1
-        self.state = {"status": NOT_INITIATED}
+        self.state = load()
         self.changed = None  # fn(state), called after each stored change (the app's notices)
-        try:
-            with open(_STATE) as f:
-                self.state = json.load(f)
-        except (OSError, ValueError):
-            pass
 
     def save(self):
-        with open(_STATE, "w") as f:
-            json.dump(self.state, f)
+        update_state.store(self.state)
         if self.changed:
             self.changed(self.state)
 
@@ -89,8 +67,7 @@ class Transfer:
 
     def public_state(self):
         s = self.state
-        out = {"status": s["status"], "version": s.get("version"), "image_id": s.get("id"),
-               "result": s.get("result"), "reason": s.get("reason")}
+        out = summary(s)
         if s["status"] == INITIATED:
             out["size"] = s["size"]
             out["block_size"] = BLOCK_SIZE
@@ -101,9 +78,6 @@ class Transfer:
             self._grant_end = nxt + self._fit(self._room(nxt))
             out["next_block"] = nxt
             out["window"] = self._grant_end - nxt
-        for key in ("registers", "ack", "activate_at_s"):
-            if key in s:
-                out[key] = s[key]
         return out
 
     def _close(self):
@@ -111,30 +85,25 @@ class Transfer:
             self._file.close()
             self._file = None
 
-    async def initiate(self, head):
-        m_raw, sigs, off = image.read_header(io.BytesIO(head))
-        if off != len(head):
-            raise CommandError("bad_request", "initiate carries the image head only (%d bytes)" % off)
-        m = json.loads(m_raw)
-        img_id = hashlib.sha256(m_raw).digest()
+    def release(self):
+        """Close the slot file and drop the window's RAM. Blocks held there were not transferred
+        yet: the host sends them again."""
+        self._close()
+        self._bufs = None
+        self._held = 0
+
+    async def initiate(self, head, admitted=None):
+        """Start a transfer of the image whose head (manifest and signatures) this is.
+        `admitted` is bootloader.admission.admit's verdict on it when the caller has it already."""
+        if admitted is None:
+            from bootloader import admission, forget
+
+            try:
+                admitted = await admission.admit(self._p, head)
+            finally:
+                forget("admission")
+        m, img_id, off, signature_ms = admitted
         p = self._p
-        if m["board"] != p.board.name:
-            raise CommandError("wrong_board", "image is for board %s, this meter is %s" % (m["board"], p.board.name))
-        if _vtuple(m["min_bootloader"]) > _vtuple(VERSION):
-            raise CommandError("bootloader_too_old", "image needs bootloader %s, meter has %s" % (m["min_bootloader"], VERSION))
-        if m["security_version"] < p.bcb.floor:
-            raise CommandError("rollback", "security version %d is below the meter's floor %d" % (m["security_version"], p.bcb.floor))
-        if p.is_rejected(img_id):
-            raise CommandError("rejected", "image %s was rejected before" % m["version"])
-        if img_id == p.image_id:
-            raise CommandError("already_active", "version %s is already running" % m["version"])
-        # The signatures cover the manifest alone, so they are checked before the slot is
-        # touched: an unsigned or unapproved image costs no download and keeps the revert target.
-        try:
-            await slots.check_header_signatures(m_raw, sigs, p.board.defaults.get("require_approval", False))
-        except ValueError as e:
-            p.events.log(eventlog.FW_VERIFY_FAILED, p.inactive_slot)
-            raise CommandError("verify_failed", "verification failed: %s" % e)
         size = off + m["payload_size"]
         slot = p.inactive_slot
         st = os.statvfs("/")
@@ -155,7 +124,7 @@ class Transfer:
         self._grant_end = 0
         await self._grant()
         return {"block_size": BLOCK_SIZE, "first_not_transferred_block": 0,
-                "blocks": self._blocks(), "next": 0, "window": self._grant_end}
+                "blocks": self._blocks(), "next": 0, "window": self._grant_end, "signature_ms": signature_ms}
 
     @staticmethod
     def _slot_size(slot):
@@ -190,9 +159,9 @@ class Transfer:
 
     def _window_buffer(self):
         """Blocks of RAM for a window: one erase sector, in block-sized pieces because the heap
-        is often too fragmented for 4 KiB in one, and held only while a download runs (verify
-        needs the heap for Ed25519). With none to be had the window is one block, written
-        before the reply: slower, still lossless."""
+        is often too fragmented for 4 KiB in one, and held only while a download runs. With
+        none to be had the window is one block, written before the reply: slower, still
+        lossless."""
         if self._bufs is None:
             self._bufs = []
             try:
@@ -256,9 +225,9 @@ class Transfer:
             self._file.flush()
             self._synced = self._flash_bytes
         self._held = 0
-        # Each window leaves ~25 KB of frame garbage. Collected now, while the host waits, the
-        # heap stays in large pieces; left to fill the heap, the collection that finally comes
-        # leaves live objects strewn across it, and verify's Ed25519 would find no room.
+        # Collected now, while the host waits, the heap stays in large pieces; left to fill the
+        # heap, the collection that finally comes leaves live objects strewn across it, and the
+        # next large allocation (a module's code) finds no room.
         gc.collect()
         if self._flash_bytes == s["size"]:
             self._close()
@@ -300,15 +269,14 @@ class Transfer:
         if self._written() != s["size"]:
             raise CommandError("incomplete", "transfer incomplete: %d of %d bytes" % (self._written(), s["size"]))
         s["status"] = VERIFYING
-        gc.collect()  # Ed25519 is imported next: ~16 KB of heap at its peak
         t0_ms = time.ticks_ms()
         try:
+            # The slot's payload against its manifest's hash, and that manifest against the one
+            # whose signatures the initiate checked (its hash is the image id): the same bytes,
+            # so the signatures hold for it without a second Ed25519 check.
             m, img_id = await slots.check_async(s["slot"], self._p.board.name)
             if img_id.hex() != s["id"]:
                 raise ValueError("image differs from the one initiated")
-            t1_ms = time.ticks_ms()
-            await slots.check_signatures(s["slot"], self._p.board.defaults.get("require_approval", False))
-            signature_ms = time.ticks_diff(time.ticks_ms(), t1_ms)
         except ValueError as e:
             await self.clear_of_app_flash()
             s["status"] = VERIFY_FAILED
@@ -322,41 +290,10 @@ class Transfer:
         s["status"] = VERIFIED
         self.save()
         self._p.events.log(eventlog.FW_READY, s["slot"])
-        return {"status": VERIFIED, "version": m["version"], "verify_ms": verify_ms, "signature_ms": signature_ms}
+        return {"status": VERIFIED, "version": m["version"], "verify_ms": verify_ms}
 
     def activating(self):
         if self.state["status"] != VERIFIED:
             raise CommandError("not_verified", "verify the image before activating it")
         self.state["status"] = ACTIVATING
         self.save()
-
-    def settle(self, running_image_id):
-        """After a boot: an activation either started the new image (trial) or was reverted."""
-        s = self.state
-        if s["status"] not in (ACTIVATING, ACTIVATED) or s.get("result") not in (None, "trial"):
-            return
-        if running_image_id is not None and running_image_id.hex() == s["id"]:
-            s["status"], s["result"] = ACTIVATED, "trial"
-        else:
-            s["status"], s["result"] = ACTIVATION_FAILED, "reverted"
-            s["reason"] = s.get("reason") or "the meter went back to the previous image"
-        self.save()
-
-    def confirmed(self):
-        if self.state.get("result") == "trial":
-            self.state["result"] = "confirmed"
-            self.save()
-
-
-def record_failure(reason):
-    """Mark an activation as reverted with its reason, from wherever the failure was seen
-    (the bootloader before the image runs, or the image's own health check)."""
-    try:
-        with open(_STATE) as f:
-            s = json.load(f)
-    except (OSError, ValueError):
-        return
-    if s.get("status") in (ACTIVATING, ACTIVATED) and s.get("result") in (None, "trial"):
-        s["status"], s["result"], s["reason"] = ACTIVATION_FAILED, "reverted", reason
-        with open(_STATE, "w") as f:
-            json.dump(s, f)

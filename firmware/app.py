@@ -5,10 +5,9 @@ import gc
 import sys
 import time
 from micropython import const
-from bootloader import protocol
+from bootloader import forget
 from metering import Metering
 from bootloader.link import LinkServer
-from update_agent import UpdateAgent
 from display import Notices
 from meter_state import MeterState
 from outbox import Outbox
@@ -30,9 +29,7 @@ class Meter:
         self.outbox = Outbox(self.board.clock, events, self.state.reports_at_once)
         self.metering.alarm = self.outbox.post
         self.notices = Notices(self.board)
-        self.agent = UpdateAgent(platform, self.metering, self.metering.pricing_events)
-        self.agent.show = self.notices.show
-        self.agent.transfer.changed = self.notices.transfer_changed
+        self.agent = None  # the update agent, while an update needs it (updates())
         # Every switch the running image asks for (the update agent's activation, an operator's
         # revert) stores the pre-switch snapshot first, so the next image's health check has
         # registers and a meter state hash to compare with.
@@ -40,43 +37,62 @@ class Meter:
         self.health = None
         self.heap_peak = 0
         self.heap_peak_live = 0
-        self.link = LinkServer(self.board, {
-            protocol.PING: self.ping,
-            protocol.READ_EVENTS: self.read_events,
-        })
-        self.link.add({protocol.REVERT: self._run("cmd_change", "revert"),
-                       protocol.UNREJECT: self._run("cmd_change", "unreject")}, privileged=True)
-        self.agent.register(self.link)
-        # The runtime's commands load their code for each request and drop it after: the heap
-        # holds none of it while the meter meters and downloads (cmd_status, cmd_read, cmd_change).
-        self.link.add({protocol.STATUS: self._run("cmd_status", "status"),
-                       protocol.READ_INTERVALS: self._run("cmd_status", "intervals"),
-                       protocol.READ_REGISTERS: self._run("cmd_read", "registers"),
-                       protocol.READ_STATE: self._run("cmd_read", "state"),
-                       protocol.HEALTH: self._run("cmd_read", "health"),
-                       protocol.TIME_GET: self._run("cmd_read", "time_get"),
-                       protocol.READ_ALARMS: self._run("cmd_read", "alarms"),
-                       protocol.READ_DISPLAY: self._run("cmd_read", "display")})
-        self.link.add({protocol.SET_STATE: self._run("cmd_change", "set_state"),
-                       protocol.TIME_SET: self._run("cmd_change", "time_set"),
-                       protocol.RELAY: self._run("cmd_change", "relay"),
-                       protocol.ACK_ALARMS: self._run("cmd_change", "ack"),
-                       protocol.RESET_REGISTERS: self._run("cmd_change", "reset_registers")}, privileged=True)
+        rt = _lazy("boot_tasks")  # what runs once at boot: its code leaves the heap after
+        public, privileged = rt.commands(self)
+        self.link = LinkServer(self.board, public)
+        self.link.add(privileged, privileged=True)
         self.outbox.send = self.link.send_alarm
         self.outbox.activity = self._requests
-        _lazy("boot_tasks").at_start(self)  # the relay's latched position is read, never moved (FR2)
+        rt.at_start(self)  # the relay's latched position is read, never moved (FR2)
+        rt = None
         _drop()
 
     def _requests(self):
         return self.link.requests
 
-    def _run(self, module, name):
-        async def handler(payload):
-            try:  # a MemoryError reaches the host as "no_memory" (the link server)
-                return await getattr(await _load(module), name)(self, payload)
-            finally:
-                _drop()
-        return handler
+    async def _run(self, command, payload):
+        """A runtime command: `command` is (module, function), loaded for this request."""
+        try:  # a MemoryError reaches the host as "no_memory" (the link server)
+            return await getattr(await _load(command[0]), command[1])(self, payload)
+        finally:
+            _drop()
+
+    def updates_now(self):
+        """The update agent, loaded at its first use in a boot. It and the transfer are ~15 KB
+        of code that the heap holds only from then on, not while the meter just meters."""
+        if self.agent is None:
+            a = _lazy("update_agent").UpdateAgent(self.p, self.metering, self.metering.pricing_events)
+            a.show = self.notices.show
+            a.transfer.changed = self.notices.transfer_changed
+            self.agent = a
+        return self.agent
+
+    async def updates(self):
+        """updates_now(), waiting a little for room to load it when the heap has none just now."""
+        if self.agent is None:
+            await _load("update_agent")
+        return self.updates_now()
+
+    async def _update(self, name, payload):
+        return await getattr(await self.updates(), name)(payload)
+
+    async def initiate(self, head):
+        # The head is admitted (manifest checks, Ed25519 signatures) before the update agent
+        # loads, and with the agent dropped when nothing waits on it: the signature check is
+        # the most the meter loads at once, so it shares the heap with the resident code alone.
+        if self.agent is not None and self.agent.release():
+            self.agent = None
+            sys.modules.pop("update_agent", None)
+            forget("transfer")
+            gc.collect()
+        await _load("bootloader.admission")
+        from bootloader import admission
+        try:
+            admitted = await admission.admit(self.p, head)
+        finally:
+            admission = None  # noqa: F841 - its code leaves the heap before the agent's arrives
+            forget("admission")
+        return await (await self.updates()).initiate(head, admitted)
 
     async def ping(self, payload):
         return payload
@@ -137,6 +153,7 @@ def _drop():
     # them returns.
     for name in _LAZY:
         sys.modules.pop(name, None)
+    forget("update_state")  # the update's stored state, which they read (the transfer has its own)
 
 
 def main(platform):

@@ -3,6 +3,7 @@
 # calls for, run and report the post-boot health check, confirm or revert, and apply what the
 # activation asked of the new image. Loaded for it and dropped after (app.py).
 import codes
+from bootloader import update_state
 from intervals import FIRMWARE_CHANGE
 
 
@@ -10,9 +11,49 @@ def _pos(closed):
     return "connected" if closed else "disconnected"
 
 
+def commands(m):
+    """The link's command table for the meter `m`: (open commands, privileged commands). A
+    handler is a method, or (method, argument) for one method serving many commands."""
+    from bootloader import protocol as P
+
+    run, upd = m._run, m._update  # one bound method each, for all their commands
+    return {
+        P.PING: m.ping,
+        P.READ_EVENTS: m.read_events,
+        # The update commands reach the agent through m.updates(), which loads it at the first.
+        P.UPD_STATE: (upd, "state"),
+        # The runtime's commands load their code for each request and drop it after: the heap
+        # holds none of it while the meter meters and downloads.
+        P.STATUS: (run, ("cmd_status", "status")),
+        P.READ_INTERVALS: (run, ("cmd_status", "intervals")),
+        P.READ_REGISTERS: (run, ("cmd_read", "registers")),
+        P.READ_STATE: (run, ("cmd_read", "state")),
+        P.HEALTH: (run, ("cmd_read", "health")),
+        P.TIME_GET: (run, ("cmd_read", "time_get")),
+        P.READ_ALARMS: (run, ("cmd_read", "alarms")),
+        P.READ_DISPLAY: (run, ("cmd_read", "display")),
+    }, {
+        P.UPD_NOTICE: (upd, "notice_received"),
+        P.UPD_INITIATE: m.initiate,
+        P.UPD_BLOCK: (upd, "block"),
+        P.UPD_VERIFY: (upd, "verify"),
+        P.UPD_ACTIVATE: (upd, "activate"),
+        P.REVERT: (run, ("cmd_change", "revert")),
+        P.UNREJECT: (run, ("cmd_change", "unreject")),
+        P.SET_STATE: (run, ("cmd_change", "set_state")),
+        P.TIME_SET: (run, ("cmd_change", "time_set")),
+        P.RELAY: (run, ("cmd_change", "relay")),
+        P.ACK_ALARMS: (run, ("cmd_change", "ack")),
+        P.RESET_REGISTERS: (run, ("cmd_change", "reset_registers")),
+    }
+
+
 def at_start(m):
-    """At boot: report a meter state that had to be recovered, and read the relay's latched
-    position against the meter state (no coil is pulsed)."""
+    """At boot: report a meter state that had to be recovered, read the relay's latched
+    position against the meter state (no coil is pulsed), and load the update agent when an
+    activation may be waiting for its time."""
+    if update_state.load()["status"] == update_state.VERIFIED:
+        m.updates_now()
     why = m.state.recovered
     if why:
         m.p.events.log(codes.STATE_RECOVERED, 0 if why == "unrenamed copy" else 1)
@@ -39,7 +80,7 @@ def boot_notice(m):
 def report_now(m):
     """On a new image's first boots the activation's ack option decides how its failures are
     reported (FR16); otherwise (None) the reporting policy in the meter state does."""
-    t = m.agent.transfer.state
+    t = update_state.load()
     if m.p.boot_reason == "activate" and m.p.image_id and t.get("id") == m.p.image_id.hex():
         if t.get("ack") in ("immediate", "next-read"):
             return t["ack"] == "immediate"
@@ -73,7 +114,7 @@ def after_confirm(m, confirmed_now):
     """A healthy image: the notice when this boot confirmed it, and the register reset the
     activation asked for (FR3), once per image (its id is the reset's tag)."""
     p = m.p
-    t = m.agent.transfer.state
+    t = update_state.load()
     if confirmed_now:
         m.notices.show("Meter software updated to %s" % p.manifest["version"])
     if p.image_id and t.get("id") == p.image_id.hex():
@@ -87,7 +128,7 @@ async def post_boot(m, load):
     p = m.p
     if p.boot_reason in ("activate", "revert"):
         m.metering.mark(FIRMWARE_CHANGE)
-    m.agent.transfer.settle(p.image_id)
+    update_state.settle(p.image_id)
     boot_notice(m)
     if not m.metering.clock_valid(m.board.clock.time_ms() // 1000):
         p.events.log(codes.CLOCK_INVALID, 0)
@@ -104,5 +145,5 @@ async def post_boot(m, load):
     trial = p.in_trial
     if trial:
         p.confirm()
-        m.agent.transfer.confirmed()
+        update_state.confirmed()
     after_confirm(m, trial)

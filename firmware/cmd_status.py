@@ -3,6 +3,7 @@
 import gc
 import time
 from micropython import const
+from bootloader import update_state
 from bootloader.bootctl import SLOT_NAMES
 from bootloader.protocol import query
 from intervals import FLAG_NAMES
@@ -11,6 +12,16 @@ from intervals import FLAG_NAMES
 _INTERVAL_PAGE = const(20)
 _IV_FIELDS = ("seq", "start", "duration_s", "flags", "energy_mwh", "received_mwh", "register_mwh",
               "register_received_mwh")
+
+
+async def _update(m):
+    # A download under way reports its grant, which takes the transfer's code; any other state
+    # is read from flash without loading the update machinery.
+    if m.agent is None:
+        s = update_state.load()
+        if s["status"] != update_state.INITIATED:
+            return update_state.summary(s)
+    return (await m.updates()).transfer.public_state()
 
 
 async def status(m, _payload):
@@ -36,7 +47,7 @@ async def status(m, _payload):
         "security_floor": p.bcb.floor,
         "rejected": [r.hex() for r in p.bcb.rejected],
         "health": m.health,
-        "update": m.agent.transfer.public_state(),
+        "update": await _update(m),
         "metering": {"closes": m.metering.closes, "late_ms": m.metering.late_ms},
         "heap": {"free": gc.mem_free(), "used": gc.mem_alloc(), "peak_used": m.heap_peak,
                  "peak_live": m.heap_peak_live, "board_models": getattr(m.board, "heap_models", 0)},

@@ -12,15 +12,15 @@
 import asyncio
 import json
 from micropython import const
-from bootloader.protocol import CommandError, query, UPD_INITIATE, UPD_BLOCK, UPD_VERIFY, UPD_ACTIVATE, UPD_STATE
-from bootloader.transfer import Transfer, VERIFIED
+from bootloader.protocol import CommandError, query
+from bootloader.transfer import Transfer
+from bootloader.update_state import VERIFIED
 
 _NOTICE = "/data/notice.json"
 # Event codes (bootloader/eventlog.py names them). Defined here: the bootloader in the field is
 # never upgraded, so the application may not rely on names an older one lacks.
 UPGRADE_NOTICE = const(130)  # value: image size (FR33)
 ACTIVATION_DEFERRED = const(131)  # value: seconds later than asked, for a pricing event (FR30)
-UPD_NOTICE = const(0x15)  # also in bootloader/protocol.py, for the same reason
 _REPLY_MS = const(50)  # let the activate reply leave before the reset
 _AFTER_CLOSE_MS = const(20)  # the close's own flash writes finish within this after the event
 _TICK_MS = const(1000)  # waits re-read the clock at least this often, so a clock set is seen
@@ -43,7 +43,8 @@ class UpdateAgent:
         self._metering = metering
         # () -> [(start_s, end_s)] of scheduled pricing events; the meter state provides it.
         self.pricing_events = pricing_events or _no_events
-        self.transfer = Transfer(platform, self)
+        self.transfer = t = Transfer(platform, self)
+        self.block, self.verify = t.block, t.verify  # the transfer's link commands, beside ours
         self.notice = None
         try:
             with open(_NOTICE) as f:
@@ -52,6 +53,21 @@ class UpdateAgent:
             pass
         self._pending = None  # the task waiting to activate
         self.show = platform.board.display  # the customer display; the app routes it via its notices
+        s = t.state
+        if s["status"] == VERIFIED and s.get("activate_at_s") is not None:
+            # A scheduled activation outlives a reset or a power cut before its time.
+            self._pending = asyncio.create_task(self._activate_at(s["activate_at_s"], s.get("when", "at")))
+
+    def release(self):
+        """Let go of a download's file and RAM, when no activation waits: the caller may then
+        drop this agent (app.py does, before an initiate's signature check). False if one waits."""
+        if self._pending is not None and not self._pending.done():
+            return False
+        self.transfer.release()
+        return True
+
+    async def initiate(self, head, admitted=None):
+        return await self.transfer.initiate(head, admitted)
 
     # -- the metering task's flash work, as the transfer schedules around it -----------------
     def ms_to_next(self):
@@ -61,16 +77,6 @@ class UpdateAgent:
     async def wait_past(self):
         await self._metering.closed.wait()
         await asyncio.sleep_ms(_AFTER_CLOSE_MS)
-
-    def register(self, link):
-        t = self.transfer
-        link.add({UPD_STATE: self.state})
-        link.add({UPD_NOTICE: self.notice_received, UPD_INITIATE: t.initiate, UPD_BLOCK: t.block,
-                  UPD_VERIFY: t.verify, UPD_ACTIVATE: self.activate}, privileged=True)
-        s = t.state
-        if s["status"] == VERIFIED and s.get("activate_at_s") is not None:
-            # A scheduled activation outlives a reset or a power cut before its time.
-            self._pending = asyncio.create_task(self._activate_at(s["activate_at_s"], s.get("when", "at")))
 
     async def state(self, _payload):
         out = self.transfer.public_state()

@@ -6,9 +6,9 @@ figures measured in the same run; nothing here is asserted by a test.
 Two meters run:
   A: the board's real 900 s interval: payload throughput against the line and against the
      ceiling the line plus the flash allow, frames lost, verify and activation-to-first-read.
-  B: 1 s intervals, so intervals close while blocks arrive and while signatures are checked:
-     close lateness during each, the throughput that scheduling around closes leaves, and the
-     peak heap over transfer and verify.
+  B: 1 s intervals, so intervals close while signatures are checked (initiate), blocks arrive
+     and the payload is verified: close lateness during each, the throughput that scheduling
+     around closes leaves, and the peak heap over all of it.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ WORK = REPO / "build" / "bench"
 BAUD = 115200
 LINE_BPS = BAUD / 10  # 8N1
 PAD_BYTES = 160_000  # with the firmware, a ~200 KB image: ~20 s on the line
-VERIFY_BUSY_S = 6.0  # verify back to back this long, so intervals close during it
+BUSY_S = 6.0  # initiate (signatures), then verify, back to back this long: intervals close meanwhile
 IDLE_S = 6.0
 BOARD = json.loads((REPO / "boards" / "sim" / "board.json").read_text())
 PICO2_HEAP = json.loads((REPO / "boards" / "pico2" / "board.json").read_text())["heap_bytes"]
@@ -124,14 +124,14 @@ def run() -> list[dict]:
         time.sleep(IDLE_S)  # the baseline: what the metering task does alone
         s0 = meter.status()
         late_idle = _late(s_idle, s0)
-        tb = meter.upload(big)["transfer"]
+        head = big[:parse_image(big).payload_offset]
+        sig_ms = _busy(lambda: meter.initiate(head)["signature_ms"])
+        s_sig = meter.status()
+        tb = meter.upload(big)["transfer"]  # resumes the last initiate, from block 0
         s1 = meter.status()
-        sig_ms = []
-        t_end = time.monotonic() + VERIFY_BUSY_S
-        while time.monotonic() < t_end:
-            sig_ms.append(meter.verify()["signature_ms"])
+        verify_ms = _busy(lambda: meter.verify()["verify_ms"])
         s2 = meter.status()
-        late_xfer, late_verify = _late(s0, s1), _late(s1, s2)
+        late_sig, late_xfer, late_verify = _late(s0, s_sig), _late(s_sig, s1), _late(s1, s2)
         bps_b = len(big) / tb["blocks_seconds"]
         lost_b = _uart_lost(b)
         frames_b = tb["bad_frames"] + tb["no_reply"]
@@ -160,27 +160,41 @@ def run() -> list[dict]:
         ("interval-close lateness during transfer, max", max(late_xfer, default=None), "ms", "<= 50"),
         ("interval-close lateness during transfer, p99", _p99(late_xfer), "ms", "<= 50"),
         ("  intervals closed during transfer", len(late_xfer), "intervals", "report"),
-        ("interval-close lateness during signature verification, max", max(late_verify, default=None), "ms",
+        ("interval-close lateness during signature checks (initiate), max", max(late_sig, default=None), "ms",
          "<= 50"),
-        ("interval-close lateness during signature verification, p99", _p99(late_verify), "ms", "<= 50"),
-        ("  intervals closed during verification", len(late_verify), "intervals", "report"),
-        ("intervals missed or duplicated (transfer and verify)", cont["intervals_missed"] + cont["intervals_duplicated"],
+        ("interval-close lateness during signature checks (initiate), p99", _p99(late_sig), "ms", "<= 50"),
+        ("  intervals closed during signature checks", len(late_sig), "intervals", "report"),
+        ("interval-close lateness during verify (payload SHA-256), max", max(late_verify, default=None), "ms",
+         "<= 50"),
+        ("interval-close lateness during verify (payload SHA-256), p99", _p99(late_verify), "ms", "<= 50"),
+        ("  intervals closed during verify", len(late_verify), "intervals", "report"),
+        ("intervals missed or duplicated (signatures, transfer, verify)", cont["intervals_missed"] + cont["intervals_duplicated"],
          "intervals", "0"),
         ("activation to first read on the new image", rep.get("activation_to_first_read_s"), "s", "<= 2"),
         ("intervals affected by the activation", rep["intervals_missed"] + rep["intervals_duplicated"], "intervals",
          "0"),
         ("heap: peak allocated since boot, garbage included", hp["peak_used"], "bytes", "report"),
-        ("heap: peak live since boot (transfer and verify included)", hp["peak_live"], "bytes", "report"),
+        ("heap: peak live since boot (signature checks, transfer and verify included)", hp["peak_live"], "bytes",
+         "report"),
         ("  of which the sim's own hardware models (C on a Pico)", hp["board_models"], "bytes", "report"),
         ("  the application's peak live heap", app_peak, "bytes", "report"),
         ("  share of the Pico's heap (64-bit sim objects)", round(app_peak / heap, 3), "ratio", "<= 0.60"),
         ("  heap free at peak", round(1 - app_peak / heap, 3), "ratio", ">= 0.40"),
         ("  share of a Pico 2's heap (RP2350)", round(app_peak / PICO2_HEAP, 3), "ratio", "report"),
-        ("Ed25519 check of both signatures on the sim, mean of %d verifies" % len(sig_ms),
+        ("Ed25519 check of both signatures on the sim, mean of %d initiates" % len(sig_ms),
          round(sum(sig_ms) / len(sig_ms)), "ms", "report"),
-        ("whole verify (payload SHA-256 + signatures), ~200 KB image, meter A", rep.get("verify_ms"), "ms", "report"),
+        ("verify (payload SHA-256), ~200 KB image, mean of %d" % len(verify_ms),
+         round(sum(verify_ms) / len(verify_ms)), "ms", "report"),
     ]
     return [{"name": n, "value": v, "unit": u, "target": tgt} for n, v, u, tgt in figures]
+
+
+def _busy(call) -> list:
+    """call() back to back for BUSY_S; its results."""
+    out, t_end = [], time.monotonic() + BUSY_S
+    while time.monotonic() < t_end:
+        out.append(call())
+    return out
 
 
 def _verdict(f: dict) -> str:

@@ -175,8 +175,9 @@ class Meter:
         flash). After anything but a clean window (a damaged or lost frame, a reply that did not
         come, a meter that restarted) we ask the meter where it stands and for a fresh grant, so
         we never send into its flash work. progress(bytes the meter has, image bytes) is called
-        as grants come. Returns `resumed_from_block`, `blocks`, `bytes_sent` (payload sent now)
-        and `transfer`: the counts of block frames, bad frames, windows, replies missing,
+        as grants come. Returns `resumed_from_block`, `blocks`, `bytes_sent` (payload sent now),
+        `signature_ms` (the meter's Ed25519 check at the initiate; None on a resume) and
+        `transfer`: the counts of block frames, bad frames, windows, replies missing,
         resyncs, blocks sent again, and the seconds from the first block to the last reply.
         Raises TransportError when the meter stops answering, CommandError when it refuses.
         """
@@ -184,12 +185,14 @@ class Meter:
         img = parse_image(data)
         image_id = img.image_id.hex()
         st = self.update_state()
+        signature_ms = None
         if st.get("status") == P.INITIATED and st.get("image_id") == image_id:
             # Resume, as DLMS clients do: no initiate, from the first block not yet transferred.
             bs, first = st["block_size"], st["first_not_transferred_block"]
             nxt, window = first, st.get("next_block", first) + st.get("window", 1) - first
         else:
             r = self.initiate(data[:img.payload_offset])
+            signature_ms = r.get("signature_ms")
             bs, first = r["block_size"], r["first_not_transferred_block"]
             nxt, window = r.get("next", first), r.get("window", 1)
         blocks = (len(data) + bs - 1) // bs
@@ -244,7 +247,7 @@ class Meter:
         stats["blocks_resent"] = max(stats["block_frames"] - (blocks - first), 0)
         stats["blocks_seconds"] = round(time.monotonic() - t0, 3)  # first block out to the last reply
         return {"resumed_from_block": first, "blocks": blocks, "bytes_sent": max(len(data) - first * bs, 0),
-                "transfer": stats}
+                "signature_ms": signature_ms, "transfer": stats}
 
     def _where(self, image_id: str) -> tuple[int, int]:
         """(next block, window) from the meter's update state, with a grant made just now."""

@@ -242,7 +242,8 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
         ui.stage("transfer")
         t_xfer = time.monotonic()
         up = meter.upload(data, ui.progress)
-        report.update(resumed_from_block=up["resumed_from_block"], blocks=up["blocks"], transfer=up["transfer"])
+        report.update(resumed_from_block=up["resumed_from_block"], blocks=up["blocks"], transfer=up["transfer"],
+                      signature_ms=up["signature_ms"])
         sent = up["bytes_sent"]
         xfer_s = max(time.monotonic() - t_xfer, 1e-6)
         report["transfer_seconds"] = round(xfer_s, 2)
@@ -250,7 +251,6 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
         ui.stage("verify")
         v = meter.verify()
         report["verify_ms"] = v.get("verify_ms")
-        report["signature_ms"] = v.get("signature_ms")
         ui.stage("activate")
         t_act = time.monotonic()
         act = meter.activate(when, at_s, registers, ack)

@@ -1,0 +1,86 @@
+# Admission of an image into the inactive slot: the checks of an initiate's image head (board,
+# bootloader version, security floor, rejected or already running, and the Ed25519 signatures
+# over the manifest). The signatures cover the manifest alone, so they are checked before the
+# slot is touched: an unsigned or unapproved image costs no download and keeps the revert target.
+# Loaded for an initiate and forgotten after. The application runs it before it loads its update
+# machinery, so the signature check (the most the meter ever loads at once) shares the heap only
+# with the meter's resident code. A verify needs no second check: it binds the slot's manifest to
+# this one by its hash (the image id).
+import io
+import json
+import hashlib
+import time
+from bootloader import VERSION, eventlog, image
+from bootloader.protocol import CommandError
+
+_PREFIX = {1: b"meterfw-vendor\x00", 2: b"meterfw-utility\x00"}
+_ROLE_NAME = {1: "vendor", 2: "utility"}
+
+
+def _vtuple(v):
+    return tuple(int(x) for x in v.split("."))
+
+
+async def admit(p, head):
+    """The manifest of an initiate's image head (manifest, signatures and nothing else) if the
+    meter `p` (its Platform) takes the image: (manifest, image id, head length, signature ms).
+    Raises CommandError saying why not."""
+    m_raw, sigs, off = image.read_header(io.BytesIO(head))
+    if off != len(head):
+        raise CommandError("bad_request", "initiate carries the image head only (%d bytes)" % off)
+    m = json.loads(m_raw)
+    img_id = hashlib.sha256(m_raw).digest()
+    if m["board"] != p.board.name:
+        raise CommandError("wrong_board", "image is for board %s, this meter is %s" % (m["board"], p.board.name))
+    if _vtuple(m["min_bootloader"]) > _vtuple(VERSION):
+        raise CommandError("bootloader_too_old", "image needs bootloader %s, meter has %s" % (m["min_bootloader"], VERSION))
+    if m["security_version"] < p.bcb.floor:
+        raise CommandError("rollback", "security version %d is below the meter's floor %d" % (m["security_version"], p.bcb.floor))
+    if p.is_rejected(img_id):
+        raise CommandError("rejected", "image %s was rejected before" % m["version"])
+    if img_id == p.image_id:
+        raise CommandError("already_active", "version %s is already running" % m["version"])
+    t0_ms = time.ticks_ms()
+    try:
+        await check_signatures(m_raw, sigs, p.board.defaults.get("require_approval", False))
+    except ValueError as e:
+        p.events.log(eventlog.FW_VERIFY_FAILED, p.inactive_slot)
+        raise CommandError("verify_failed", "verification failed: %s" % e)
+    return m, img_id, off, time.ticks_diff(time.ticks_ms(), t0_ms)
+
+
+def _public_key(role):
+    try:
+        with open("/keys/%s.pub" % _ROLE_NAME[role], "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+async def check_signatures(raw, sigs, require_approval):
+    """Ed25519 checks of a manifest against the meter's public keys (vendor, and the utility's
+    approval when required). Raises ValueError naming the first failure."""
+    # Loaded for the check and forgotten after (it loads SHA-512, then the curve arithmetic,
+    # one at a time): ~16 KB of heap at its peak, needed only for a signature check.
+    from bootloader import ed25519, forget
+
+    try:
+        found = {}
+        for role, key_id, sig in sigs:
+            if role not in _PREFIX:
+                continue
+            pub = _public_key(role)
+            if pub is None or hashlib.sha256(pub).digest()[:8] != key_id:
+                if role == 1:
+                    raise ValueError("vendor signature is by an unknown key")
+                continue
+            if not await ed25519.verify_async(pub, _PREFIX[role] + raw, sig):
+                raise ValueError("bad %s signature" % _ROLE_NAME[role])
+            found[role] = True
+    finally:
+        del ed25519
+        forget("ed25519")
+    if 1 not in found:
+        raise ValueError("no vendor signature")
+    if require_approval and 2 not in found:
+        raise ValueError("no valid utility approval, and this meter requires one")

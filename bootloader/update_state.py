@@ -1,0 +1,73 @@
+# The update's stored state (/data/update.json): its status in the DLMS class 18 states, the
+# image it is about, and the activation's options. Apart from the transfer's code so the
+# application can read and settle it (status, the boot after a switch, a revert) without loading
+# the transfer, which it holds only while an update runs.
+import json
+from micropython import const
+
+PATH = "/data/update.json"
+
+NOT_INITIATED = const(0)
+INITIATED = const(1)
+VERIFYING = const(2)
+VERIFIED = const(3)
+VERIFY_FAILED = const(4)
+ACTIVATING = const(5)
+ACTIVATED = const(6)
+ACTIVATION_FAILED = const(7)
+
+
+def load():
+    try:
+        with open(PATH) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {"status": NOT_INITIATED}
+
+
+def store(s):
+    with open(PATH, "w") as f:
+        json.dump(s, f)
+
+
+def summary(s):
+    """What the host sees of a stored state (the transfer adds its grant while one runs)."""
+    out = {"status": s["status"], "version": s.get("version"), "image_id": s.get("id"),
+           "result": s.get("result"), "reason": s.get("reason")}
+    for key in ("registers", "ack", "activate_at_s"):
+        if key in s:
+            out[key] = s[key]
+    return out
+
+
+def _open_activation(s):
+    return s.get("status") in (ACTIVATING, ACTIVATED) and s.get("result") in (None, "trial")
+
+
+def settle(running_image_id):
+    """After a boot: an activation either started the new image (trial) or was reverted."""
+    s = load()
+    if not _open_activation(s):
+        return
+    if running_image_id is not None and running_image_id.hex() == s["id"]:
+        s["status"], s["result"] = ACTIVATED, "trial"
+    else:
+        s["status"], s["result"] = ACTIVATION_FAILED, "reverted"
+        s["reason"] = s.get("reason") or "the meter went back to the previous image"
+    store(s)
+
+
+def confirmed():
+    s = load()
+    if s.get("result") == "trial":
+        s["result"] = "confirmed"
+        store(s)
+
+
+def record_failure(reason):
+    """Mark an activation as reverted with its reason, from wherever the failure was seen
+    (the bootloader before the image runs, or the image's own health check)."""
+    s = load()
+    if _open_activation(s):
+        s["status"], s["result"], s["reason"] = ACTIVATION_FAILED, "reverted", reason
+        store(s)
