@@ -144,8 +144,8 @@ async def _load(name):
 
 
 # Modules loaded for a task and forgotten after it (their names stay interned; their code goes).
-_LAZY = ("boot_tasks", "cmd_status", "cmd_read", "cmd_change", "health", "health_data", "state_json", "state_edit",
-         "state_lists", "metering_boot", "metering_ops", "snapshot")
+_LAZY = ("activation", "boot_tasks", "cmd_status", "cmd_read", "cmd_change", "health", "health_data", "state_json",
+         "state_edit", "state_lists", "metering_boot", "metering_ops", "snapshot")
 
 
 def _drop():

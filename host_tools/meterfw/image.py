@@ -111,9 +111,11 @@ def _compile(path: Path, name: str, tmp: Path) -> bytes:
 
     -s embeds that name rather than the host path, so builds are reproducible anywhere, and
     the device interns one string for both the module's file and its tracebacks' file name.
+    -O3 leaves out line numbers (and asserts, which device code does not use): ~3 KB less code
+    on the heap of a Pico. A traceback still names each function on its way, not the line.
     """
     out = tmp / "out.mpy"
-    cmd = _mpy_cross_cmd() + ["-s", name, "-o", str(out), str(path)]
+    cmd = _mpy_cross_cmd() + ["-O3", "-s", name, "-o", str(out), str(path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ImageError(f"mpy-cross failed on {path.name}: {(proc.stderr or proc.stdout).strip()}")
