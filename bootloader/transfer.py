@@ -36,13 +36,15 @@ _GRANT_MARGIN_MS = const(40)  # host turnaround and scheduling slack before the 
 _FLUSH_MS = const(150)  # writing a window: an erase, 16 page programs, littlefs metadata
 _SYNC_BYTES = const(65536)  # commit the slot file this often: the resume point's granularity
 _SETTLE_WAIT_MS = const(3000)  # longest wait for the application's flash work to pass
+_AFTER_CLOSE_MS = const(20)  # an interval close's own flash writes finish within this after it
 
 
 class Transfer:
     def __init__(self, platform, schedule=None):
         self._p = platform
         self._file = None
-        # The application's own flash work: ms_to_next() and async wait_past(), or None.
+        # The application's own flash work: ms_to_next(), and `closed`, an asyncio.Event set as
+        # each interval closes; or None.
         self.schedule = schedule
         self._bufs = None  # a window's blocks in RAM while a download runs (see _window_buffer)
         self._held = 0  # blocks in _bufs, following the blocks in flash
@@ -257,9 +259,12 @@ class Transfer:
 
     async def _settle(self):
         try:
-            await asyncio.wait_for_ms(self.schedule.wait_past(), _SETTLE_WAIT_MS)
+            # The event's own wait, not a coroutine of the application's: the task wait_for makes
+            # can outlive the wait by a while, and what its coroutine refers to stays on the heap.
+            await asyncio.wait_for_ms(self.schedule.closed.wait(), _SETTLE_WAIT_MS)
         except asyncio.TimeoutError:
-            pass  # the application's task is late or gone: do not hold the transfer up
+            return  # the application's task is late or gone: do not hold the transfer up
+        await asyncio.sleep_ms(_AFTER_CLOSE_MS)
 
     async def verify(self, _payload=None):
         s = self.state

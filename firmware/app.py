@@ -76,15 +76,20 @@ class Meter:
     async def _update(self, name, payload):
         return await getattr(await self.updates(), name)(payload)
 
-    async def initiate(self, head):
-        # The head is admitted (manifest checks, Ed25519 signatures) before the update agent
-        # loads, and with the agent dropped when nothing waits on it: the signature check is
-        # the most the meter loads at once, so it shares the heap with the resident code alone.
+    def _drop_agent(self):
+        # A plain function, not part of a coroutine: a coroutine's frame lives on the heap, and
+        # a stale reference left in it would keep the agent there.
         if self.agent is not None and self.agent.release():
             self.agent = None
             sys.modules.pop("update_agent", None)
             forget("transfer")
-            gc.collect()
+
+    async def initiate(self, head):
+        # The head is admitted (manifest checks, Ed25519 signatures) before the update agent
+        # loads, and with the agent dropped when nothing waits on it: the signature check is
+        # the most the meter loads at once, so it shares the heap with the resident code alone.
+        self._drop_agent()
+        gc.collect()
         await _load("bootloader.admission")
         from bootloader import admission
         try:

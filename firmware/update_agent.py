@@ -29,6 +29,7 @@ class UpdateAgent:
         self.metering = metering
         # () -> [(start_s, end_s)] of scheduled pricing events; the meter state provides it.
         self.pricing_events = pricing_events or _no_events
+        self.closed = metering.closed  # set as each interval closes (and the transfer's schedule)
         self.transfer = t = Transfer(platform, self)
         self.block, self.verify = t.block, t.verify  # the transfer's link commands, beside ours
         self.notice = None
@@ -59,10 +60,6 @@ class UpdateAgent:
     def ms_to_next(self):
         """Until the open interval closes, and the metering task writes it to flash."""
         return self.next_boundary_s() * 1000 - self.platform.board.clock.time_ms()
-
-    async def wait_past(self):
-        await self.metering.closed.wait()
-        await self.after_close()
 
     async def after_close(self):
         await asyncio.sleep_ms(_AFTER_CLOSE_MS)

@@ -607,7 +607,7 @@ def test_curve_constants_and_base_table():
     x = _ref_decode(y.to_bytes(32, "little"))[0]
     b2 = _affine_add((x, y), (x, y), d)
     pt = (x, y)
-    n = 1 << (6 - 2)
+    n = 1 << (edwards._WB - 2)
     assert len(edwards._BTAB) == n * 96
     for entry in (edwards._bpoint(i) for i in range(n)):
         px, py = pt
@@ -619,7 +619,7 @@ def test_wnaf_digits_rebuild_the_scalar():
     edwards = _host("edwards")
     rng = random.Random(253)
     scalars = [0, 1, 2, 31, 32, 33, L - 1, 2**252, 2**253 - 1] + [rng.randrange(L) for _ in range(200)]
-    for w in (5, 6):
+    for w in (4, 5, 6):
         for k in scalars:
             digits = list(edwards._wnaf(k, w))
             assert sum(d << i for i, d in enumerate(digits)) == k, (w, k)
