@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +138,14 @@ class Sweep:
     def run_point(self, phase: str, cut_at: int, torn: bool) -> Outcome:
         board = self._start(self._copy(self.templates[phase]))
         overran = threading.Event()
+        worker = threading.get_ident()
+        where: list[str] = []
 
         def stop_it() -> None:
+            # Where this point's thread is stuck, before the stop moves it on.
+            frame = sys._current_frames().get(worker)
+            if frame is not None:
+                where.append("".join(traceback.format_stack(frame)[-6:]))
             overran.set()
             board.stop()
 
@@ -160,8 +167,8 @@ class Sweep:
         finally:
             timer.cancel()
             board.stop()
-        if overran.is_set() and not out.violations:
-            out.violations = [f"the point ran over {_POINT_S} s"]
+        if overran.is_set():
+            out.violations.insert(0, f"the point ran over {_POINT_S} s; the sweep was waiting in:\n{''.join(where)}")
         if out.violations:
             out.console = _tail(board.dir / "console.log")
         return out
