@@ -264,6 +264,11 @@ class Transfer:
             await asyncio.wait_for_ms(self.schedule.closed.wait(), _SETTLE_WAIT_MS)
         except asyncio.TimeoutError:
             return  # the application's task is late or gone: do not hold the transfer up
+        await self.after_close()
+
+    @staticmethod
+    async def after_close():
+        """Once an interval has closed: the wait for its own flash writes to finish."""
         await asyncio.sleep_ms(_AFTER_CLOSE_MS)
 
     async def verify(self, _payload=None):

@@ -58,7 +58,7 @@ class Meter:
             _drop()
 
     def updates_now(self):
-        """The update agent, loaded at its first use in a boot. It and the transfer are ~15 KB
+        """The update agent, loaded at its first use in a boot. It and the transfer are ~11 KB
         of code that the heap holds only from then on, not while the meter just meters."""
         if self.agent is None:
             a = _lazy("update_agent").UpdateAgent(self.p, self.metering, self.metering.pricing_events)

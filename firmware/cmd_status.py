@@ -3,7 +3,6 @@
 import gc
 import time
 from micropython import const
-from bootloader import update_state
 from bootloader.bootctl import SLOT_NAMES
 from bootloader.protocol import query
 from intervals import FLAG_NAMES
@@ -16,8 +15,11 @@ _IV_FIELDS = ("seq", "start", "duration_s", "flags", "energy_mwh", "received_mwh
 
 async def _update(m):
     # A download under way reports its grant, which takes the transfer's code; any other state
-    # is read from flash without loading the update machinery.
+    # is read from flash without loading the update machinery. (A loaded agent's transfer has
+    # the stored state module already: imported only here, it is not loaded a second time.)
     if m.agent is None:
+        from bootloader import update_state
+
         s = update_state.load()
         if s["status"] != update_state.INITIATED:
             return update_state.summary(s)

@@ -16,7 +16,6 @@ _NOTICE = "/data/notice.json"
 # Event code (bootloader/eventlog.py names it). Defined here: the bootloader in the field is
 # never upgraded, so the application may not rely on names an older one lacks.
 UPGRADE_NOTICE = const(130)  # value: image size (FR33)
-_AFTER_CLOSE_MS = const(20)  # the close's own flash writes finish within this after the event
 
 
 def _no_events():
@@ -60,9 +59,6 @@ class UpdateAgent:
     def ms_to_next(self):
         """Until the open interval closes, and the metering task writes it to flash."""
         return self.next_boundary_s() * 1000 - self.platform.board.clock.time_ms()
-
-    async def after_close(self):
-        await asyncio.sleep_ms(_AFTER_CLOSE_MS)
 
     async def state(self, _payload):
         out = self.transfer.public_state()
