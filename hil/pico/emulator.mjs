@@ -1,0 +1,343 @@
+// The emulated Pico: stock MicroPython firmware for the RP2040, unmodified, in rp2040js, with the
+// hardware around the chip played by the rig. One process is one power-on of the chip; the
+// supervisor (hil/supervisor.py) starts it the way it starts the unix-port simulator:
+//
+//   node emulator.mjs DIR CAUSE CTL_OUT_FD CTL_IN_FD [USB_FD]     CAUSE: power-on | watchdog | reset
+//
+// fd 0/1 are the meter's UART0 line (the supervisor's device pty), fd 2 the debug console
+// (DIR/console.log); the control lines go to and come from the supervisor on the two CTL fds
+// (non-blocking), and USB_FD, when given, is the USB CDC port (the REPL, where mpremote connects).
+//
+// What the rig plays, and the three defects of rp2040js 1.4.1 it works around:
+//  - Flash: its SSI is a stub, so writes would be lost. The boot ROM's flash_range_erase and
+//    flash_range_program are replaced by breakpoints; the break handler erases or programs the
+//    emulated flash, writes the change through to DIR/flash.img, and stalls the CPU for the flash
+//    chip's erase or program time (the clock advances, no instruction runs, interrupts wait), so
+//    UART bytes beyond the 32-byte receive FIFO are lost as on silicon.
+//  - USB: its CDC host model answers every armed OUT endpoint with an empty packet 10 us later,
+//    an interrupt storm a real host does not cause; this host holds the read until it has bytes.
+//  - UART: it raises the TX interrupt on every interrupt check, so the firmware spins in its
+//    handler; here the TX interrupt is raised only when a byte is written.
+//  - Power, reset and the watchdog: the emulator does not reset the chip, so a watchdog or a
+//    machine.reset() ends this process and the supervisor starts the next boot, keeping flash.
+//  - The metrology front-end: an ADE7953 on SPI0 fed from the host twin's energy function.
+//  - The RTC: a battery-backed RV-8803 on I2C1, set from the rig's clock, kept in DIR/rtc.json.
+//
+// Time: emulated time is cycle-counted at 125 MHz. It never runs ahead of the wall clock: while
+// the chip idles it is held to the wall clock (so a 1 s interval lasts 1 s), while it computes
+// it falls behind (the emulator is slower than silicon) and catches up at the next idle. The rig's
+// clock, which the RTC and the front-end both read, is the wall clock at power-on plus emulated
+// time since, so the meter's clock, its front-end and the host twin agree, and every figure
+// measured inside the meter is Pico time.
+import fs from 'node:fs';
+import path from 'node:path';
+import { RP2040 } from 'rp2040js';
+import { Ade7953, CdcHost, Rv8803, adeRegisters, mwhInSecond } from './parts.mjs';
+
+const [dir, cause, ctlOutArg, ctlInArg, usbArg] = process.argv.slice(2);
+if (!ctlInArg) {
+  process.stderr.write('usage: node emulator.mjs DIR CAUSE CTL_OUT_FD CTL_IN_FD [USB_FD]\n');
+  process.exit(2);
+}
+const sim = JSON.parse(fs.readFileSync(path.join(dir, 'sim.json'), 'utf8'));
+const pico = sim.pico;
+const FLASH_SIZE = pico.flash_bytes;
+const ERASE_NS = Math.round(pico.erase_ms * 1e6);
+const PAGE_NS = Math.round(pico.page_program_ms * 1e6);
+const CPU_HZ = 125e6;
+
+// --- control lines ------------------------------------------------------------------------------
+const ctlOut = parseInt(ctlOutArg, 10);
+const ctlIn = parseInt(ctlInArg, 10);
+function ctl(line) {
+  try {
+    fs.writeSync(ctlOut, line + '\n');
+  } catch {
+    // the supervisor is gone: the power goes with it
+  }
+}
+let cutPlan = null; // [operations left, torn]
+let ctlInBuf = '';
+function readCtl() {
+  const buf = Buffer.alloc(256);
+  for (;;) {
+    let n;
+    try {
+      n = fs.readSync(ctlIn, buf, 0, buf.length, null);
+    } catch (e) {
+      if (e.code === 'EAGAIN') break;
+      return;
+    }
+    if (!n) break;
+    ctlInBuf += buf.toString('latin1', 0, n);
+  }
+  const lines = ctlInBuf.split('\n');
+  ctlInBuf = lines.pop();
+  for (const line of lines) {
+    const [word, n, kind] = line.trim().split(/\s+/);
+    if (word === 'cut') cutPlan = [parseInt(n, 10), kind === 'torn'];
+  }
+}
+
+// --- the chip ------------------------------------------------------------------------------------
+const mcu = new RP2040();
+mcu.logger = { debug() {}, info() {}, warn() {}, error(name, msg) { process.stderr.write(`[rp2040js] ${name}: ${msg}\n`); } };
+mcu.loadBootrom(new Uint32Array(new Uint8Array(fs.readFileSync(pico.bootrom)).buffer));
+const flashPath = path.join(dir, 'flash.img');
+const flashFd = fs.openSync(flashPath, 'r+');
+fs.readSync(flashFd, mcu.flash, 0, FLASH_SIZE, 0);
+const core = mcu.core;
+const clock = mcu.clock;
+core.PC = 0x10000000;
+
+// The watchdog's reason register survives a watchdog reset (machine.reset() is one too), as on
+// silicon, so machine.reset_cause() tells a watchdog from a power-on.
+const watchdog = mcu.findPeripheral(0x40058000);
+watchdog.reason = { watchdog: 1, reset: 2 }[cause] || 0;
+watchdog.onWatchdogTrigger = () => {
+  const forced = watchdog.reason === 2;
+  ctl(forced ? 'reset' : 'watchdog');
+  stop(0);
+};
+
+// --- flash: the boot ROM's erase and program, done here ---------------------------------------------
+const BK_ERASE = 0xe0;
+const BK_PROGRAM = 0xe1;
+function romFunction(code) {
+  const rom = new DataView(mcu.bootrom.buffer);
+  let p = rom.getUint16(0x14, true);
+  for (;;) {
+    const c = rom.getUint16(p, true);
+    if (!c) throw new Error('boot ROM function ' + code + ' not found');
+    if (c === (code.charCodeAt(0) | (code.charCodeAt(1) << 8))) return rom.getUint16(p + 2, true) & ~1;
+    p += 4;
+  }
+}
+{
+  const rom = new DataView(mcu.bootrom.buffer);
+  rom.setUint16(romFunction('RE'), 0xbe00 | BK_ERASE, true); // BKPT #imm8
+  rom.setUint16(romFunction('RP'), 0xbe00 | BK_PROGRAM, true);
+}
+let flashOps = 0;
+let power = true;
+function flashOp(kind, offset, count, data) {
+  flashOps += 1;
+  ctl('w');
+  readCtl();
+  let torn = false;
+  if (cutPlan) {
+    cutPlan[0] -= 1;
+    if (cutPlan[0] <= 0) {
+      torn = cutPlan[1];
+      if (!torn) return powerCut(false);
+      count = kind === 'erase' ? count >> 1 : Math.max(1, count >> 1);
+    }
+  }
+  const bytes = mcu.flash.subarray(offset, offset + count);
+  if (kind === 'erase') bytes.fill(0xff);
+  else for (let i = 0; i < count; i++) bytes[i] &= data[i]; // NOR: a program only clears bits
+  fs.writeSync(flashFd, bytes, 0, count, offset);
+  if (torn) return powerCut(true);
+  const ns = kind === 'erase' ? ERASE_NS * Math.ceil(count / 4096) : PAGE_NS * Math.ceil(count / 256);
+  stall(ns);
+}
+function powerCut(torn) {
+  ctl(`cut ${torn ? 'torn' : 'clean'} ${flashOps}`);
+  power = false; // nothing runs until the supervisor ends this process
+}
+mcu.onBreak = (code) => {
+  const r = core.registers;
+  if (code === BK_ERASE) {
+    flashOp('erase', r[0], r[1]);
+  } else if (code === BK_PROGRAM) {
+    const src = r[1] - 0x20000000;
+    flashOp('program', r[0], r[2], mcu.sram.subarray(src, src + r[2]));
+  } else {
+    process.stderr.write(`[rig] breakpoint ${code} at ${(core.PC - 2).toString(16)}: halted\n`);
+    power = false;
+    return;
+  }
+  core.PC = core.LR & ~1; // return from the ROM function
+};
+
+// The CPU runs nothing while the flash chip is busy; time goes on, peripherals and the line too.
+function stall(ns) {
+  let left = ns;
+  while (left > 0) {
+    const step = Math.min(left, clock.nanosToNextAlarm || left);
+    clock.tick(step > 0 ? step : left);
+    left -= step > 0 ? step : left;
+  }
+}
+
+// --- UART0: the meter's line ----------------------------------------------------------------------
+const uart = mcu.uart[0];
+uart.checkInterrupts = function () {
+  this.rp2040.setInterrupt(this.irq, !!(this.interruptStatus & this.interruptMask));
+};
+uart.onByte = (b) => {
+  txBytes.push(b);
+  uart.interruptStatus |= 1 << 5; // TX: the (infinite) FIFO took the byte
+  uart.checkInterrupts();
+  scheduleFlush();
+};
+const txBytes = [];
+const rxQueue = [];
+let rxLost = 0;
+let rxDelivered = 0;
+const rxAlarm = clock.createAlarm(deliverRx);
+let rxArmed = false;
+function byteNs() {
+  const baud = uart.baudDivider ? uart.baudRate : 115200;
+  return 1e9 * 10 / baud;
+}
+function deliverRx() {
+  rxArmed = false;
+  const b = rxQueue.shift();
+  if (b === undefined) return;
+  if (uart.enabled && uart.rxEnabled && !uart.rxFIFO.full) {
+    uart.feedByte(b);
+    rxDelivered += 1;
+  } else {
+    rxLost += 1; // the FIFO was full (interrupts held off by a flash operation) or the UART off
+  }
+  armRx();
+}
+function armRx() {
+  if (!rxArmed && rxQueue.length) {
+    rxArmed = true;
+    rxAlarm.schedule(byteNs());
+  }
+}
+
+// --- USB CDC: the REPL ----------------------------------------------------------------------------
+const usb = new CdcHost(mcu.usbCtrl);
+const usbFd = usbArg ? parseInt(usbArg, 10) : null;
+usb.onSerialData = (buf) => {
+  fs.writeSync(2, buf); // the console log keeps everything the chip says on USB
+  if (usbFd !== null) {
+    try {
+      fs.writeSync(usbFd, buf);
+    } catch {
+      // nobody has the port open
+    }
+  }
+};
+
+// --- the rig's clock, the RTC and the front-end ---------------------------------------------------
+const bootWallMs = Date.now();
+const wallAtBoot = performance.now();
+function rigMs() {
+  return bootWallMs + clock.nanos / 1e6;
+}
+const rtcPath = path.join(dir, 'rtc.json');
+new Rv8803(mcu.i2c[pico.rtc_i2c], pico.rtc_addr, rigMs, () => {
+  try {
+    return JSON.parse(fs.readFileSync(rtcPath, 'utf8')).adjust_ms || 0;
+  } catch {
+    return 0;
+  }
+}, (adjustMs) => fs.writeFileSync(rtcPath, JSON.stringify({ adjust_ms: adjustMs })));
+const seed = sim.seed ?? 1;
+let meteredS = sim.created_s;
+let meteredMwh = 0;
+function energyMwh() {
+  const now = Math.floor(rigMs() / 1000);
+  while (meteredS < now) meteredMwh += mwhInSecond(seed, meteredS++);
+  return meteredMwh;
+}
+new Ade7953(mcu.spi[0], mcu.gpio[pico.ade_cs], adeRegisters(energyMwh));
+
+// --- running ---------------------------------------------------------------------------------------
+let stopped = false;
+let wakeTimer = null;
+let flushTimer = null;
+function scheduleFlush() {
+  if (!flushTimer) flushTimer = setImmediate(flush);
+}
+function flush() {
+  flushTimer = null;
+  if (txBytes.length) {
+    const out = Buffer.from(txBytes.splice(0));
+    try {
+      fs.writeSync(1, out);
+    } catch {
+      // the line is down: the bytes are lost, as on a cut cable
+    }
+  }
+}
+function wallNs() {
+  return (performance.now() - wallAtBoot) * 1e6;
+}
+const SLICE_MS = 10;
+function run() {
+  wakeTimer = null;
+  const sliceEnd = performance.now() + SLICE_MS;
+  while (!stopped && power) {
+    if (core.waiting) {
+      const toAlarm = clock.nanosToNextAlarm;
+      const now = wallNs();
+      const ahead = clock.nanos + toAlarm - now;
+      if (toAlarm > 0 && ahead <= 0) {
+        clock.tick(toAlarm);
+      } else {
+        // Idle: hold emulated time to the wall clock until the next alarm or a byte arrives.
+        if (now > clock.nanos) clock.tick(Math.min(now - clock.nanos, toAlarm > 0 ? toAlarm - 1 : now - clock.nanos));
+        wakeTimer = setTimeout(run, toAlarm > 0 ? Math.max(ahead / 1e6, 0.05) : 5);
+        flush();
+        return;
+      }
+    } else {
+      for (let i = 0; i < 2000 && !core.waiting && power; i++) {
+        clock.tick(core.executeInstruction() * 1e9 / CPU_HZ);
+      }
+    }
+    if (performance.now() >= sliceEnd) break;
+  }
+  flush();
+  if (!stopped && power) wakeTimer = setImmediate(run);
+}
+function wake() {
+  if (wakeTimer !== null && core.waiting) {
+    clearTimeout(wakeTimer);
+    clearImmediate(wakeTimer);
+    wakeTimer = null;
+    const now = wallNs();
+    if (now > clock.nanos && !(clock.nanosToNextAlarm > 0 && clock.nanos + clock.nanosToNextAlarm <= now)) {
+      clock.tick(now - clock.nanos);
+    }
+    run();
+  }
+}
+function stop(code) {
+  stopped = true;
+  flush();
+  ctl(`log pico rx_lost=${rxLost} rx=${rxDelivered} flash_ops=${flashOps} emulated_ms=${Math.round(clock.nanos / 1e6)}`);
+  setImmediate(() => process.exit(code));
+}
+
+function reader(fd, onData) {
+  const stream = fs.createReadStream(null, { fd, highWaterMark: 4096 });
+  stream.on('data', onData);
+  stream.on('error', () => {});
+  return stream;
+}
+reader(0, (buf) => {
+  for (const b of buf) rxQueue.push(b);
+  wake();
+  armRx();
+});
+if (usbFd !== null) {
+  reader(usbFd, (buf) => {
+    if (process.env.METERFW_PICO_TRACE) process.stderr.write(`[rig] usb in ${JSON.stringify(buf.toString())}\n`);
+    usb.send(buf);
+    wake();
+  });
+}
+process.on('SIGTERM', () => stop(0));
+process.on('SIGINT', () => stop(0));
+ctl(`log pico boot cause=${cause}`);
+run();
+if (process.env.METERFW_PICO_TRACE) {
+  setInterval(() => process.stderr.write(`[rig] t=${(clock.nanos / 1e6).toFixed(1)} ms pc=${core.PC.toString(16)} waiting=${core.waiting} usb=${usb.ready} pend=${usb.pendingRead} q=${usb.toDevice.length}\n`), 1000);
+}
