@@ -27,17 +27,20 @@ class SimBoard:
         self.serial: str | None = info.get("serial")
         self.baud: int | None = info.get("baud")
         self.first_device_pid: int | None = info.get("device_pid")
+        self.board: str = info.get("board", "sim")
+        self.usb_port: str | None = info.get("usb_port")  # a pico's USB CDC port (its REPL)
 
     @classmethod
     def start(cls, sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=None,
-              serial=None, device_script=None) -> "SimBoard":
+              serial=None, device_script=None, **pico) -> "SimBoard":
         """Provision (if DIR has no flash.img and image/keys are given) and start a sim meter.
 
         `device_script` replaces boards/sim/power_on.py; it is for the supervisor's own tests.
+        `board="pico"` (with `firmware`, `bootrom`, `defaults`) starts the emulated Pico instead.
         """
         info = _sup.start(
             sim_dir, image=image, keys=keys, baud=baud, interval_s=interval_s, seed=seed,
-            serial=serial, device_script=device_script,
+            serial=serial, device_script=device_script, **pico,
         )
         return cls(Path(sim_dir), info)
 

@@ -48,6 +48,11 @@ BOARD_DIR = REPO / "boards" / "sim"
 DEFAULT_DEVICE_SCRIPT = BOARD_DIR / "power_on.py"
 DEFAULT_HEAP_BYTES = 204800
 DEVICE_SCRIPT_ENV = "METERFW_SIM_DEVICE"
+PICO_RIG = REPO / "hil" / "pico"
+PICO_EMULATOR = PICO_RIG / "emulator.mjs"
+BOARDS = ("sim", "pico")
+FIRMWARE_ENV = "PICO_FIRMWARE"
+BOOTROM_NAME = "rp2040-bootrom-B1.bin"
 
 FLASH_IMG = "flash.img"
 SIM_JSON = "sim.json"
@@ -57,6 +62,7 @@ CONSOLE_LOG = "console.log"
 CMD_FIFO = "supervisor.fifo"
 LOCK_FILE = "supervisor.lock"
 TTY_LINK = "tty"
+USB_LINK = "usb"
 
 POWER_ON = "power-on"
 WATCHDOG = "watchdog"
@@ -184,6 +190,21 @@ def _ensure_open(fd: int) -> None:
             os.close(spare)
 
 
+def _link(link: Path, target: str) -> None:
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
+
+
+def _node() -> str:
+    import shutil
+
+    node = shutil.which("node")
+    if node is None:
+        raise SimError("node is not installed: the Pico emulator needs Node.js 18 or newer")
+    return node
+
+
 def _resolve_dir(sim_dir) -> Path:
     return Path(sim_dir).expanduser().resolve()
 
@@ -198,6 +219,11 @@ class Supervisor:
         self.device_script = device_script
         self.cfg = _read_json(sim_dir / SIM_JSON) or {}
         self.baud = self.cfg.get("baud")
+        # "pico": the stock firmware in the rp2040js emulator, which paces the line itself in
+        # emulated time and plays flash, watchdog, front-end and RTC (hil/pico/emulator.mjs).
+        self.board = self.cfg.get("board", "sim")
+        self.usb_port: str | None = None
+        self.usb_master: int | None = None
         # Remote access (FR6): a loopback TCP port bridged to the meter's line, one client at a time.
         self.tcp_port = self.cfg.get("tcp_port")
         self._listener: socket.socket | None = None
@@ -224,6 +250,7 @@ class Supervisor:
         self.wdt_ms: int | None = None
         self.wdt_deadline: float | None = None
         self.reset_requested = False
+        self.reset_cause = RESET  # what the boot after a requested reset counts as
         self.reset_deadline: float | None = None
         self.pending_boot: tuple[float, str] | None = None  # (monotonic time, cause)
         self.halted = False
@@ -275,6 +302,8 @@ class Supervisor:
             "tcp_port": self.tcp_port,
             "tcp_client": self._client_peer,
             "uart_lost": self.uart_lost,
+            "board": self.board,
+            "usb_port": self.usb_port,
         }
 
     def write_state(self, name: str | None = None) -> None:
@@ -292,6 +321,8 @@ class Supervisor:
             raise SimError(f"a supervisor for {self.dir} is already running") from None
         if not self.device_script.is_file():
             raise SimError(f"device script {self.device_script} not found")
+        if self.board == "pico" and not (PICO_RIG / "node_modules" / "rp2040js").is_dir():
+            raise SimError(f"the Pico emulator is not installed: run `make setup` (npm ci in {PICO_RIG})")
         self.write_state("starting")
 
         self.user_master, self.user_slave = os.openpty()
@@ -304,10 +335,15 @@ class Supervisor:
         for fd in (self.user_master, self.dev_master):
             os.set_blocking(fd, False)
         self.port = os.ttyname(self.user_slave)
-        link = self.dir / TTY_LINK
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(self.port)
+        _link(self.dir / TTY_LINK, self.port)
+        if self.board == "pico":
+            # The chip's USB CDC port (its REPL): the emulator holds the master across boots'
+            # processes in turn; we keep the slave open so the master never sees a hang-up.
+            self.usb_master, usb_slave = os.openpty()
+            self._fds += [self.usb_master, usb_slave]
+            tty.setraw(usb_slave)
+            self.usb_port = os.ttyname(usb_slave)
+            _link(self.dir / USB_LINK, self.usb_port)
 
         fifo = self.dir / CMD_FIFO
         if fifo.exists() and not fifo.is_fifo():
@@ -329,7 +365,8 @@ class Supervisor:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
 
         self._libc = ctypes.CDLL(None, use_errno=True)
-        self.line = Line(self.user_master, self.dev_master, self.baud)
+        # The emulated Pico's UART paces bytes in emulated time itself.
+        self.line = Line(self.user_master, self.dev_master, None if self.board == "pico" else self.baud)
         if self.tcp_port is not None:
             self._listen(int(self.tcp_port))
         self.log(
@@ -343,12 +380,14 @@ class Supervisor:
     def _make_device_tty_raw(self) -> None:
         tty.setraw(self.dev_slave)
         attrs = termios.tcgetattr(self.dev_slave)
-        attrs[6][termios.VMIN] = 0  # the device's reads return what is there, even nothing
+        # The unix port's reads return what is there, even nothing; the emulator's reader
+        # takes a read of nothing for the end of the line, so its reads wait for a byte.
+        attrs[6][termios.VMIN] = 1 if self.board == "pico" else 0
         attrs[6][termios.VTIME] = 0
         termios.tcsetattr(self.dev_slave, termios.TCSANOW, attrs)
 
     # -- the device process -----------------------------------------------------------------
-    def boot(self, cause: str) -> None:
+    def boot(self, cause: str, device_cause: str | None = None) -> None:
         assert self.proc is None
         # The device may have changed its terminal; a fresh MCU starts from our settings, and
         # bytes that reached its input queue while it was dying or off are gone.
@@ -365,20 +404,30 @@ class Supervisor:
         os.close(in_r)
         os.set_blocking(out_r, False)
         os.set_blocking(in_w, False)
+        pico = self.board == "pico"
+        if pico:
+            os.set_blocking(child_in, False)  # the emulator polls for a cut plan at each flash op
         libc = self._libc
+        usb = self.usb_master
 
         def in_child() -> None:
             os.dup2(child_out, 3)
             os.dup2(child_in, 4)
+            if usb is not None:
+                os.dup2(usb, 5)
             # If the supervisor dies (even by SIGKILL) the MCU loses power with it.
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
-        argv = [
-            self.micropython, "-X", f"heapsize={self.heap_bytes}", str(self.device_script),
-            str(self.dir), cause, "3", "4",
-        ]
+        if pico:
+            argv = [_node(), str(self.device_script), str(self.dir), device_cause or cause, "3", "4", "5"]
+        else:
+            argv = [
+                self.micropython, "-X", f"heapsize={self.heap_bytes}", str(self.device_script),
+                str(self.dir), cause, "3", "4",
+            ]
+        fds = (3, 4, 5) if pico else (3, 4)
         n = self.boots + 1
-        for fd in (3, 4):
+        for fd in fds:
             _ensure_open(fd)
         with open(self.dir / CONSOLE_LOG, "ab") as console:
             console.write(f"--- boot {n} cause={cause} ---\n".encode())
@@ -388,7 +437,7 @@ class Supervisor:
             try:
                 self.proc = subprocess.Popen(
                     argv, stdin=self.dev_slave, stdout=self.dev_slave, stderr=console,
-                    cwd=self.dir, pass_fds=(3, 4), preexec_fn=in_child,
+                    cwd=self.dir, pass_fds=fds, preexec_fn=in_child,
                     start_new_session=True, close_fds=True,
                 )
             finally:
@@ -402,6 +451,7 @@ class Supervisor:
         self.wdt_ms = None
         self.wdt_deadline = None
         self.reset_requested = False
+        self.reset_cause = RESET
         self.reset_deadline = None
         self.pending_boot = None
         self.halted = False
@@ -446,7 +496,7 @@ class Supervisor:
         self.log(f"device pid={pid} exited rc={rc}")
         self._device_gone()
         if self.reset_requested:
-            self.boot(RESET)
+            self.boot(self.reset_cause)
         elif self.wdt_ms is not None:
             # Like a Pico stuck at the REPL after a crash: its watchdog still fires.
             self.pending_boot = (self.wdt_deadline, WATCHDOG)
@@ -502,6 +552,13 @@ class Supervisor:
             self.wdt_ms = ms
             self.wdt_deadline = now + ms / 1000.0
             self.log(f"watchdog armed {ms} ms")
+            self.write_state()
+        elif word == "watchdog":
+            # The emulated chip's own watchdog fired (in emulated time); its process ends next.
+            self.log("watchdog expired (emulated chip)")
+            self.reset_requested = True
+            self.reset_cause = WATCHDOG
+            self.reset_deadline = now + RESET_GRACE_S
             self.write_state()
         elif word == "reset":
             if not self.reset_requested:
@@ -570,7 +627,7 @@ class Supervisor:
             self.log("command reset")
             self.kill_device("reset pin")
             self._acks_at_boot.append(token)
-            self.boot(RESET)
+            self.boot(RESET, device_cause="pin")  # the RUN pin: an RP2040 sees a power-on
         else:
             self.log(f"unknown command ignored: {words!r}")
             self.acks.append(token)
@@ -593,7 +650,7 @@ class Supervisor:
             if self.reset_requested:
                 if now >= self.reset_deadline:
                     self.kill_device(f"no exit {RESET_GRACE_S} s after reset request")
-                    self.boot(RESET)
+                    self.boot(self.reset_cause)
             elif self.wdt_deadline is not None and now >= self.wdt_deadline:
                 self.log(f"watchdog expired ({self.wdt_ms} ms without feed)")
                 self.kill_device("watchdog")
@@ -694,10 +751,11 @@ class Supervisor:
         self.pending_boot = None
         if self._lock_fd is not None and self.port:
             self.write_state("stopped")
-        link = self.dir / TTY_LINK
         # A dangling link could later lead a host tool to some other program's terminal.
-        if link.is_symlink() and os.readlink(link) == self.port:
-            link.unlink()
+        for name, port in ((TTY_LINK, self.port), (USB_LINK, self.usb_port)):
+            link = self.dir / name
+            if port and link.is_symlink() and os.readlink(link) == port:
+                link.unlink()
         for fd in self._fds:
             try:
                 os.close(fd)
@@ -734,7 +792,10 @@ def run(sim_dir: Path, device_script: Path, ready_fd: int | None) -> int:
     msg = {
         "ok": True, "port": sup.port, "pid": os.getpid(), "dir": str(sim_dir),
         "baud": sup.baud, "serial": sup.cfg.get("serial"), "device_pid": sup.proc.pid,
+        "board": sup.board,
     }
+    if sup.usb_port is not None:
+        msg["usb_port"] = sup.usb_port
     if sup.tcp_port is not None:
         msg["tcp_port"] = sup.tcp_port
     ready(msg)
@@ -770,10 +831,16 @@ def is_running(sim_dir) -> bool:
 
 
 def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=None,
-          serial=None, device_script=None, uart_loss=None, tcp_port=None) -> dict:
+          serial=None, device_script=None, uart_loss=None, tcp_port=None, board=None,
+          firmware=None, bootrom=None, defaults=None) -> dict:
     """Provision DIR if needed, record the run config and start a detached supervisor.
 
-    Returns what `meterfw-sim start` prints: port, pid, dir, baud, serial, device_pid.
+    `board="pico"` runs the stock MicroPython firmware (`firmware`, a UF2; default $PICO_FIRMWARE)
+    on the emulated RP2040, with the RP2040 boot ROM (`bootrom`; default beside the firmware).
+    `defaults` are board defaults a pico's /board/board.json is provisioned with (the sim reads
+    its overrides from sim.json at every boot instead).
+    Returns what `meterfw-sim start` prints: port, pid, dir, baud, serial, device_pid, board,
+    and usb_port for a pico.
     """
     given = str(sim_dir)
     d = _resolve_dir(sim_dir)
@@ -782,16 +849,26 @@ def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=No
         pid = read_state(d).get("pid")
         raise SimError(f"a supervisor for {d} is already running (pid {pid}); stop it first")
     cfg = _read_json(d / SIM_JSON) or {}
+    board = board or cfg.get("board", "sim")
+    if board not in BOARDS:
+        raise SimError(f"unknown board {board!r}: one of {', '.join(BOARDS)}", 2)
+    if cfg.get("board", board) != board:
+        raise SimError(f"{given} holds a {cfg['board']} meter, not {board}", 2)
+    cfg["board"] = board
     flash = d / FLASH_IMG
+    if board == "pico":
+        cfg["pico"] = _pico_config(firmware, bootrom, cfg.get("pico"))
     if not flash.exists():
-        if image is None or keys is None:
+        if board == "pico":
+            defaults = {"interval_s": interval_s, **(defaults or {})}
+            serial = _provision_pico(flash, cfg["pico"], image, keys, serial, defaults)
+        elif image is None or keys is None:
             raise SimError(f"{given} has no flash image; give --image and --keys to provision one", 2)
-        try:
+        else:
             from meterfw.provision import provision
-        except ImportError as e:
-            raise SimError(f"cannot provision: meterfw.provision is not available ({e})") from e
-        result = provision(flash, Path(image).read_bytes(), Path(keys), board="sim", serial=serial)
-        serial = result["serial"]
+
+            result = provision(flash, Path(image).read_bytes(), Path(keys), board="sim", serial=serial)
+            serial = result["serial"]
     elif image is not None:
         print(f"meterfw-sim: {given} already has {FLASH_IMG}; --image not used", file=sys.stderr)
 
@@ -828,7 +905,74 @@ def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=No
         proc.wait(timeout=STOP_WAIT_S)
         raise SimError(msg.get("error", "supervisor failed to start"), msg.get("code", 1))
     _STARTED[proc.pid] = proc
-    return {k: msg[k] for k in ("port", "pid", "dir", "baud", "serial", "device_pid", "tcp_port") if k in msg}
+    keys = ("port", "pid", "dir", "baud", "serial", "device_pid", "tcp_port", "board", "usb_port")
+    return {k: msg[k] for k in keys if k in msg}
+
+
+def default_firmware() -> Path | None:
+    """The Pico firmware the rig uses when none is given: $PICO_FIRMWARE, else the one a
+    developer's checkout finds beside it (../shared/rp2/)."""
+    env = os.environ.get(FIRMWARE_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    found = REPO.parent / "shared" / "rp2" / "RPI_PICO-v1.28.0.uf2"
+    return found if found.is_file() else None
+
+
+NO_FIRMWARE = ("no Pico firmware: download the RPI_PICO UF2 of MicroPython v1.28 from "
+               "micropython.org and give it with --firmware PATH (or PICO_FIRMWARE=PATH), with the "
+               f"RP2040 boot ROM ({BOOTROM_NAME}, from raspberrypi/pico-bootrom) beside it")
+
+
+def _pico_config(firmware, bootrom, known: dict | None) -> dict:
+    """What the emulator needs to know: the firmware and boot ROM files, the flash chip's size
+    and timing, and where the board's RTC and front-end sit (from boards/pico/board.json)."""
+    fw = Path(firmware).expanduser().resolve() if firmware else None
+    if fw is None and known:
+        fw = Path(known["firmware"])
+    fw = fw or default_firmware()
+    if fw is None or not fw.is_file():
+        raise SimError(NO_FIRMWARE if fw is None else f"Pico firmware {fw} not found", 2)
+    rom = Path(bootrom).expanduser().resolve() if bootrom else fw.parent / BOOTROM_NAME
+    if not rom.is_file() or rom.stat().st_size != 16384:
+        raise SimError(f"no RP2040 boot ROM at {rom} (16 KiB, {BOOTROM_NAME}); give --bootrom PATH", 2)
+    cfg = json.loads((REPO / "boards" / "pico" / "board.json").read_text())
+    flash, rtc = cfg["flash"], cfg["rtc"]
+    return {
+        "firmware": str(fw), "bootrom": str(rom),
+        "flash_bytes": flash["offset"] + flash["block_size"] * flash["block_count"],
+        "erase_ms": flash["erase_ms"], "page_program_ms": flash["page_program_ms"],
+        "rtc_i2c": rtc["i2c"], "rtc_addr": int(rtc["addr"], 16), "ade_cs": cfg["metrology"]["cs"],
+    }
+
+
+def _provision_pico(flash: Path, pico: dict, image, keys, serial, defaults: dict) -> str | None:
+    """The whole flash of a Pico: the firmware, and the meter's filesystem when an image is
+    given (else an erased one, which MicroPython formats at its first boot: a Pico that only runs
+    MicroPython, ready for `meterfw provision`)."""
+    from meterfw.errors import CommandError
+    from meterfw.provision import build_flash, default_serial, device_files
+    from meterfw.uf2 import pico_flash_image
+
+    fw = Path(pico["firmware"]).read_bytes()
+    try:
+        if image is None:
+            geo = json.loads((REPO / "boards" / "pico" / "board.json").read_text())["flash"]
+            fs = b"\xff" * (geo["block_size"] * geo["block_count"])
+        else:
+            if keys is None:
+                raise SimError("give --keys with --image to provision a meter", 2)
+            img = Path(image).read_bytes()
+            serial = serial or default_serial(img, str(flash.resolve()))
+            files = device_files(img, Path(keys), "pico", serial)
+            board_json = json.loads(files["/board/board.json"])
+            board_json["defaults"].update({k: v for k, v in defaults.items() if v is not None})
+            files["/board/board.json"] = json.dumps(board_json).encode()
+            fs = build_flash(files, "pico")
+        flash.write_bytes(pico_flash_image(fw, fs, "pico"))
+    except CommandError as e:
+        raise SimError(str(e), 2) from None
+    return serial
 
 
 def _await_ready(fd: int, proc: subprocess.Popen) -> dict:
@@ -974,6 +1118,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tcp", type=int, metavar="PORT",
                    help="also listen on 127.0.0.1:PORT and bridge one client at a time to the line "
                         "(remote access; 0 picks a free port)")
+    s.add_argument("--board", choices=BOARDS, help="sim (the unix port, default) or pico (the stock "
+                   "MicroPython firmware on an emulated RP2040)")
+    s.add_argument("--firmware", help="pico: the MicroPython RPI_PICO UF2 (default $PICO_FIRMWARE)")
+    s.add_argument("--bootrom", help=f"pico: the RP2040 boot ROM (default {BOOTROM_NAME} beside the firmware)")
     s.add_argument("--device-script", help=argparse.SUPPRESS)
 
     for name, text in (
@@ -1003,6 +1151,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.dir, image=args.image, keys=args.keys, baud=args.baud,
                 interval_s=args.interval_s, seed=args.seed, serial=args.serial,
                 device_script=args.device_script, uart_loss=args.uart_loss, tcp_port=args.tcp,
+                board=args.board, firmware=args.firmware, bootrom=args.bootrom,
             )
             print(json.dumps(info), flush=True)
         elif args.cmd == "stop":
@@ -1034,7 +1183,8 @@ def main(argv: list[str] | None = None) -> int:
             d = _resolve_dir(args.dir)
             if not d.is_dir():
                 raise SimError(f"{args.dir} is not a directory")
-            script = _device_script(args.device_script) or DEFAULT_DEVICE_SCRIPT
+            board = (_read_json(d / SIM_JSON) or {}).get("board", "sim")
+            script = _device_script(args.device_script) or (PICO_EMULATOR if board == "pico" else DEFAULT_DEVICE_SCRIPT)
             return run(d, script, args.ready_fd)
     except SimError as e:
         print(f"meterfw-sim: {e}", file=sys.stderr)

@@ -17,7 +17,7 @@ _POLL = const(3)  # MP_STREAM_POLL: asyncio's StreamReader polls the link throug
 _POLLIN = const(1)
 _POLLOUT = const(4)
 _EINVAL = const(22)  # any other ioctl: the unix port asks for a file descriptor, and 0 would be stdin's
-_NS_PER_MS = const(1000000)
+_REBASE_MS = const(3600000)
 _SPI_READ = const(0x80)
 _SPI_WRITE = const(0)
 
@@ -117,22 +117,94 @@ def open_link(cfg):
     return UartLink(uart)
 
 
-class Clock:
-    """Epoch ms from the MCU's RTC. Setting it also sets the RTC, so file times and gmtime agree;
-    the RTC keeps whole seconds, the rest is a fixed correction measured right after setting."""
+class McuRtc:
+    """The MCU's own RTC: whole seconds, and reset to 2021 at every boot, so a meter's clock
+    taken from it is invalid until set. For a board without a battery-backed RTC."""
 
     def __init__(self, rtc: machine.RTC):
         self._rtc = rtc
-        self._adj_ms = 0
 
-    def time_ms(self):
-        return time.time_ns() // _NS_PER_MS + self._adj_ms
+    def read_ms(self):
+        return time.time() * 1000
 
-    def set_time_ms(self, t_ms):
+    def write_ms(self, t_ms):
         t = time.gmtime(t_ms // 1000)  # indexed: the rp2 tuple has 8 fields, the unix port's 9
         self._rtc.datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0))
-        self._adj_ms = 0
-        self._adj_ms = t_ms - self.time_ms()
+
+
+def _bcd(n):
+    return (n // 10) << 4 | n % 10
+
+
+def _unbcd(b):
+    return (b >> 4) * 10 + (b & 0xF)
+
+
+class Rv8803:
+    """A battery-backed RV-8803 on I2C: date and time in BCD from register 0x10 (hundredths,
+    seconds, minutes, hours, weekday bit, date, month, year). Writing the seconds restarts the
+    hundredths, so a set is written at a whole second."""
+
+    def __init__(self, i2c: machine.I2C, addr: int):
+        self._i2c = i2c
+        self._addr = addr
+        self._buf = bytearray(8)
+
+    def read_ms(self):
+        b = self._buf
+        self._i2c.readfrom_mem_into(self._addr, 0x10, b)
+        t = time.mktime((2000 + _unbcd(b[7]), _unbcd(b[6] & 0x1F), _unbcd(b[5] & 0x3F), _unbcd(b[3] & 0x3F),
+                         _unbcd(b[2] & 0x7F), _unbcd(b[1] & 0x7F), 0, 0))
+        return t * 1000 + _unbcd(b[0]) * 10
+
+    def write_ms(self, t_ms):
+        t = time.gmtime(t_ms // 1000)
+        self._i2c.writeto_mem(self._addr, 0x11, bytes((
+            _bcd(t[5]), _bcd(t[4]), _bcd(t[3]), 1 << (t[6] + 1) % 7, _bcd(t[2]), _bcd(t[1]), _bcd(t[0] % 100))))
+
+
+def open_rtc(cfg):
+    import machine
+    if cfg is None:
+        return McuRtc(machine.RTC())
+    i2c = machine.I2C(cfg["i2c"], scl=machine.Pin(cfg["scl"]), sda=machine.Pin(cfg["sda"]), freq=cfg["freq"])
+    return Rv8803(i2c, int(cfg["addr"], 16))
+
+
+class Clock:
+    """Epoch ms: read from the RTC once at start-up, then carried on by the MCU's millisecond
+    ticks (the RTC chips count whole seconds or hundredths; intervals want milliseconds).
+
+    A set takes effect at once; it reaches the RTC at the next whole second, because writing the
+    seconds restarts the chip's fraction of a second. ticks_diff holds for half the tick period
+    (about six days), so the base moves forward every hour.
+    """
+
+    def __init__(self, rtc):
+        self._rtc = rtc
+        self._base_ms = rtc.read_ms()
+        self._base_ticks = time.ticks_ms()
+        self._pending_s = None  # the whole second a set is still to be written at
+
+    def time_ms(self):
+        now = time.ticks_ms()
+        t_ms = self._base_ms + time.ticks_diff(now, self._base_ticks)
+        if time.ticks_diff(now, self._base_ticks) >= _REBASE_MS:
+            self._base_ms = t_ms
+            self._base_ticks = now
+        if self._pending_s is not None and t_ms >= self._pending_s * 1000:
+            self._pending_s = None
+            self._rtc.write_ms(t_ms - t_ms % 1000)
+        return t_ms
+
+    def set_time_ms(self, t_ms):
+        self._base_ms = t_ms
+        self._base_ticks = time.ticks_ms()
+        if t_ms % 1000:
+            self._pending_s = t_ms // 1000 + 1
+        else:
+            self._pending_s = None
+            self._rtc.write_ms(t_ms)
 
 
 # --- metrology front-end (ADE7953-like) -------------------------------------------------------
@@ -269,7 +341,7 @@ class Board:
                 config = json.load(f)
         self.config = config
         self.defaults = config["defaults"]
-        self.clock = Clock(machine.RTC())
+        self.clock = Clock(open_rtc(config.get("rtc")))
         self.link_in = self.link_out = open_link(config["link"])
         self.metrology = FrontEnd(open_regs(config["metrology"]), config["metrology"])
         self._led = machine.Pin(config["led"], machine.Pin.OUT, value=0)
