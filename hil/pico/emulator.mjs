@@ -250,6 +250,7 @@ new Ade7953(mcu.spi[0], mcu.gpio[pico.ade_cs], adeRegisters(energyMwh));
 
 // --- running ---------------------------------------------------------------------------------------
 let stopped = false;
+let busyNs = 0; // emulated time the CPU spent running, not waiting
 let wakeTimer = null;
 let flushTimer = null;
 function scheduleFlush() {
@@ -289,7 +290,9 @@ function run() {
       }
     } else {
       for (let i = 0; i < 2000 && !core.waiting && power; i++) {
-        clock.tick(core.executeInstruction() * 1e9 / CPU_HZ);
+        const ns = core.executeInstruction() * 1e9 / CPU_HZ;
+        busyNs += ns;
+        clock.tick(ns);
       }
     }
     if (performance.now() >= sliceEnd) break;
@@ -339,5 +342,11 @@ process.on('SIGINT', () => stop(0));
 ctl(`log pico boot cause=${cause}`);
 run();
 if (process.env.METERFW_PICO_TRACE) {
+  let last = [0, 0, performance.now()];
+  setInterval(() => {
+    const [t0, b0, w0] = last;
+    last = [clock.nanos, busyNs, performance.now()];
+    process.stderr.write(`[rig] busy=${((busyNs - b0) / (clock.nanos - t0)).toFixed(3)} emu/wall=${((clock.nanos - t0) / 1e6 / (last[2] - w0)).toFixed(3)} lag=${(wallNs() - clock.nanos) / 1e6 | 0} ms\n`);
+  }, 1000);
   setInterval(() => process.stderr.write(`[rig] t=${(clock.nanos / 1e6).toFixed(1)} ms pc=${core.PC.toString(16)} waiting=${core.waiting} usb=${usb.ready} pend=${usb.pendingRead} q=${usb.toDevice.length}\n`), 1000);
 }
