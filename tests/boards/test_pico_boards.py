@@ -22,7 +22,7 @@ RP2_BOARDS = ("pico", "pico2")
 HW_WDT_MAX_MS = {"pico": 8388, "pico2": 16777}  # machine.WDT's limit on RP2040 / RP2350
 FLASH_BYTES = {"pico": 2 << 20, "pico2": 4 << 20}
 FS_BYTES = {"pico": 1408 << 10, "pico2": 3 << 20}
-HW_KEYS = {"link", "metrology", "led", "relay"}  # what real boards add to the sim's keys
+HW_KEYS = {"link", "metrology", "led", "relay", "rtc"}  # what real boards add to the sim's keys
 
 
 def _config(board: str) -> dict:
@@ -283,7 +283,9 @@ print(json.dumps({"name": b.name, "defaults": b.defaults, "log": LOG, "uart": ua
     assert out["defaults"] == cfg["defaults"]
     pins_claimed = {entry[1] for entry in out["log"] if entry[0] == "Pin"}
     assert not pins_claimed & set(cfg["relay"][k] for k in ("set", "reset"))
-    assert not [e for e in out["log"] if e[0] in ("spi-write", "spi-read", "i2c-read", "i2c-write", "pin")]
+    rtc = int(cfg["rtc"]["addr"], 16)  # the clock reads its RTC at start-up, and nothing else
+    assert not [e for e in out["log"] if e[0] in ("spi-write", "spi-read", "i2c-read", "i2c-write", "pin")
+                and not (e[0] == "i2c-read" and e[1] == rtc)]
     assert ["Pin", cfg["led"], 1, 0] in out["log"]  # LED claimed, off
     assert ["Pin", cfg["metrology"]["cs"], 1, 1] in out["log"]  # chip select idles high
     link = cfg["link"]
@@ -472,16 +474,33 @@ print(json.dumps({"reads": reads, "tx": uart.tx.decode(), "wrote": wrote, "stall
     assert out["kw"]["timeout"] > 0  # a long frame may wait for tx space; reads are bounded by any()
 
 
-def test_clock_sets_the_rtc_and_keeps_milliseconds(run_board):
-    t_ms = 1_700_000_123_456  # 2023-11-14 22:15:23.456 UTC, a Tuesday
+def test_clock_reads_the_rtc_once_and_writes_a_set_at_the_next_whole_second(run_board):
+    rtc = _config("pico")["rtc"]
+    addr = int(rtc["addr"], 16)
+    # RV-8803 registers from 0x10, BCD: 2023-11-14 22:15:23.45 UTC (weekday bit: Tuesday)
+    regs = bytes([0x45, 0x23, 0x15, 0x22, 0x04, 0x14, 0x11, 0x23])
     out = run_board("pico", f"""
+import time
+REGS[0x10] = int.from_bytes({regs!r}, "big")
 b = Board(CONFIG)
-b.clock.set_time_ms({t_ms})
+boot = b.clock.time_ms()
+b.clock.set_time_ms(1_700_000_200_500)  # 22:16:40.5: the chip takes whole seconds only
+at_once = [e for e in LOG if e[0] == "i2c-write"]
 now = b.clock.time_ms()
-print(json.dumps({{"rtc": [e[1] for e in LOG if e[0] == "rtc"], "now": now}}))
+time.sleep_ms(600)
+later = b.clock.time_ms()
+b.clock.set_time_ms(1_700_000_300_000)  # a whole second goes to the chip at once
+print(json.dumps({{"boot": boot, "at_once": at_once, "now": now, "later": later,
+                  "writes": [e for e in LOG if e[0] == "i2c-write"]}}))
 """)
-    assert out["rtc"] == [[2023, 11, 14, 1, 22, 15, 23, 0]]  # (y, m, d, weekday, h, min, s, subsec)
-    assert t_ms <= out["now"] < t_ms + 1000
+    assert 1_700_000_123_450 <= out["boot"] < 1_700_000_123_450 + 1000
+    assert out["at_once"] == []
+    assert 1_700_000_200_500 <= out["now"] < 1_700_000_200_600
+    assert 1_700_000_201_100 <= out["later"] < 1_700_000_202_000
+    assert out["writes"] == [
+        ["i2c-write", addr, 0x11, [0x41, 0x16, 0x22, 0x04, 0x14, 0x11, 0x23], 8],  # 22:16:41
+        ["i2c-write", addr, 0x11, [0x20, 0x18, 0x22, 0x04, 0x14, 0x11, 0x23], 8],  # 22:18:20
+    ]
 
 
 def test_display_keeps_the_notice_and_lights_the_led(run_board):
@@ -529,5 +548,6 @@ def test_board_json_uses_each_pin_once(board):
     pins = [cfg["led"], relay["set"], relay["reset"]]
     pins += [link["tx"], link["rx"]] if link["kind"] == "uart" else []
     pins += [met[k] for k in (("sck", "mosi", "miso", "cs") if met["bus"] == "spi" else ("scl", "sda"))]
+    pins += [cfg["rtc"]["scl"], cfg["rtc"]["sda"]]
     assert len(pins) == len(set(pins)), pins
     assert all(0 <= p <= 29 for p in pins)  # GPIOs a Pico/Pico 2 brings out (25 is the LED)

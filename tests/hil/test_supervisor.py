@@ -63,7 +63,8 @@ def test_start_prints_one_json_line_and_wires_the_device_as_specified(sim_factor
         lines = r.stdout.splitlines()
         assert len(lines) == 1
         info = json.loads(lines[0])
-        assert set(info) == {"port", "pid", "dir", "baud", "serial", "device_pid"}
+        assert set(info) == {"port", "pid", "dir", "baud", "serial", "device_pid", "board"}
+        assert info["board"] == "sim"
         assert info["dir"] == str(d.resolve()) and info["baud"] is None and info["serial"] == "SIM0001"
         assert os.readlink(d / "tty") == info["port"]
         args = Path(f"/proc/{info['device_pid']}/cmdline").read_bytes().decode().split("\0")[:-1]
@@ -298,7 +299,8 @@ def test_restart_keeps_stored_options_and_creation_time(sim_factory):
     board.stop()
     again = sim_factory(board.dir, device_script=ECHO_DEVICE, baud=115200)
     sim = json.loads((board.dir / "sim.json").read_text())
-    assert sim == {"seed": 7, "interval_s": 60, "baud": 115200, "created_s": created, "serial": "SIM42"}
+    assert sim == {"seed": 7, "interval_s": 60, "baud": 115200, "created_s": created, "serial": "SIM42",
+                   "board": "sim"}
     assert again.serial == "SIM42" and again.baud == 115200
     assert again.state()["boots"] == 1  # a fresh supervisor counts from its own power-on
 
