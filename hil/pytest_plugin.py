@@ -1,15 +1,75 @@
-"""pytest fixtures for the simulated board. Loaded from tests/conftest.py with
+"""pytest fixtures for the device under test. Loaded from tests/conftest.py with
 `pytest_plugins = ["hil.pytest_plugin"]`; everything it registers lives in this module.
+
+The device under test (DUT) is chosen on the command line:
+  --board sim                      the simulated board (default): the unix port, every fault
+  --board pico [--firmware UF2]    the stock MicroPython firmware on an emulated RP2040
+  --board pico --port DEVICE       a real Pico whose meter link is DEVICE, provisioned before
+      [--repl-port DEVICE]         each test through its USB REPL (default: DEVICE), with
+      [--power-cmd CMD]            optional commands that cut and restore power (CMD off|on,
+      [--reset-cmd CMD]            e.g. a USB relay) and press reset
+A test names what it needs of the DUT (`board.needs("power", "cut")`); one the DUT cannot give
+is skipped with that reason.
 """
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from hil.sim import SimBoard, pid_alive
+from hil.supervisor import NO_FIRMWARE, default_firmware
+
+# What each kind of DUT can be asked to do. A real board has power and reset only through the
+# commands given for them.
+CAPABILITIES = {
+    "sim": {"power", "reset", "cut", "flash_ops", "console", "watchdog", "files", "uart_loss_model",
+            "metrology_truth", "tcp"},
+    "pico": {"power", "reset", "cut", "flash_ops", "console", "watchdog", "metrology_truth", "usb_repl"},
+    "port": set(),
+}
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("meterfw", "meterfw device under test")
+    g.addoption("--board", default="sim", choices=("sim", "pico"), help="the board the tests run on")
+    g.addoption("--firmware", default=None, help="pico: the MicroPython RPI_PICO UF2 (default $PICO_FIRMWARE)")
+    g.addoption("--port", default=None, help="a real board's meter link (a device path or pyserial URL)")
+    g.addoption("--repl-port", default=None, help="a real board's USB REPL for provisioning (default: --port)")
+    g.addoption("--power-cmd", default=None, help="a real board: CMD off / CMD on cut and restore its power")
+    g.addoption("--reset-cmd", default=None, help="a real board: CMD presses its reset")
+
+
+class Dut:
+    """What the command line chose: the board, and how to reach it."""
+
+    def __init__(self, config):
+        opt = config.getoption
+        self.board = opt("--board")
+        self.port = opt("--port")
+        self.repl_port = opt("--repl-port") or self.port
+        self.power_cmd = opt("--power-cmd")
+        self.reset_cmd = opt("--reset-cmd")
+        self.kind = "port" if self.port else self.board
+        fw = opt("--firmware")
+        self.firmware = Path(fw).expanduser().resolve() if fw else default_firmware()
+        self.capabilities = set(CAPABILITIES[self.kind])
+        if self.kind == "port":
+            self.capabilities |= {"power"} if self.power_cmd else set()
+            self.capabilities |= {"reset"} if self.reset_cmd else set()
+
+    def needs_firmware(self) -> None:
+        if self.firmware is None or not self.firmware.is_file():
+            pytest.skip(NO_FIRMWARE if self.firmware is None else f"Pico firmware {self.firmware} not found")
+
+
+@pytest.fixture(scope="session")
+def dut(request) -> Dut:
+    return Dut(request.config)
 
 _GONE_TIMEOUT_S = 5.0
 
@@ -74,19 +134,24 @@ def keys_dir(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
-def images(tmp_path_factory, keys_dir) -> dict:
-    """Signed images built once per run from firmware/: v1 and v2 for sim, and a pico image."""
+def _build(src: Path, board: str, version: str, keys_dir: Path, **kw) -> bytes:
     from meterfw.image import build_image
     from meterfw.keys import load_keys
+
+    return build_image(src, board, version, load_keys(keys_dir), **kw)
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory, keys_dir, dut) -> dict:
+    """Signed images built once per run from firmware/: v1 and v2 for the DUT's board, and a
+    pico image."""
     from meterfw.paths import FIRMWARE
 
-    keys = load_keys(keys_dir)
     out = tmp_path_factory.mktemp("images")
     made = {}
-    for name, board, version in (("v1", "sim", "1.0.0"), ("v2", "sim", "1.1.0"), ("pico", "pico", "1.1.0")):
+    for name, board, version in (("v1", dut.board, "1.0.0"), ("v2", dut.board, "1.1.0"), ("pico", "pico", "1.1.0")):
         made[name] = out / f"{name}.mfw"
-        made[name].write_bytes(build_image(FIRMWARE, board, version, keys))
+        made[name].write_bytes(_build(FIRMWARE, board, version, keys_dir))
     return made
 
 
@@ -103,51 +168,67 @@ _VARIANTS = {
 }
 
 
-@pytest.fixture(scope="session")
-def variant_images(tmp_path_factory, keys_dir) -> dict:
-    """name -> image file of version 1.1.0 with one injected fault (see _VARIANTS)."""
+def build_variants(out: Path, board: str, keys_dir: Path, names=None) -> dict:
+    """name -> image file of version 1.1.0 for `board` with one injected fault (see _VARIANTS)."""
     import shutil
 
-    from meterfw.image import build_image
-    from meterfw.keys import load_keys
     from meterfw.paths import FIRMWARE
 
-    keys = load_keys(keys_dir)
-    out = tmp_path_factory.mktemp("variants")
     made = {}
-    for name, (module, text, where) in _VARIANTS.items():
+    for name in names or _VARIANTS:
+        module, text, where = _VARIANTS[name]
         src = out / name
         shutil.copytree(FIRMWARE, src, ignore=shutil.ignore_patterns("__pycache__"))
         path = src / module
         path.write_text(text + path.read_text() if where == "prepend" else path.read_text() + text)
         made[name] = out / f"{name}.mfw"
-        made[name].write_bytes(build_image(src, "sim", "1.1.0", keys, build_time=1))
+        made[name].write_bytes(_build(src, board, "1.1.0", keys_dir, build_time=1))
     return made
 
 
-class MeterBoard:
-    """A SimBoard running our firmware, with what tests need to check its data."""
+@pytest.fixture(scope="session")
+def variant_images(tmp_path_factory, keys_dir, dut) -> dict:
+    return build_variants(tmp_path_factory.mktemp("variants"), dut.board, keys_dir)
 
-    def __init__(self, sim, seed: int, interval_s: int, keys_dir: Path):
+
+class MeterBoard:
+    """The device under test running our firmware, with what tests need to check its data: a
+    SimBoard (the sim or the emulated Pico) or a RealBoard."""
+
+    def __init__(self, sim, seed: int, interval_s: int, keys_dir: Path, kind: str = "sim"):
         self.sim = sim
         self.keys_dir = keys_dir
         self.port = sim.port
         self.seed = seed
         self.interval_s = interval_s
+        self.kind = kind
+        # The emulator computes 4-7x slower than a Pico, so a compute-bound reply (a signature
+        # check, a boot) takes that much longer in the host's time.
+        self.timeout_s = 3.0 if kind == "sim" else 15.0
 
-    def meter(self):
-        from meterfw.session import Meter
+    def needs(self, *capabilities: str) -> None:
+        """Skip the test unless the DUT can do all of these (see CAPABILITIES)."""
+        lacking = [c for c in capabilities if c not in CAPABILITIES.get(self.kind, ())
+                   and c not in getattr(self.sim, "capabilities", ())]
+        if lacking:
+            pytest.skip(f"the device under test ({self.kind}) cannot give: {', '.join(lacking)}")
+
+    def link(self):
         from meterfw.transport import Link
 
-        from meterfw.keys import load_keys
+        return Link(self.port, timeout_s=self.timeout_s)
 
-        return Meter(Link(self.port), utility_secret=load_keys(self.keys_dir, private=False).utility_secret)
+    def meter(self):
+        from meterfw.keys import load_keys
+        from meterfw.session import Meter
+
+        return Meter(self.link(), utility_secret=load_keys(self.keys_dir, private=False).utility_secret)
 
     def wait_intervals(self, n: int) -> list[dict]:
         """Block until the meter has closed at least n intervals; returns them."""
         meter = self.meter()
         try:
-            deadline = time.monotonic() + (n + 2) * self.interval_s + 20
+            deadline = time.monotonic() + (n + 2) * self.interval_s + 20 + 3 * self.timeout_s
             while time.monotonic() < deadline:
                 recs = meter.read_intervals()
                 if len(recs) >= n:
@@ -161,35 +242,95 @@ class MeterBoard:
         return getattr(self.sim, name)
 
 
-@pytest.fixture
-def board(sim_factory, images, keys_dir) -> MeterBoard:
-    """A factory-fresh simulated meter running image v1, metering short intervals."""
-    sim = sim_factory(image=images["v1"], keys=keys_dir, interval_s=INTERVAL_S, seed=SEED)
-    return MeterBoard(sim, SEED, INTERVAL_S, keys_dir)
+class RealBoard:
+    """A real board on --port: provisioned through its REPL, powered and reset by the given
+    commands. It has no flash-operation counter, console or metrology truth."""
+
+    def __init__(self, dut: Dut):
+        self.dut = dut
+        self.port = dut.port
+        self.capabilities = set(dut.capabilities)
+        self.dir = None
+
+    def provision(self, image: Path, keys_dir: Path, **_ignored) -> None:
+        from meterfw.provision import provision_repl
+
+        provision_repl(self.dut.repl_port, Path(image).read_bytes(), keys_dir, self.dut.board, wipe=True)
+
+    def _run(self, cmd: str, *args: str) -> None:
+        subprocess.run(shlex.split(cmd) + list(args), check=True, timeout=60)
+
+    def power_cycle(self, off_s: float = 0.0) -> dict:
+        self._run(self.dut.power_cmd, "off")
+        time.sleep(max(off_s, 0.5))
+        self._run(self.dut.power_cmd, "on")
+        return {}
+
+    def reset(self) -> dict:
+        self._run(self.dut.reset_cmd)
+        return {}
+
+    def state(self) -> dict:
+        return {}
+
+    def console(self) -> str:
+        return ""
+
+    def stop(self) -> bool:
+        return False
 
 
-@pytest.fixture
-def make_board(sim_factory, images, keys_dir):
-    """make_board(image=..., **sim_json_overrides) for boards that need other settings
-    (a short watchdog, one trial attempt, ...). Overrides go to sim.json before start."""
-
-    def make(image=None, **overrides) -> MeterBoard:
+def _start(sim_factory, dut: Dut, image, keys_dir, interval_s, seed, overrides=None):
+    """Start (or, for a real board, provision) the DUT with `image`; `overrides` are board
+    defaults for this test (sim.json on the sim, /board/board.json on a Pico)."""
+    if dut.kind == "port":
+        board = RealBoard(dut)
+        board.provision(image, keys_dir)
+        return board
+    d = sim_factory.new_dir()
+    if dut.kind == "pico":
+        dut.needs_firmware()
+        return sim_factory(dir=d, image=image, keys=keys_dir, interval_s=interval_s, seed=seed,
+                           board="pico", firmware=dut.firmware, defaults=overrides or {})
+    if overrides:
         import json as _json
 
-        d = sim_factory.new_dir()
-        if overrides:
-            (d / "sim.json").write_text(_json.dumps(overrides))
-        sim = sim_factory(dir=d, image=image or images["v1"], keys=keys_dir, interval_s=INTERVAL_S, seed=SEED)
-        return MeterBoard(sim, SEED, INTERVAL_S, keys_dir)
+        (d / "sim.json").write_text(_json.dumps(overrides))
+    return sim_factory(dir=d, image=image, keys=keys_dir, interval_s=interval_s, seed=seed)
+
+
+# The emulated Pico boots in seconds of host time; its intervals are longer so that a boot
+# falls within one.
+PICO_INTERVAL_S = 5
+
+
+def _interval_s(dut: Dut) -> int:
+    return INTERVAL_S if dut.kind == "sim" else PICO_INTERVAL_S
+
+
+@pytest.fixture
+def board(sim_factory, images, keys_dir, dut) -> MeterBoard:
+    """A factory-fresh meter running image v1, metering short intervals."""
+    iv = _interval_s(dut)
+    return MeterBoard(_start(sim_factory, dut, images["v1"], keys_dir, iv, SEED), SEED, iv, keys_dir, dut.kind)
+
+
+@pytest.fixture
+def make_board(sim_factory, images, keys_dir, dut):
+    """make_board(image=..., **overrides) for boards that need other settings (a short
+    watchdog, one trial attempt, ...)."""
+
+    def make(image=None, **overrides) -> MeterBoard:
+        iv = _interval_s(dut)
+        sim = _start(sim_factory, dut, image or images["v1"], keys_dir, iv, SEED, overrides)
+        return MeterBoard(sim, SEED, iv, keys_dir, dut.kind)
 
     return make
 
 
 @pytest.fixture
 def link(board):
-    from meterfw.transport import Link
-
-    with Link(board.port) as lk:
+    with board.link() as lk:
         yield lk
 
 
@@ -199,3 +340,40 @@ def meter(link, keys_dir):
     from meterfw.session import Meter
 
     return Meter(link, utility_secret=load_keys(keys_dir, private=False).utility_secret)
+
+
+# --- the emulated Pico, whatever --board says: the core scenarios in `make test` -------------
+
+@pytest.fixture(scope="session")
+def pico_dut(request) -> Dut:
+    """The emulated Pico with the firmware from --firmware or $PICO_FIRMWARE; skips, saying how
+    to get a firmware, when there is none."""
+    d = Dut(request.config)
+    d.board, d.kind, d.port = "pico", "pico", None
+    d.capabilities = set(CAPABILITIES["pico"])
+    d.needs_firmware()
+    return d
+
+
+@pytest.fixture(scope="session")
+def pico_images(tmp_path_factory, keys_dir, pico_dut) -> dict:
+    """v1, v2 and the failing variants for the pico board."""
+    from meterfw.paths import FIRMWARE
+
+    out = tmp_path_factory.mktemp("pico-images")
+    made = build_variants(out, "pico", keys_dir, ("crash_at_import", "hang"))
+    for name, version in (("v1", "1.0.0"), ("v2", "1.1.0")):
+        made[name] = out / f"{name}.mfw"
+        made[name].write_bytes(_build(FIRMWARE, "pico", version, keys_dir))
+    return made
+
+
+@pytest.fixture
+def make_pico(sim_factory, pico_images, keys_dir, pico_dut):
+    """make_pico(image=..., **board_defaults): an emulated Pico meter."""
+
+    def make(image=None, **overrides) -> MeterBoard:
+        sim = _start(sim_factory, pico_dut, image or pico_images["v1"], keys_dir, PICO_INTERVAL_S, SEED, overrides)
+        return MeterBoard(sim, SEED, PICO_INTERVAL_S, keys_dir, "pico")
+
+    return make

@@ -947,29 +947,32 @@ def _pico_config(firmware, bootrom, known: dict | None) -> dict:
 
 
 def _provision_pico(flash: Path, pico: dict, image, keys, serial, defaults: dict) -> str | None:
-    """The whole flash of a Pico: the firmware, and the meter's filesystem when an image is
-    given (else an erased one, which MicroPython formats at its first boot: a Pico that only runs
-    MicroPython, ready for `meterfw provision`)."""
+    """The whole flash of a Pico. Without an image: a blank Pico with the UF2 dragged onto it,
+    which may be the stock firmware alone (MicroPython formats the filesystem at its first boot:
+    ready for `meterfw provision`) or a meter made by `meterfw uf2`. With an image: the firmware
+    and the meter's filesystem, provisioned here with the board defaults given."""
     from meterfw.errors import CommandError
     from meterfw.provision import build_flash, default_serial, device_files
-    from meterfw.uf2 import pico_flash_image
+    from meterfw.uf2 import PAYLOAD_BYTES, board_spec, parse_uf2, pico_flash_image
 
     fw = Path(pico["firmware"]).read_bytes()
     try:
         if image is None:
-            geo = json.loads((REPO / "boards" / "pico" / "board.json").read_text())["flash"]
-            fs = b"\xff" * (geo["block_size"] * geo["block_count"])
-        else:
-            if keys is None:
-                raise SimError("give --keys with --image to provision a meter", 2)
-            img = Path(image).read_bytes()
-            serial = serial or default_serial(img, str(flash.resolve()))
-            files = device_files(img, Path(keys), "pico", serial)
-            board_json = json.loads(files["/board/board.json"])
-            board_json["defaults"].update({k: v for k, v in defaults.items() if v is not None})
-            files["/board/board.json"] = json.dumps(board_json).encode()
-            fs = build_flash(files, "pico")
-        flash.write_bytes(pico_flash_image(fw, fs, "pico"))
+            spec = board_spec("pico")
+            data = bytearray(b"\xff" * spec["flash_bytes"])
+            for offset, payload in parse_uf2(fw, spec["family"], spec["flash_bytes"]).items():
+                data[offset:offset + PAYLOAD_BYTES] = payload
+            flash.write_bytes(bytes(data))
+            return serial
+        if keys is None:
+            raise SimError("give --keys with --image to provision a meter", 2)
+        img = Path(image).read_bytes()
+        serial = serial or default_serial(img, str(flash.resolve()))
+        files = device_files(img, Path(keys), "pico", serial)
+        board_json = json.loads(files["/board/board.json"])
+        board_json["defaults"].update({k: v for k, v in defaults.items() if v is not None})
+        files["/board/board.json"] = json.dumps(board_json).encode()
+        flash.write_bytes(pico_flash_image(fw, build_flash(files, "pico"), "pico"))
     except CommandError as e:
         raise SimError(str(e), 2) from None
     return serial

@@ -1,0 +1,99 @@
+"""The core scenarios on the emulated Pico: the stock MicroPython firmware, unmodified, on an
+emulated RP2040 (rp2040js), with the meter's files on the firmware's own littlefs, written through
+the real rp2 flash driver. They run whatever --board says; without a firmware they skip, saying
+how to get one."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hil.metrology import true_energy_mwh
+from meterfw.image import parse_image
+from meterfw.upgrade import continuity
+
+MFW = str(Path(sys.executable).parent / "meterfw")
+TIMEOUT = "15"  # the emulator computes 4-7x slower than a Pico: replies take that much longer
+
+
+def cli(board, *args):
+    proc = subprocess.run([MFW, "--port", board.port, "--keys", str(board.keys_dir), "--timeout", TIMEOUT, *args],
+                          capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def cli_json(board, *args):
+    rc, out, err = cli(board, *args, "--json")
+    assert out, err
+    return rc, json.loads(out)
+
+
+def status(board):
+    rc, st = cli_json(board, "status")
+    assert rc == 0
+    return st
+
+
+def intervals(board):
+    return cli_json(board, "read", "intervals")[1]
+
+
+def assert_every_interval_intact_and_true(records, seed):
+    assert continuity(records) == {"intervals_missed": 0, "intervals_duplicated": 0}
+    for prev, rec in zip(records, records[1:]):
+        assert rec["register_mwh"] - prev["register_mwh"] == rec["energy_mwh"]
+    for r in records:
+        if not {"partial", "estimated"} & set(r["flags"]):
+            assert r["energy_mwh"] == true_energy_mwh(seed, r["start"], r["start"] + r["duration_s"]), r
+
+
+def assert_back_on_v1(board, bad_image):
+    st = status(board)
+    assert st["active_version"] == "1.0.0" and st["active_slot"] == "a" and st["confirmed"]
+    assert parse_image(Path(bad_image).read_bytes()).image_id.hex() in st["rejected"]
+    return st
+
+
+def test_pico_live_upgrade_confirmed_with_every_interval_intact(make_pico, pico_images):
+    board = make_pico()
+    before = board.wait_intervals(2)
+    rc, report = cli_json(board, "upgrade", str(pico_images["v2"]))
+    assert rc == 0 and report["result"] == "confirmed", report
+    assert report["intervals_missed"] == 0 and report["intervals_duplicated"] == 0 and report["energy_conserved"]
+    st = status(board)
+    assert (st["board"], st["active_version"], st["active_slot"], st["confirmed"]) == ("pico", "1.1.0", "b", True)
+    records = board.wait_intervals(len(intervals(board)) + 1)
+    assert records[:len(before)] == before
+    assert_every_interval_intact_and_true(records, board.seed)
+    assert any("firmware-change" in r["flags"] for r in records)
+
+
+def test_pico_revert_after_crash_at_import(make_pico, pico_images):
+    board = make_pico()
+    rc, report = cli_json(board, "upgrade", str(pico_images["crash_at_import"]), "--when", "now")
+    assert rc == 3 and report["result"] == "reverted" and "crashed" in report["reason"], report
+    assert_back_on_v1(board, pico_images["crash_at_import"])
+
+
+def test_pico_revert_after_hang_via_the_chips_watchdog(make_pico, pico_images):
+    board = make_pico(watchdog_ms=2000, trial_attempts=1)
+    rc, report = cli_json(board, "upgrade", str(pico_images["hang"]), "--when", "now")
+    assert rc == 3 and report["result"] == "reverted", report
+    assert_back_on_v1(board, pico_images["hang"])
+    log = board.supervisor_log()
+    assert "watchdog expired (emulated chip)" in log  # the RP2040's own watchdog, in emulated time
+
+
+def test_pico_bad_signature_refused_before_the_slot_is_touched(make_pico, pico_images, tmp_path):
+    board = make_pico()
+    data = bytearray(pico_images["v2"].read_bytes())
+    img = parse_image(bytes(data))
+    sig_at = img.payload_offset - 1  # the last byte of the signatures, just before the payload
+    data[sig_at] ^= 0x01
+    bad = tmp_path / "bad.mfw"
+    bad.write_bytes(bytes(data))
+    before = status(board)
+    rc, report = cli_json(board, "upgrade", str(bad))
+    assert rc == 4 and report["result"] == "rejected" and "signature" in report["reason"], report
+    after = status(board)
+    for key in ("active_version", "active_slot", "slots", "confirmed", "rejected"):
+        assert after[key] == before[key], key
