@@ -93,6 +93,21 @@ def cmd_image_inspect(args) -> int:
     return 1 if info["problems"] else 0
 
 
+def _keys_dir(args) -> Path:
+    if not (args.keys_dir or args.keys):
+        raise CommandError("provisioning needs keys: give --keys KEYDIR (made by `meterfw keys init`)")
+    return Path(args.keys_dir or args.keys)
+
+
+def cmd_uf2(args) -> int:
+    from .uf2 import write_meter_uf2
+    out = write_meter_uf2(_read_file(args.firmware), _read_file(args.image), _keys_dir(args), args.board,
+                          Path(args.output), serial=args.serial)
+    _emit(args, out, f"{out['output']}: {out['board']} meter {out['serial']}: firmware {out['firmware_bytes']} "
+                     f"bytes + filesystem {out['fs_bytes']} bytes, {out['blocks']} UF2 blocks")
+    return 0
+
+
 def cmd_status(args) -> int:
     st = _meter(args).status()
     slots = ", ".join(f"{k}: {v['version'] or 'empty'}" for k, v in sorted(st["slots"].items()))
@@ -401,6 +416,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = command("inspect", cmd_image_inspect, "show an image's manifest and check its signatures", image)
     c.add_argument("file")
     c.add_argument("--keys", dest="keys_dir")
+
+    c = command("uf2", cmd_uf2, "one UF2 for a Pico: stock MicroPython and a provisioned meter filesystem")
+    c.add_argument("--board", required=True, choices=BOARD_NAMES)
+    c.add_argument("--firmware", required=True, help="the board's stock MicroPython UF2 (from micropython.org)")
+    c.add_argument("--image", required=True, help="the image for slot a")
+    c.add_argument("--keys", dest="keys_dir")
+    c.add_argument("--serial", help="the meter's serial number (default: derived from the output path)")
+    c.add_argument("-o", "--output", required=True)
 
     command("status", cmd_status, "versions, slots, register, boot reason")
     c = command("upgrade", cmd_upgrade, "install an image and wait for the verdict")

@@ -67,18 +67,42 @@ def default_serial(image: bytes, seed: str) -> str:
     return "MF" + hashlib.sha256(seed.encode()).hexdigest()[:10].upper()
 
 
+def device_dirs(files: dict[str, bytes]) -> list[str]:
+    """The directories a fresh device has, parents first: those of its files, and the empty
+    /data and /boot the meter fills."""
+    dirs = {"/data", "/boot"}
+    for path in files:
+        parts = path.split("/")[1:-1]
+        dirs.update("/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1))
+    return sorted(dirs)
+
+
 def build_flash(files: dict[str, bytes], board: str) -> bytes:
     geo = flash_geometry(board)
     fs = LittleFS(block_size=geo["block_size"], block_count=geo["block_count"], **LFS_CONFIG)
+    for d in device_dirs(files):
+        fs.mkdir(d)
     for path, data in files.items():
-        parent = path.rsplit("/", 1)[0]
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
         with fs.open(path, "wb") as f:
             f.write(data)
-    fs.makedirs("/data", exist_ok=True)
-    fs.makedirs("/boot", exist_ok=True)
     return bytes(fs.context.buffer)
+
+
+def read_fs(fs_bytes: bytes, board: str) -> tuple[dict[str, bytes], list[str]]:
+    """Every file of a littlefs image with the board's geometry, and its directories."""
+    geo = flash_geometry(board)
+    fs = LittleFS(block_size=geo["block_size"], block_count=geo["block_count"], mount=False, **LFS_CONFIG)
+    fs.context.buffer = bytearray(fs_bytes)
+    fs.mount()
+    files, dirs = {}, []
+    for root, subdirs, names in fs.walk("/"):
+        root = root.rstrip("/")
+        dirs += [f"{root}/{d}" for d in subdirs]
+        for name in names:
+            with fs.open(f"{root}/{name}", "rb") as f:
+                files[f"{root}/{name}"] = f.read()
+    fs.unmount()
+    return files, sorted(dirs)
 
 
 def provision(flash_path: Path, image: bytes, keys_dir: Path, board: str = "sim",
