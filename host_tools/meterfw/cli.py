@@ -108,6 +108,19 @@ def cmd_uf2(args) -> int:
     return 0
 
 
+def cmd_provision(args) -> int:
+    from .provision import provision_repl
+    if not args.port:
+        raise CommandError("provision talks to the board's REPL: give --port PORT (e.g. /dev/ttyACM0)")
+    image, keys_dir = _read_file(args.image), _keys_dir(args)
+    with _progress(args, "provision") as ui:
+        out = provision_repl(args.port, image, keys_dir, args.board, serial=args.serial, wipe=args.wipe,
+                             progress=ui.progress)
+    _emit(args, out, f"{out['port']}: {out['board']} meter {out['serial']} provisioned, {out['files']} files "
+                     f"({out['bytes']} bytes) verified in {out['seconds']} s; it restarts as a meter")
+    return 0
+
+
 def cmd_status(args) -> int:
     st = _meter(args).status()
     slots = ", ".join(f"{k}: {v['version'] or 'empty'}" for k, v in sorted(st["slots"].items()))
@@ -424,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--keys", dest="keys_dir")
     c.add_argument("--serial", help="the meter's serial number (default: derived from the output path)")
     c.add_argument("-o", "--output", required=True)
+    c = command("provision", cmd_provision, "provision a Pico running stock MicroPython through its REPL")
+    c.add_argument("--port", default=argparse.SUPPRESS, help="the board's USB serial port (its REPL)")
+    c.add_argument("--board", required=True, choices=BOARD_NAMES)
+    c.add_argument("--image", required=True, help="the image for slot a")
+    c.add_argument("--keys", dest="keys_dir")
+    c.add_argument("--serial", help="the meter's serial number (default: derived from the chip's unique id)")
+    c.add_argument("--wipe", action="store_true", help="remove an old meter's files and data first")
 
     command("status", cmd_status, "versions, slots, register, boot reason")
     c = command("upgrade", cmd_upgrade, "install an image and wait for the verdict")

@@ -6,15 +6,20 @@ is, and the same bytes go into a UF2 for a real Pico.
 """
 from __future__ import annotations
 
+import ast
+import contextlib
 import hashlib
+import io
 import json
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 from littlefs import LittleFS
 
 from .auth import meter_key
-from .errors import CommandError
+from .errors import CommandError, TransportError
 from .image import ImageError, _compile, parse_image
 from .keys import load_keys
 from .paths import BOOTLOADER, board_dir
@@ -35,14 +40,19 @@ def flash_geometry(board: str) -> dict:
     return json.loads((board_dir(board) / "board.json").read_text())["flash"]
 
 
-def device_files(image: bytes, keys_dir: Path, board: str, serial: str) -> dict[str, bytes]:
-    """Every file of a fresh device, by absolute device path."""
+def check_image(image: bytes, board: str) -> None:
+    """Refuse an image that does not parse or is for another board."""
     try:
         img = parse_image(image)
     except ImageError as e:
         raise CommandError(f"cannot provision: {e}") from None
     if img.manifest["board"] != board:
         raise CommandError(f"cannot provision: image is for board {img.manifest['board']}, not {board}")
+
+
+def device_files(image: bytes, keys_dir: Path, board: str, serial: str) -> dict[str, bytes]:
+    """Every file of a fresh device, by absolute device path."""
+    check_image(image, board)
     keys = load_keys(keys_dir, private=False)
     files = {"/main.py": (BOOTLOADER / "main.py").read_bytes()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,3 +121,168 @@ def provision(flash_path: Path, image: bytes, keys_dir: Path, board: str = "sim"
     flash = build_flash(device_files(image, keys_dir, board, serial), board)
     flash_path.write_bytes(flash)
     return {"serial": serial, "board": board, "flash_bytes": len(flash)}
+
+
+# --- a Pico that already runs MicroPython: the same files, through its REPL (mpremote) ------------
+
+# Generous: the emulated Pico computes ~5x slower than silicon, and a hash of a slot reads it all.
+REPL_TIMEOUT_S = 60
+_CHUNK = 2048  # bytes per raw-REPL write: the device compiles one `w(b'...')` per chunk
+
+# Answers, in one round trip, what the board is and what it holds.
+_PROBE = """import os,sys,machine
+def _ls(p):
+ try:
+  return os.listdir(p)
+ except OSError:
+  return None
+print(repr((sys.implementation._machine,machine.unique_id(),_ls('/'),_ls('/data'))))
+"""
+
+# Removes the meter's own entries (and nothing else) from the board's filesystem.
+_WIPE = """import os
+def _rm(p):
+ if os.stat(p)[0]&0x4000:
+  for n in os.listdir(p):
+   _rm(p+'/'+n)
+  os.rmdir(p)
+ else:
+  os.remove(p)
+for p in {paths!r}:
+ try:
+  os.stat(p)
+ except OSError:
+  continue
+ _rm(p)
+"""
+
+
+def board_chip(board: str) -> str:
+    """The chip the board's MicroPython reports in sys.implementation._machine."""
+    return json.loads((board_dir(board) / "board.json").read_text())["mcu"].split()[0]
+
+
+def meter_paths(files: dict[str, bytes]) -> list[str]:
+    """The top-level entries of the device filesystem that belong to the meter."""
+    return sorted({"/" + path.split("/")[1] for path in files} | {"/data", "/boot"})
+
+
+def provision_repl(port: str, image: bytes, keys_dir: Path, board: str, serial: str | None = None,
+                   wipe: bool = False, progress=None) -> dict:
+    """Lay a fresh meter's files onto a board that runs stock MicroPython, through its REPL:
+    directories, every file, each checked by a SHA-256 the board computes, then a reset so it boots
+    as a meter. A board that holds meter data (/slots, or files in /data) is refused, untouched,
+    unless `wipe`. The meter's own top-level entries are cleared before anything is written
+    (without meter data, that is only code an unfinished run left); other files stay. The serial
+    defaults to one derived from the chip's unique id."""
+    check_image(image, board)
+    chip = board_chip(board)
+    if not chip.startswith("RP"):
+        raise CommandError(f"provisioning through the REPL is for a Pico; board {board} has no REPL to provision")
+    started = time.monotonic()
+    with _Repl(port) as repl:
+        machine, uid, top, data = repl.query(_PROBE)
+        if f"with {chip}" not in machine:
+            raise CommandError(f"cannot provision: {port} is {machine!r}, not a {chip} ({board})")
+        if top is None:
+            raise CommandError(f"cannot provision: {port} has no filesystem at /")
+        holds_meter = "slots" in top or bool(data)
+        if holds_meter and not wipe:
+            raise CommandError(f"{port} already holds meter data (/slots or /data); nothing changed; "
+                               "give --wipe to remove the old meter first")
+        serial = serial or default_serial(image, f"{chip}:{uid.hex()}")
+        files = device_files(image, keys_dir, board, serial)
+        repl.exec(_WIPE.format(paths=meter_paths(files)))
+        for d in device_dirs(files):
+            repl.exec(f"import os\nos.mkdir({d!r})")
+        total = sum(len(b) for b in files.values())
+        done = 0
+        for path, content in files.items():
+            repl.write_file(path, content, progress and (lambda n, _, base=done: progress(base + n, total)))
+            done += len(content)
+        for path, content in files.items():
+            if repl.sha256(path) != hashlib.sha256(content).digest():
+                raise CommandError(f"{path} on {port} does not match what was written; provision again with --wipe")
+        repl.reset()
+    return {"port": port, "board": board, "serial": serial, "files": len(files), "bytes": total,
+            "seconds": round(time.monotonic() - started, 1), "verified": True}
+
+
+class _Repl:
+    """mpremote's serial transport in its raw REPL, its errors turned into one-line ours."""
+
+    def __init__(self, port: str):
+        self._port = port
+        self._t: Any = None  # mpremote's transport, once open
+
+    def __enter__(self):
+        from mpremote.transport import TransportError as MpError
+        from mpremote.transport_serial import SerialTransport
+
+        class Transport(SerialTransport):
+            def exec(self, command, data_consumer=None):  # mpremote's waits 10 s for output
+                out, err = self.exec_raw(command, timeout=REPL_TIMEOUT_S, data_consumer=data_consumer)
+                if err:
+                    raise _DeviceError(err.decode(errors="replace"))
+                return out
+
+        try:
+            # A read timeout, or mpremote's waits on a pty never end (it reads one byte blocking).
+            self._t = Transport(self._port, timeout=5)
+        except MpError:
+            raise TransportError(f"cannot open {self._port}") from None
+        try:
+            # mpremote prints what it got when it cannot get a prompt; the error says it here.
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._t.enter_raw_repl(soft_reset=True, timeout_overall=REPL_TIMEOUT_S)
+        except (MpError, OSError):
+            self.close()
+            raise TransportError(f"no MicroPython REPL on {self._port} (a running meter keeps it closed: "
+                                 "reflash such a board with `meterfw uf2`)") from None
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self._t is not None:
+            try:
+                self._t.close()
+            except OSError:
+                pass  # the board reset and its port went with it
+            self._t = None
+
+    def _call(self, fn, *args, **kw):
+        from mpremote.transport import TransportError as MpError
+        try:
+            return fn(*args, **kw)
+        except _DeviceError as e:
+            raise CommandError(f"the board refused: {e.last_line}") from None
+        except (MpError, OSError) as e:
+            raise TransportError(f"lost the REPL on {self._port}: {e}") from None
+
+    def exec(self, code: str):
+        return self._call(self._t.exec, code)
+
+    def query(self, code: str):
+        """Run code that prints one repr(), and return that value."""
+        return ast.literal_eval(self.exec(code).decode().strip())
+
+    def write_file(self, path: str, data: bytes, progress) -> None:
+        self._call(self._t.fs_writefile, path, data, chunk_size=_CHUNK, progress_callback=progress)
+
+    def sha256(self, path: str) -> bytes:
+        return self._call(self._t.fs_hashfile, path, "sha256", chunk_size=_CHUNK)
+
+    def reset(self) -> None:
+        """machine.reset(): the board goes, with the port if it is USB; no answer to wait for."""
+        self._call(self._t.exec_raw_no_follow, "import machine\nmachine.reset()")
+
+
+class _DeviceError(Exception):
+    """A traceback from code run on the board."""
+
+    @property
+    def last_line(self) -> str:
+        lines = str(self).strip().splitlines()
+        return lines[-1] if lines else "an error without a message"
