@@ -555,6 +555,8 @@ class Supervisor:
             self.write_state()
         elif word == "watchdog":
             # The emulated chip's own watchdog fired (in emulated time); its process ends next.
+            if self.reset_requested:
+                return
             self.log("watchdog expired (emulated chip)")
             self.reset_requested = True
             self.reset_cause = WATCHDOG

@@ -97,7 +97,7 @@ watchdog.reason = { watchdog: 1, reset: 2 }[cause] || 0;
 watchdog.onWatchdogTrigger = () => {
   const forced = watchdog.reason === 2;
   ctl(forced ? 'reset' : 'watchdog');
-  stop(0);
+  stop();
 };
 
 // --- flash: the boot ROM's erase and program, done here ---------------------------------------------
@@ -312,11 +312,14 @@ function wake() {
     run();
   }
 }
-function stop(code) {
+function stop() {
+  if (stopped) return;
   stopped = true;
   flush();
   ctl(`log pico rx_lost=${rxLost} rx=${rxDelivered} flash_ops=${flashOps} emulated_ms=${Math.round(clock.nanos / 1e6)}`);
-  setImmediate(() => process.exit(code));
+  // Everything this process owes is written synchronously by now (flash, line, control). Node's
+  // exit would wait for the reads still pending on the ttys, so the chip goes dark at once.
+  process.kill(process.pid, 'SIGKILL');
 }
 
 function reader(fd, onData) {
@@ -337,8 +340,8 @@ if (usbFd !== null) {
     wake();
   });
 }
-process.on('SIGTERM', () => stop(0));
-process.on('SIGINT', () => stop(0));
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
 ctl(`log pico boot cause=${cause}`);
 run();
 if (process.env.METERFW_PICO_TRACE) {
