@@ -61,6 +61,12 @@ class SimBoard:
         """Cut the power at the device's nth flash operation from now (tearing it if asked)."""
         return _sup.command(self.dir, "cut", n, "torn" if torn else "clean")
 
+    def emulated_us(self) -> tuple[int, int] | None:
+        """An emulated Pico's clock now: (its time since power-on, the wall time since), in us.
+        Host-side spans measured with it are Pico time. None on the sim, whose clock is the host's."""
+        st = _sup.command(self.dir, "clock")
+        return None if st.get("emulated_us") is None else (st["emulated_us"], st["emulated_wall_us"])
+
     def flash_ops(self) -> int:
         """Flash erases and programs the device has done, over all its boots."""
         return _sup.command(self.dir, "sync")["flash_ops"]

@@ -242,6 +242,10 @@ class Supervisor:
         self.ctl_out: int | None = None  # our read end of the device's fd 3
         self.ctl_in: int | None = None  # our write end of the device's fd 4
         self.flash_ops = 0   # erases and programs the device reported, over all boots
+        # The emulated chip's clock when last asked (`clock` command): its time since power-on
+        # and the wall time since, both in microseconds.
+        self.emulated_us: int | None = None
+        self.emulated_wall_us: int | None = None
         self.power_cuts = 0  # cuts at a flash operation that the device carried out
         # A planned cut outlives the boots before it: [operations left, torn]. The device
         # counts down within a boot; we count its reported operations to hand the rest on.
@@ -304,6 +308,8 @@ class Supervisor:
             "uart_lost": self.uart_lost,
             "board": self.board,
             "usb_port": self.usb_port,
+            "emulated_us": self.emulated_us,
+            "emulated_wall_us": self.emulated_wall_us,
         }
 
     def write_state(self, name: str | None = None) -> None:
@@ -553,6 +559,12 @@ class Supervisor:
             self.wdt_deadline = now + ms / 1000.0
             self.log(f"watchdog armed {ms} ms")
             self.write_state()
+        elif word == "clock":
+            token, _, rest = rest.partition(" ")
+            us, _, wall_us = rest.partition(" ")
+            self.emulated_us, self.emulated_wall_us = int(us), int(wall_us)
+            self.acks.append(token)
+            self.write_state()
         elif word == "watchdog":
             # The emulated chip's own watchdog fired (in emulated time); its process ends next.
             if self.reset_requested:
@@ -622,6 +634,14 @@ class Supervisor:
             self._send_cut_plan()
             self.acks.append(token)
             self.write_state()
+        elif cmd == "clock":
+            # The emulated chip answers with its clock (and the ack); a sim has none.
+            if self.board == "pico" and self.ctl_in is not None:
+                os.write(self.ctl_in, f"clock {token}\n".encode())
+            else:
+                self.emulated_us = self.emulated_wall_us = None
+                self.acks.append(token)
+                self.write_state()
         elif cmd == "sync":
             self.acks.append(token)  # a fresh state.json, e.g. for the flash-operation count
             self.write_state()

@@ -76,6 +76,8 @@ function readCtl() {
   for (const line of lines) {
     const [word, n, kind] = line.trim().split(/\s+/);
     if (word === 'cut') cutPlan = [parseInt(n, 10), kind === 'torn'];
+    // The rig asks for the chip's time, to measure host-side spans in emulated (Pico) time.
+    if (word === 'clock') ctl(`clock ${n} ${Math.round(clock.nanos / 1e3)} ${Math.round(wallNs() / 1e3)}`);
   }
 }
 
@@ -273,6 +275,7 @@ function wallNs() {
 const SLICE_MS = 10;
 function run() {
   wakeTimer = null;
+  readCtl();
   const sliceEnd = performance.now() + SLICE_MS;
   while (!stopped && power) {
     if (core.waiting) {
