@@ -258,8 +258,13 @@ let flushTimer = null;
 function scheduleFlush() {
   if (!flushTimer) flushTimer = setImmediate(flush);
 }
+let lostReported = 0;
 function flush() {
   flushTimer = null;
+  if (rxLost > lostReported) {
+    ctl(`log uart-loss lost=${rxLost - lostReported}`); // the supervisor adds these up in uart_lost
+    lostReported = rxLost;
+  }
   if (txBytes.length) {
     const out = Buffer.from(txBytes.splice(0));
     try {
