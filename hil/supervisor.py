@@ -53,6 +53,7 @@ PICO_EMULATOR = PICO_RIG / "emulator.mjs"
 BOARDS = ("sim", "pico")
 FIRMWARE_ENV = "PICO_FIRMWARE"
 BOOTROM_NAME = "rp2040-bootrom-B1.bin"
+BOOTROM_ENV = "PICO_BOOTROM"
 
 FLASH_IMG = "flash.img"
 SIM_JSON = "sim.json"
@@ -955,7 +956,9 @@ def _pico_config(firmware, bootrom, known: dict | None) -> dict:
     fw = fw or default_firmware()
     if fw is None or not fw.is_file():
         raise SimError(NO_FIRMWARE if fw is None else f"Pico firmware {fw} not found", 2)
-    rom = Path(bootrom).expanduser().resolve() if bootrom else fw.parent / BOOTROM_NAME
+    rom = Path(bootrom or os.environ.get(BOOTROM_ENV) or fw.parent / BOOTROM_NAME).expanduser().resolve()
+    if not bootrom and not rom.is_file() and default_firmware() is not None:
+        rom = default_firmware().parent / BOOTROM_NAME  # a meter UF2 made elsewhere: the stock one's
     if not rom.is_file() or rom.stat().st_size != 16384:
         raise SimError(f"no RP2040 boot ROM at {rom} (16 KiB, {BOOTROM_NAME}); give --bootrom PATH", 2)
     cfg = json.loads((REPO / "boards" / "pico" / "board.json").read_text())
@@ -1146,7 +1149,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--board", choices=BOARDS, help="sim (the unix port, default) or pico (the stock "
                    "MicroPython firmware on an emulated RP2040)")
     s.add_argument("--firmware", help="pico: the MicroPython RPI_PICO UF2 (default $PICO_FIRMWARE)")
-    s.add_argument("--bootrom", help=f"pico: the RP2040 boot ROM (default {BOOTROM_NAME} beside the firmware)")
+    s.add_argument("--bootrom", help=f"pico: the RP2040 boot ROM (default $PICO_BOOTROM, or {BOOTROM_NAME} "
+                   "beside the firmware or $PICO_FIRMWARE)")
     s.add_argument("--device-script", help=argparse.SUPPRESS)
 
     for name, text in (
