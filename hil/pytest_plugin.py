@@ -360,11 +360,20 @@ def pico_images(tmp_path_factory, keys_dir, pico_dut) -> dict:
     """v1, v2 and the failing variants for the pico board."""
     from meterfw.paths import FIRMWARE
 
+    import random
+    import shutil
+
     out = tmp_path_factory.mktemp("pico-images")
     made = build_variants(out, "pico", keys_dir, ("crash_at_import", "hang"))
     for name, version in (("v1", "1.0.0"), ("v2", "1.1.0")):
         made[name] = out / f"{name}.mfw"
         made[name].write_bytes(_build(FIRMWARE, "pico", version, keys_dir))
+    # v2 with 60 KB of random padding: past the meter's first 64 KiB commit of the slot file.
+    src = out / "big"
+    shutil.copytree(FIRMWARE, src, ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "blob.bin").write_bytes(random.Random(7).randbytes(60_000))
+    made["big"] = out / "big.mfw"
+    made["big"].write_bytes(_build(src, "pico", "1.1.0", keys_dir))
     return made
 
 

@@ -97,3 +97,24 @@ def test_pico_bad_signature_refused_before_the_slot_is_touched(make_pico, pico_i
     after = status(board)
     for key in ("active_version", "active_slot", "slots", "confirmed", "rejected"):
         assert after[key] == before[key], key
+
+
+def test_pico_transfer_resumes_after_a_power_cut(make_pico, pico_images):
+    board = make_pico()
+    status(board)  # up and answering
+    tool = subprocess.Popen([MFW, "--port", board.port, "--keys", str(board.keys_dir), "--timeout", TIMEOUT,
+                             "upgrade", str(pico_images["big"]), "--when", "now", "--json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Past the first 64 KiB commit of the slot file: what came after it goes with the power.
+        board.sim.wait_for(lambda st: st["line"]["to_device"]["delivered"] > 75_000, 300, "75 KB sent")
+        board.sim.power_cycle()
+    finally:
+        tool.kill()  # the technician's tool gave up with the meter
+        tool.wait()
+    st = status(board)
+    assert st["boot_reason"] == "power-on" and st["active_version"] == "1.0.0"
+    assert st["update"]["first_not_transferred_block"] == 65536 // st["update"]["block_size"]
+    rc, report = cli_json(board, "upgrade", str(pico_images["big"]), "--when", "now")
+    assert rc == 0 and report["result"] == "confirmed", report
+    assert report["resumed_from_block"] == 65536 // st["update"]["block_size"]
