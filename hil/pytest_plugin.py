@@ -14,6 +14,7 @@ is skipped with that reason.
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
@@ -64,7 +65,10 @@ class Dut:
 
     def needs_firmware(self) -> None:
         if self.firmware is None or not self.firmware.is_file():
-            pytest.skip(NO_FIRMWARE if self.firmware is None else f"Pico firmware {self.firmware} not found")
+            why = NO_FIRMWARE if self.firmware is None else f"Pico firmware {self.firmware} not found"
+            if os.environ.get("METERFW_REQUIRE_PICO"):  # CI: the Pico tier must run, not skip
+                pytest.fail(why)
+            pytest.skip(why)
 
 
 @pytest.fixture(scope="session")
