@@ -30,7 +30,7 @@ from hil.supervisor import NO_FIRMWARE, default_firmware
 CAPABILITIES = {
     "sim": {"power", "reset", "cut", "flash_ops", "console", "watchdog", "files", "uart_loss_model",
             "metrology_truth", "tcp"},
-    "pico": {"power", "reset", "cut", "flash_ops", "console", "watchdog", "metrology_truth", "usb_repl"},
+    "pico": {"power", "reset", "cut", "flash_ops", "console", "watchdog", "metrology_truth", "usb_repl", "tcp"},
     "port": set(),
 }
 
@@ -74,6 +74,13 @@ class Dut:
 @pytest.fixture(scope="session")
 def dut(request) -> Dut:
     return Dut(request.config)
+
+
+def pytest_configure(config):
+    # The emulator computes 4-7x slower than a Pico: the CLI the tests run waits that much longer
+    # for a compute-bound reply (its --timeout default).
+    if config.getoption("--board") == "pico" and not config.getoption("--port"):
+        os.environ.setdefault("METERFW_TIMEOUT", "15")
 
 _GONE_TIMEOUT_S = 5.0
 
@@ -284,7 +291,7 @@ class RealBoard:
         return False
 
 
-def _start(sim_factory, dut: Dut, image, keys_dir, interval_s, seed, overrides=None):
+def start_dut(sim_factory, dut: Dut, image, keys_dir, interval_s, seed, overrides=None):
     """Start (or, for a real board, provision) the DUT with `image`; `overrides` are board
     defaults for this test (sim.json on the sim, /board/board.json on a Pico)."""
     if dut.kind == "port":
@@ -316,7 +323,7 @@ def _interval_s(dut: Dut) -> int:
 def board(sim_factory, images, keys_dir, dut) -> MeterBoard:
     """A factory-fresh meter running image v1, metering short intervals."""
     iv = _interval_s(dut)
-    return MeterBoard(_start(sim_factory, dut, images["v1"], keys_dir, iv, SEED), SEED, iv, keys_dir, dut.kind)
+    return MeterBoard(start_dut(sim_factory, dut, images["v1"], keys_dir, iv, SEED), SEED, iv, keys_dir, dut.kind)
 
 
 @pytest.fixture
@@ -326,7 +333,7 @@ def make_board(sim_factory, images, keys_dir, dut):
 
     def make(image=None, **overrides) -> MeterBoard:
         iv = _interval_s(dut)
-        sim = _start(sim_factory, dut, image or images["v1"], keys_dir, iv, SEED, overrides)
+        sim = start_dut(sim_factory, dut, image or images["v1"], keys_dir, iv, SEED, overrides)
         return MeterBoard(sim, SEED, iv, keys_dir, dut.kind)
 
     return make
@@ -386,7 +393,7 @@ def make_pico(sim_factory, pico_images, keys_dir, pico_dut):
     """make_pico(image=..., **board_defaults): an emulated Pico meter."""
 
     def make(image=None, **overrides) -> MeterBoard:
-        sim = _start(sim_factory, pico_dut, image or pico_images["v1"], keys_dir, PICO_INTERVAL_S, SEED, overrides)
+        sim = start_dut(sim_factory, pico_dut, image or pico_images["v1"], keys_dir, PICO_INTERVAL_S, SEED, overrides)
         return MeterBoard(sim, SEED, PICO_INTERVAL_S, keys_dir, "pico")
 
     return make

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -404,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", help="meter link: a serial device, or any pyserial URL such as socket://host:port")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help="serial speed (default %(default)s)")
     p.add_argument("--keys", help="key directory made by `meterfw keys init`")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each reply")
+    p.add_argument("--timeout", type=float, default=float(os.environ.get("METERFW_TIMEOUT", 3.0)),
+                   help="seconds to wait for each reply (default $METERFW_TIMEOUT or %(default)s)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, fn, help, parent=sub):

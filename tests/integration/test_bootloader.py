@@ -118,6 +118,7 @@ def test_forced_reactivation_needs_authentication(board, variant_images, link, m
 
 
 def _stop_and_edit(board):
+    board.needs("files")  # the sim's flash.img is the filesystem itself
     board.sim.stop()
     return mounted(board.sim.dir / "flash.img")
 

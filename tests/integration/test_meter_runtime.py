@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hil.metrology import true_energy_mwh, true_received_mwh
-from hil.pytest_plugin import SEED, MeterBoard
+from hil.pytest_plugin import SEED, MeterBoard, start_dut
 from meterfw import protocol as P
 from meterfw.errors import CommandError
 from meterfw.transport import Link
@@ -36,6 +36,7 @@ def cli_json(board, *args, keys=True):
 
 def relay_file(board):
     """The relay's physical truth, kept by the sim outside the MCU (boards/sim/parts.py)."""
+    board.needs("files")
     path = board.dir / "relay.json"
     deadline = time.monotonic() + 10
     while not path.exists() and time.monotonic() < deadline:  # the first boot has yet to fit it
@@ -44,20 +45,18 @@ def relay_file(board):
 
 
 def display_log(board):
+    board.needs("files")  # the sim's display keeps what it showed
     path = board.dir / "display.log"
     return path.read_text().splitlines() if path.exists() else []
 
 
 @pytest.fixture
-def runtime_board(sim_factory, images, keys_dir):
-    """runtime_board(interval_s=1, **sim_json): a fresh meter on v1 with these sim settings."""
+def runtime_board(sim_factory, images, keys_dir, dut):
+    """runtime_board(interval_s=1, **settings): a fresh meter on v1 with these board settings."""
 
-    def make(interval_s=1, **sim_json):
-        d = sim_factory.new_dir()
-        if sim_json:
-            (d / "sim.json").write_text(json.dumps(sim_json))
-        sim = sim_factory(dir=d, image=images["v1"], keys=keys_dir, interval_s=interval_s, seed=SEED)
-        return MeterBoard(sim, SEED, interval_s, keys_dir)
+    def make(interval_s=1, **settings):
+        sim = start_dut(sim_factory, dut, images["v1"], keys_dir, interval_s, SEED, settings)
+        return MeterBoard(sim, SEED, interval_s, keys_dir, dut.kind)
 
     return make
 

@@ -91,6 +91,7 @@ def status(board):
 
 def slot_bytes(board, slot="b"):
     """A slot file as the meter's flash holds it (the board is stopped to read it)."""
+    board.needs("files")
     board.sim.stop()
     return read_file(board.sim.dir / "flash.img", f"/slots/{slot}.mfw")
 
