@@ -177,12 +177,17 @@ class Clock:
 
     A set takes effect at once; it reaches the RTC at the next whole second, because writing the
     seconds restarts the chip's fraction of a second. ticks_diff holds for half the tick period
-    (about six days), so the base moves forward every hour.
+    (about six days), so the base moves forward every hour. An RTC that does not answer must not
+    stop the meter from booting: the clock then starts where the MCU's own RTC stands (2021, so
+    the health check's clock item fails and says so) and a set still takes effect.
     """
 
     def __init__(self, rtc):
         self._rtc = rtc
-        self._base_ms = rtc.read_ms()
+        try:
+            self._base_ms = rtc.read_ms()
+        except OSError:
+            self._base_ms = time.time() * 1000
         self._base_ticks = time.ticks_ms()
         self._pending_s = None  # the whole second a set is still to be written at
 
@@ -194,8 +199,14 @@ class Clock:
             self._base_ticks = now
         if self._pending_s is not None and t_ms >= self._pending_s * 1000:
             self._pending_s = None
-            self._rtc.write_ms(t_ms - t_ms % 1000)
+            self._write(t_ms - t_ms % 1000)
         return t_ms
+
+    def _write(self, t_ms):
+        try:
+            self._rtc.write_ms(t_ms)
+        except OSError:
+            pass  # no RTC answering: the time holds until the next power-on
 
     def set_time_ms(self, t_ms):
         self._base_ms = t_ms
@@ -204,7 +215,7 @@ class Clock:
             self._pending_s = t_ms // 1000 + 1
         else:
             self._pending_s = None
-            self._rtc.write_ms(t_ms)
+            self._write(t_ms)
 
 
 # --- metrology front-end (ADE7953-like) -------------------------------------------------------

@@ -222,16 +222,23 @@ class SPI:
         buf[:] = REGS.get(self._reg, 0).to_bytes(len(buf), "big")
 
 
+ABSENT = set()  # I2C addresses nothing answers at
+
+
 class I2C:
     def __init__(self, id, **kw):
         LOG.append(["I2C", id])
 
     def readfrom_mem_into(self, addr, reg, buf, addrsize=8):
         LOG.append(["i2c-read", addr, reg, len(buf), addrsize])
+        if addr in ABSENT:
+            raise OSError(19)  # ENODEV: nothing acknowledged the address
         buf[:] = REGS.get(reg, 0).to_bytes(len(buf), "big")
 
     def writeto_mem(self, addr, reg, buf, addrsize=8):
         LOG.append(["i2c-write", addr, reg, list(bytes(buf)), addrsize])
+        if addr in ABSENT:
+            raise OSError(19)
         REGS[reg] = int.from_bytes(buf, "big")
 '''
 
@@ -501,6 +508,20 @@ print(json.dumps({{"boot": boot, "at_once": at_once, "now": now, "later": later,
         ["i2c-write", addr, 0x11, [0x41, 0x16, 0x22, 0x04, 0x14, 0x11, 0x23], 8],  # 22:16:41
         ["i2c-write", addr, 0x11, [0x20, 0x18, 0x22, 0x04, 0x14, 0x11, 0x23], 8],  # 22:18:20
     ]
+
+
+def test_a_board_without_an_rtc_answering_still_comes_up_and_takes_a_set(run_board):
+    addr = int(_config("pico")["rtc"]["addr"], 16)
+    out = run_board("pico", f"""
+import time
+fake_machine.ABSENT.add({addr})
+b = Board(CONFIG)
+boot = b.clock.time_ms()
+b.clock.set_time_ms(1_700_000_300_000)
+print(json.dumps({{"boot": boot, "mcu": time.time() * 1000, "now": b.clock.time_ms()}}))
+""")
+    assert abs(out["boot"] - out["mcu"]) < 2000  # where the MCU's own RTC stands
+    assert 1_700_000_300_000 <= out["now"] < 1_700_000_301_000
 
 
 def test_display_keeps_the_notice_and_lights_the_led(run_board):
