@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 from hil.metrology import true_energy_mwh
+from hil.pytest_plugin import PICO_TIMEOUT_S
 from meterfw.image import parse_image
 from meterfw.upgrade import continuity
 
 MFW = str(Path(sys.executable).parent / "meterfw")
-TIMEOUT = "15"  # the emulator computes 4-7x slower than a Pico: replies take that much longer
+TIMEOUT = str(PICO_TIMEOUT_S)
 
 
 def cli(board, *args):

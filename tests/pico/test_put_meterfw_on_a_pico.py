@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hil.pytest_plugin import MeterBoard
+from hil.pytest_plugin import PICO_TIMEOUT_S, MeterBoard
 
 MFW = str(Path(sys.executable).parent / "meterfw")
 
@@ -18,7 +18,7 @@ def run_json(*args):
 
 
 def upgrade_now(board, image) -> dict:
-    return run_json("--port", board.port, "--keys", board.keys_dir, "--timeout", 15, "upgrade", image,
+    return run_json("--port", board.port, "--keys", board.keys_dir, "--timeout", PICO_TIMEOUT_S, "upgrade", image,
                     "--when", "now")
 
 
