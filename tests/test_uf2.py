@@ -3,13 +3,11 @@ real MicroPython build and littlefs, and every bad input refused in one line wit
 import json
 import os
 import struct
-from pathlib import Path
 
 import pytest
 
 from meterfw.cli import main
 from meterfw.errors import CommandError
-from meterfw.paths import REPO
 from meterfw.provision import device_files, flash_geometry, read_fs
 from meterfw.uf2 import (BLOCK_BYTES, FLASH_BASE, PAYLOAD_BYTES, PICO_BOARDS, parse_uf2, pico_flash_image,
                          write_uf2)
@@ -19,18 +17,10 @@ FLASH_BYTES = PICO_BOARDS["pico"]["flash_bytes"]
 FS_OFFSET = flash_geometry("pico")["offset"]
 
 
-def pico_firmware() -> Path:
-    """The stock RPI_PICO firmware: $PICO_FIRMWARE, or the copy beside the repository."""
-    path = Path(os.environ.get("PICO_FIRMWARE") or REPO.parent / "shared/rp2/RPI_PICO-v1.28.0.uf2")
-    if not path.is_file():
-        pytest.skip(f"no Pico firmware at {path}: download RPI_PICO-*.uf2 from "
-                    "https://micropython.org/download/RPI_PICO/ and set PICO_FIRMWARE=path")
-    return path
-
-
 @pytest.fixture(scope="module")
-def firmware() -> bytes:
-    return pico_firmware().read_bytes()
+def firmware(pico_dut) -> bytes:
+    """The stock RPI_PICO firmware's bytes (pico_dut skips, or fails under CI, without one)."""
+    return pico_dut.firmware.read_bytes()
 
 
 def run_uf2(tmp_path, capsys, firmware_path, image_path, keys_dir, *extra):
@@ -61,8 +51,8 @@ def test_written_regions_parse_back_to_the_same_bytes():
     assert b"".join(pages[FS_OFFSET + o] for o in range(0, len(fs), PAYLOAD_BYTES)) == fs
 
 
-def test_stock_firmware_uf2_parses_to_its_raw_twin(firmware):
-    twin = pico_firmware().with_suffix(".bin")
+def test_stock_firmware_uf2_parses_to_its_raw_twin(firmware, pico_dut):
+    twin = pico_dut.firmware.with_suffix(".bin")
     if not twin.is_file():
         pytest.skip(f"no raw twin {twin} of the firmware to compare with")
     raw = twin.read_bytes()
@@ -75,8 +65,9 @@ def test_stock_firmware_uf2_parses_to_its_raw_twin(firmware):
     assert flash == padded + b"\xff" * (FLASH_BYTES - len(padded))
 
 
-def test_meter_uf2_holds_the_firmware_and_a_filesystem_that_mounts(tmp_path, capsys, firmware, images, keys_dir):
-    code, out, err, path = run_uf2(tmp_path, capsys, pico_firmware(), images["pico"], keys_dir,
+def test_meter_uf2_holds_the_firmware_and_a_filesystem_that_mounts(tmp_path, capsys, firmware, pico_dut, images,
+                                                                   keys_dir):
+    code, out, err, path = run_uf2(tmp_path, capsys, pico_dut.firmware, images["pico"], keys_dir,
                                    "--serial", "MF0001", "--json")
     assert (code, err) == (0, "")
     report = json.loads(out)
@@ -99,8 +90,8 @@ def test_meter_uf2_holds_the_firmware_and_a_filesystem_that_mounts(tmp_path, cap
     assert json.loads(files["/identity.json"]) == {"serial": "MF0001", "board": "pico"}
 
 
-def test_human_output_is_one_line(tmp_path, capsys, firmware, images, keys_dir):
-    code, out, err, path = run_uf2(tmp_path, capsys, pico_firmware(), images["pico"], keys_dir)
+def test_human_output_is_one_line(tmp_path, capsys, pico_dut, images, keys_dir):
+    code, out, err, path = run_uf2(tmp_path, capsys, pico_dut.firmware, images["pico"], keys_dir)
     assert code == 0 and err == "" and path.is_file()
     assert out.count("\n") == 1 and out.startswith(f"{path}: pico meter MF")
 
@@ -134,8 +125,8 @@ def test_bad_firmware_is_refused_in_one_line_and_writes_nothing(case, tmp_path, 
     assert list(tmp_path.iterdir()) == [bad]
 
 
-def test_image_for_another_board_is_refused_and_writes_nothing(tmp_path, capsys, firmware, images, keys_dir):
-    code, out, err, path = run_uf2(tmp_path, capsys, pico_firmware(), images["v1"], keys_dir)
+def test_image_for_another_board_is_refused_and_writes_nothing(tmp_path, capsys, pico_dut, images, keys_dir):
+    code, out, err, path = run_uf2(tmp_path, capsys, pico_dut.firmware, images["v1"], keys_dir)
     assert (code, out) == (1, "")
     assert err == "meterfw: cannot provision: image is for board sim, not pico\n"
     assert list(tmp_path.iterdir()) == []
