@@ -162,14 +162,10 @@ mcu.onBreak = (code) => {
   core.PC = core.LR & ~1; // return from the ROM function
 };
 
-// The CPU runs nothing while the flash chip is busy; time goes on, peripherals and the line too.
+// The CPU runs nothing while the flash chip is busy; time goes on (the clock fires every alarm
+// on the way, in order), and so do the peripherals and the line.
 function stall(ns) {
-  let left = ns;
-  while (left > 0) {
-    const step = Math.min(left, clock.nanosToNextAlarm || left);
-    clock.tick(step > 0 ? step : left);
-    left -= step > 0 ? step : left;
-  }
+  clock.tick(ns);
 }
 
 // --- UART0: the meter's line ----------------------------------------------------------------------
@@ -215,15 +211,31 @@ function armRx() {
 // --- USB CDC: the REPL ----------------------------------------------------------------------------
 const usb = new CdcHost(mcu.usbCtrl);
 const usbFd = usbArg ? parseInt(usbArg, 10) : null;
+// What the chip says on USB goes to the console log, and to the USB port when its host reads it.
+// Nobody may be reading (the port's buffer then fills): writes go out one at a time in the
+// background, and what would pile up behind them beyond 64 KB is dropped, as a CDC device's
+// output is when no host takes it. The emulator itself never waits for the port.
+const USB_BACKLOG = 65536;
+let usbBacklog = [];
+let usbBacklogBytes = 0;
+let usbWriting = false;
+function usbWrite() {
+  if (usbWriting || !usbBacklog.length) return;
+  const out = Buffer.concat(usbBacklog);
+  usbBacklog = [];
+  usbBacklogBytes = 0;
+  usbWriting = true;
+  fs.write(usbFd, out, () => {
+    usbWriting = false;
+    usbWrite();
+  });
+}
 usb.onSerialData = (buf) => {
-  fs.writeSync(2, buf); // the console log keeps everything the chip says on USB
-  if (usbFd !== null) {
-    try {
-      fs.writeSync(usbFd, buf);
-    } catch {
-      // nobody has the port open
-    }
-  }
+  fs.writeSync(2, buf);
+  if (usbFd === null || usbBacklogBytes + buf.length > USB_BACKLOG) return;
+  usbBacklog.push(buf);
+  usbBacklogBytes += buf.length;
+  usbWrite();
 };
 
 // --- the rig's clock, the RTC and the front-end ---------------------------------------------------
@@ -343,7 +355,6 @@ reader(0, (buf) => {
 });
 if (usbFd !== null) {
   reader(usbFd, (buf) => {
-    if (process.env.METERFW_PICO_TRACE) process.stderr.write(`[rig] usb in ${JSON.stringify(buf.toString())}\n`);
     usb.send(buf);
     wake();
   });
@@ -351,13 +362,16 @@ if (usbFd !== null) {
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
 ctl(`log pico boot cause=${cause}`);
-run();
+// METERFW_PICO_TRACE=1: each second, the share of emulated time the CPU ran, emulated time per
+// wall time, and how far the chip's clock is behind the wall clock.
 if (process.env.METERFW_PICO_TRACE) {
   let last = [0, 0, performance.now()];
   setInterval(() => {
     const [t0, b0, w0] = last;
     last = [clock.nanos, busyNs, performance.now()];
-    process.stderr.write(`[rig] busy=${((busyNs - b0) / (clock.nanos - t0)).toFixed(3)} emu/wall=${((clock.nanos - t0) / 1e6 / (last[2] - w0)).toFixed(3)} lag=${(wallNs() - clock.nanos) / 1e6 | 0} ms\n`);
+    const rate = (clock.nanos - t0) / 1e6 / (last[2] - w0);
+    process.stderr.write(`[rig] busy=${((busyNs - b0) / (clock.nanos - t0)).toFixed(3)} emulated/wall=${rate.toFixed(3)} `
+      + `lag=${Math.round((wallNs() - clock.nanos) / 1e6)} ms pc=${core.PC.toString(16)}\n`);
   }, 1000);
-  setInterval(() => process.stderr.write(`[rig] t=${(clock.nanos / 1e6).toFixed(1)} ms pc=${core.PC.toString(16)} waiting=${core.waiting} usb=${usb.ready} pend=${usb.pendingRead} q=${usb.toDevice.length}\n`), 1000);
 }
+run();

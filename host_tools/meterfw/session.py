@@ -278,7 +278,8 @@ class Meter:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                st = self.status(timeout_s=1.0, retries=0)
+                # A poll a third of the link's timeout: quick to retry through a reset.
+                st = self.status(timeout_s=self.link.timeout_s / 3, retries=0)
                 if predicate(st):
                     return st
             except TransportError:

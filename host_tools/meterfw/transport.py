@@ -15,8 +15,12 @@ DEFAULT_BAUD = 115200
 _RETRY_JITTER_S = 0.4
 
 
+# A meter answers within this; a slower one (a narrowband link, an emulated chip) is given more
+# with --timeout, and the waits that span a boot scale with it.
+DEFAULT_TIMEOUT_S = 3.0
+
 class Link:
-    def __init__(self, url: str, baud: int = DEFAULT_BAUD, timeout_s: float = 3.0):
+    def __init__(self, url: str, baud: int = DEFAULT_BAUD, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.url = url
         self.baud = baud
         self.timeout_s = timeout_s

@@ -12,6 +12,7 @@ from typing import Callable
 from .errors import CommandError
 from .image import Image, ImageError, parse_image
 from .session import Meter
+from .transport import DEFAULT_TIMEOUT_S
 
 # Meter refusals that mean "this image will not go on this meter (now)": the result is
 # `rejected` and the meter keeps what it had. Anything else is a failure.
@@ -264,7 +265,8 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
     delay_s = max((report["activate_at_s"] or meter_now) - meter_now, 0) if report["activate_at_s"] else 0
     if when == "boundary" and not report["activate_at_s"]:
         delay_s = st0.get("interval_s") or 0
-    wait_s = delay_s + _WATCHDOG_S * 3 + _BOOT_S
+    # A meter that answers slowly (the link's timeout says how slowly) also boots slowly.
+    wait_s = delay_s + (_WATCHDOG_S * 3 + _BOOT_S) * max(1.0, meter.link.timeout_s / DEFAULT_TIMEOUT_S)
 
     ui.stage("waiting for the verdict")
     seen = {}
