@@ -1083,6 +1083,8 @@ def status(sim_dir) -> dict:
         "device_pid": st.get("device_pid") if running else None,
         "watchdog_armed": bool(st.get("watchdog_armed")) if running else False,
         "watchdog_timeout_ms": st.get("watchdog_timeout_ms") if running else None,
+        "board": st.get("board", "sim"),
+        "usb_port": st.get("usb_port") if running else None,
     }
 
 
@@ -1197,7 +1199,10 @@ def main(argv: list[str] | None = None) -> int:
                 wdt = f"armed ({st['watchdog_timeout_ms']} ms)" if st["watchdog_armed"] else "not armed"
                 print(f"{st['dir']}: {st['state']}")
                 print(f"  supervisor pid  {st['pid']}")
+                print(f"  board           {st['board']}")
                 print(f"  port            {st['port']}")
+                if st["usb_port"]:
+                    print(f"  usb port (REPL) {st['usb_port']}")
                 print(f"  boots           {st['boots']} (last cause: {st['last_cause']})")
                 print(f"  device pid      {st['device_pid']}")
                 print(f"  watchdog        {wdt}")
