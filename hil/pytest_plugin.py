@@ -158,13 +158,15 @@ def _build(src: Path, board: str, version: str, keys_dir: Path, **kw) -> bytes:
 
 @pytest.fixture(scope="session")
 def images(tmp_path_factory, keys_dir, dut) -> dict:
-    """Signed images built once per run from firmware/: v1 and v2 for the DUT's board, and a
-    pico image."""
+    """Signed images built once per run from firmware/: v1 and v2 for the DUT's board, a pico
+    image, and `other` for a board other than the DUT's."""
     from meterfw.paths import FIRMWARE
 
     out = tmp_path_factory.mktemp("images")
     made = {}
-    for name, board, version in (("v1", dut.board, "1.0.0"), ("v2", dut.board, "1.1.0"), ("pico", "pico", "1.1.0")):
+    other = "sim" if dut.board == "pico" else "pico"
+    for name, board, version in (("v1", dut.board, "1.0.0"), ("v2", dut.board, "1.1.0"), ("pico", "pico", "1.1.0"),
+                                 ("other", other, "1.1.0")):
         made[name] = out / f"{name}.mfw"
         made[name].write_bytes(_build(FIRMWARE, board, version, keys_dir))
     return made

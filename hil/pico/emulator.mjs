@@ -144,6 +144,7 @@ function flashOp(kind, offset, count, data) {
   stall(ns);
 }
 function powerCut(torn) {
+  saveRigClock(true);
   ctl(`cut ${torn ? 'torn' : 'clean'} ${flashOps}`);
   power = false; // nothing runs until the supervisor ends this process
 }
@@ -239,10 +240,29 @@ usb.onSerialData = (buf) => {
 };
 
 // --- the rig's clock, the RTC and the front-end ---------------------------------------------------
-const bootWallMs = Date.now();
+// The rig's clock is continuous across resets and power cuts: how far the chip was behind the
+// wall clock when its last power-on ended (kept in DIR/rigclock.json) carries over, and the new
+// power-on catches it up when it idles, as it would any other backlog. Without that, every reboot
+// would jump the meter's clock and front-end forward by the backlog, as no real reboot does.
+const rigClockPath = path.join(dir, 'rigclock.json');
+const carriedLagMs = (() => {
+  try {
+    return Math.max(0, JSON.parse(fs.readFileSync(rigClockPath, 'utf8')).lag_ms) || 0;
+  } catch {
+    return 0;
+  }
+})();
+const bootWallMs = Date.now() - carriedLagMs;
 const wallAtBoot = performance.now();
 function rigMs() {
   return bootWallMs + clock.nanos / 1e6;
+}
+let rigClockSaved = 0;
+function saveRigClock(force) {
+  const now = performance.now();
+  if (!force && now - rigClockSaved < 100) return;
+  rigClockSaved = now;
+  fs.writeFileSync(rigClockPath, JSON.stringify({ lag_ms: Math.round((wallNs() - clock.nanos) / 1e6) }));
 }
 const rtcPath = path.join(dir, 'rtc.json');
 new Rv8803(mcu.i2c[pico.rtc_i2c], pico.rtc_addr, rigMs, () => {
@@ -286,13 +306,16 @@ function flush() {
     }
   }
 }
+// Where the chip's clock may go up to now: the wall clock, less nothing once the carried
+// backlog is caught up.
 function wallNs() {
-  return (performance.now() - wallAtBoot) * 1e6;
+  return (performance.now() - wallAtBoot + carriedLagMs) * 1e6;
 }
 const SLICE_MS = 10;
 function run() {
   wakeTimer = null;
   readCtl();
+  saveRigClock(false);
   const sliceEnd = performance.now() + SLICE_MS;
   while (!stopped && power) {
     if (core.waiting) {
@@ -335,6 +358,7 @@ function wake() {
 function stop() {
   if (stopped) return;
   stopped = true;
+  saveRigClock(true);
   flush();
   ctl(`log pico rx_lost=${rxLost} rx=${rxDelivered} flash_ops=${flashOps} emulated_ms=${Math.round(clock.nanos / 1e6)}`);
   // Everything this process owes is written synchronously by now (flash, line, control). Node's

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hil.metrology import true_energy_mwh
+from meterfw.image import parse_image
 from meterfw.upgrade import continuity
 
 MFW = str(Path(sys.executable).parent / "meterfw")
@@ -80,12 +81,12 @@ def test_bad_image_input_changes_nothing(board, images, keys_dir, tmp_path, case
     path = tmp_path / "bad.mfw"
     expect = {
         "missing_file": "no such file",
-        "other_board": "image is for board pico",
+        "other_board": f"image is for board {parse_image(images['other'].read_bytes()).manifest['board']}",
         "truncated": "truncated",
         "garbage": "not a meterfw image",
     }[case]
     if case == "other_board":
-        path = images["pico"]
+        path = images["other"]
     elif case == "truncated":
         path.write_bytes(data[: len(data) // 2])
     elif case == "garbage":
