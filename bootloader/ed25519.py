@@ -23,10 +23,13 @@ except ImportError:  # CPython, for host-side cross-checks
 
 _L = 2**252 + 27742317777372353535851937790883648493
 
-# Default pause interval for verify_async, in field multiplications (one
-# point operation is 8).  About 12 point operations: comparable to the
-# fixed pause interval inside SHA-512 (a third of a block).
-_SLICE = const(96)
+# Pause points, in field multiplications (one point operation is 8): one
+# point operation, about 9 ms on a Pico.  verify_async awaits at a pause
+# point once _PAUSE_MS have passed since it last did, so the stretches other
+# tasks wait through are bounded in time on any CPU, and a fast one is not
+# slowed by an await per point operation.
+_SLICE = const(8)
+_PAUSE_MS = const(10)
 
 
 # --- verification ------------------------------------------------------------
@@ -107,11 +110,13 @@ def verify(public_key, message, signature):
     return False
 
 
-async def verify_async(public_key, message, signature, budget=_SLICE):
-    """verify() that awaits asyncio.sleep_ms(0) roughly every `budget` field
-    multiplications (8 per point operation), so other tasks keep running."""
+async def verify_async(public_key, message, signature, budget=_SLICE, pause_ms=_PAUSE_MS):
+    """verify() that awaits asyncio.sleep_ms(0) at the first pause point (one
+    every `budget` field multiplications) after `pause_ms` of work, so other
+    tasks keep running."""
     # Imported here so verify() users do not pay for asyncio.
     import asyncio
+    import time
 
     try:
         pause = asyncio.sleep_ms
@@ -119,10 +124,21 @@ async def verify_async(public_key, message, signature, budget=_SLICE):
         def pause(_):
             return asyncio.sleep(0)
 
+    try:
+        ticks, diff = time.ticks_ms, time.ticks_diff
+    except AttributeError:  # CPython
+        def ticks():
+            return int(time.monotonic() * 1000)
+
+        def diff(a, b):
+            return a - b
     g = _start(public_key, message, signature, max(1, budget))
     if g is not None:
+        t = ticks()
         for r in g:
             if r is not None:
                 return r
-            await pause(0)
+            if diff(ticks(), t) >= pause_ms:
+                await pause(0)
+                t = ticks()
     return False

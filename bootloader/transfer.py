@@ -51,6 +51,7 @@ class Transfer:
         self._flash_bytes = None  # slot file length, read once per boot, then counted
         self._synced = 0  # ... and how much of it littlefs has committed
         self._grant_end = 0  # the host may send blocks up to (not including) this one
+        self._collect = False  # a window was written: collect once the next one is on its way
         bps = getattr(platform.board, "link_bytes_per_s", None) or _ASSUMED_LINK_BPS
         self._block_ms = (BLOCK_SIZE + _BLOCK_WIRE_EXTRA) * 1000 // bps + 1
         self.state = load()
@@ -187,6 +188,12 @@ class Transfer:
         if len(payload) - 4 != size:
             raise CommandError("bad_block", "block %d has %d bytes, not %d" % (n, len(payload) - 4, size))
         data = memoryview(payload)[4:]
+        if self._collect:
+            # The last window's garbage, collected as the next window's first block arrives: the
+            # rest of it is on the line meanwhile (the UART's ring takes it, interrupts stay on),
+            # so the collection (~20 ms on a Pico) costs no line time, as it did before the grant.
+            self._collect = False
+            gc.collect()
         room = self._window_buffer()
         if not self._bufs:
             await self._write_window(data)
@@ -227,11 +234,13 @@ class Transfer:
             self._file.flush()
             self._synced = self._flash_bytes
         self._held = 0
-        # Collected now, while the host waits, the heap stays in large pieces; left to fill the
-        # heap, the collection that finally comes leaves live objects strewn across it, and the
-        # next large allocation (a module's code) finds no room.
-        gc.collect()
+        # Collected soon (see block()), the heap stays in large pieces; left to fill the heap, the
+        # collection that finally comes leaves live objects strewn across it, and the next large
+        # allocation (a module's code) finds no room.
+        self._collect = True
         if self._flash_bytes == s["size"]:
+            self._collect = False
+            gc.collect()
             self._close()
             self._bufs = None
             self._p.events.log(eventlog.DOWNLOAD_DONE, s["size"])
