@@ -145,5 +145,7 @@ async def post_boot(m, load):
     trial = p.in_trial
     if trial:
         p.confirm()
-        update_state.confirmed()
+    # Also when the boot control is confirmed already: power lost after p.confirm() stored it
+    # and before the update's state recorded it would leave that state on trial for good.
+    update_state.confirmed()
     after_confirm(m, trial)
