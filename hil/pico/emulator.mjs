@@ -312,6 +312,24 @@ function wallNs() {
   return (performance.now() - wallAtBoot + carriedLagMs) * 1e6;
 }
 const SLICE_MS = 10;
+// Idle time behind the wall clock (the backlog of computing slower than a Pico) is caught up at
+// most CATCH_UP times the pace of the wall time spent idle. Unbounded, a chip waiting for the
+// host skipped from timer to timer while the host's reply was on its way, and a millisecond of
+// the host's turnaround became tens of milliseconds of Pico time (the bench's transfer paid it
+// every window). Bounded, the host's wall time costs at most CATCH_UP times as much chip time,
+// and the backlog still drains while the chip idles. Wall time spent computing earns nothing:
+// the chip was not waiting then.
+const CATCH_UP = 4;
+const CATCH_UP_CARRY_NS = 2e6; // credit kept across a stretch of computing
+let catchUpNs = 0; // idle time the chip may still pass
+let catchUpAt = performance.now();
+function catchUpBudget() {
+  const t = performance.now();
+  const earned = (t - catchUpAt) * 1e6 * CATCH_UP;
+  catchUpNs = Math.min(catchUpNs + earned, Math.max(CATCH_UP_CARRY_NS, earned));
+  catchUpAt = t;
+  return catchUpNs;
+}
 function run() {
   wakeTimer = null;
   readCtl();
@@ -320,23 +338,31 @@ function run() {
   while (!stopped && power) {
     if (core.waiting) {
       const toAlarm = clock.nanosToNextAlarm;
+      const wakeAt = toAlarm > 0 ? clock.nanos + toAlarm : Infinity; // the chip's own next timer
       const now = wallNs();
-      const ahead = clock.nanos + toAlarm - now;
-      if (toAlarm > 0 && ahead <= 0) {
-        clock.tick(toAlarm);
-      } else {
-        // Idle: hold emulated time to the wall clock until the next alarm or a byte arrives.
-        if (now > clock.nanos) clock.tick(Math.min(now - clock.nanos, toAlarm > 0 ? toAlarm - 1 : now - clock.nanos));
-        wakeTimer = setTimeout(run, toAlarm > 0 ? Math.max(ahead / 1e6, 0.05) : 5);
-        flush();
-        return;
+      let waitNs = wakeAt - now; // level with the wall clock: wait in wall time
+      if (clock.nanos < now) {
+        // Behind the wall clock: idle time passes, up to the timer or the wall, within budget.
+        const step = Math.min(wakeAt, now) - clock.nanos;
+        const allowed = Math.min(step, catchUpBudget());
+        if (allowed > 0) {
+          catchUpNs -= allowed;
+          clock.tick(allowed);
+        }
+        if (!core.waiting || clock.nanos >= wakeAt) break; // the timer fired: run it (bytes from the host come in between slices)
+        waitNs = allowed < step ? (step - allowed) / CATCH_UP : wakeAt - clock.nanos;
       }
+      // Wait for the timer, a byte, or more budget.
+      wakeTimer = setTimeout(run, Number.isFinite(waitNs) ? Math.max(waitNs / 1e6, 0.05) : 5);
+      flush();
+      return;
     } else {
       for (let i = 0; i < 2000 && !core.waiting && power; i++) {
         const ns = core.executeInstruction() * 1e9 / CPU_HZ;
         busyNs += ns;
         clock.tick(ns);
       }
+      catchUpAt = performance.now();
     }
     if (performance.now() >= sliceEnd) break;
   }
@@ -347,11 +373,6 @@ function wake() {
   if (wakeTimer !== null && core.waiting) {
     clearTimeout(wakeTimer);
     clearImmediate(wakeTimer);
-    wakeTimer = null;
-    const now = wallNs();
-    if (now > clock.nanos && !(clock.nanosToNextAlarm > 0 && clock.nanos + clock.nanosToNextAlarm <= now)) {
-      clock.tick(now - clock.nanos);
-    }
     run();
   }
 }
