@@ -6,6 +6,7 @@
 # machinery, so the signature check (the most the meter ever loads at once) shares the heap only
 # with the meter's resident code. A verify needs no second check: it binds the slot's manifest to
 # this one by its hash (the image id).
+import asyncio
 import io
 import json
 import hashlib
@@ -13,7 +14,9 @@ import time
 from bootloader import VERSION, eventlog, image
 from bootloader.protocol import CommandError
 
-_PREFIX = {1: b"meterfw-vendor\x00", 2: b"meterfw-utility\x00"}
+# A signature covers its role's prefix and the image id (the manifest's SHA-256): one SHA-512
+# block for Ed25519's hash, where the manifest itself is several (host_tools' image.py).
+_PREFIX = {1: b"mfw-vendor-id\x00", 2: b"mfw-utility-id\x00"}
 _ROLE_NAME = {1: "vendor", 2: "utility"}
 
 
@@ -40,9 +43,10 @@ async def admit(p, head):
         raise CommandError("rejected", "image %s was rejected before" % m["version"])
     if img_id == p.image_id:
         raise CommandError("already_active", "version %s is already running" % m["version"])
+    await asyncio.sleep_ms(0)  # the checks above take tens of ms on a Pico
     t0_ms = time.ticks_ms()
     try:
-        await check_signatures(m_raw, sigs, p.board.defaults.get("require_approval", False))
+        await check_signatures(img_id, sigs, p.board.defaults.get("require_approval", False))
     except ValueError as e:
         p.events.log(eventlog.FW_VERIFY_FAILED, p.inactive_slot)
         raise CommandError("verify_failed", "verification failed: %s" % e)
@@ -57,13 +61,14 @@ def _public_key(role):
         return None
 
 
-async def check_signatures(raw, sigs, require_approval):
-    """Ed25519 checks of a manifest against the meter's public keys (vendor, and the utility's
+async def check_signatures(img_id, sigs, require_approval):
+    """Ed25519 checks of a manifest (by its image id) against the meter's public keys (vendor, and the utility's
     approval when required). Raises ValueError naming the first failure."""
     # Loaded for the check and forgotten after (it loads SHA-512, then the curve arithmetic,
     # one at a time): ~16 KB of heap at its peak, needed only for a signature check.
     from bootloader import ed25519, forget
 
+    await asyncio.sleep_ms(0)
     try:
         found = {}
         for role, key_id, sig in sigs:
@@ -74,7 +79,7 @@ async def check_signatures(raw, sigs, require_approval):
                 if role == 1:
                     raise ValueError("vendor signature is by an unknown key")
                 continue
-            if not await ed25519.verify_async(pub, _PREFIX[role] + raw, sig):
+            if not await ed25519.verify_async(pub, _PREFIX[role] + img_id, sig):
                 raise ValueError("bad %s signature" % _ROLE_NAME[role])
             found[role] = True
     finally:

@@ -41,6 +41,7 @@ def _challenge(r, pk, msg):
     # the heap, which is what a verify's peak is made of.
     from . import sha512, forget
 
+    yield  # loading a module takes ~20 ms on a Pico: a pause may follow it
     try:
         h = sha512.sha512(r)
         h.update(pk)
@@ -66,6 +67,7 @@ def _steps(pk, msg, sig, budget):
     yield
     from . import edwards, forget
 
+    yield
     try:
         ok = yield from edwards.check(pk, sig[:32], s, k, [0, budget])
     finally:

@@ -8,8 +8,8 @@
 # the UART keeps only 32 bytes meanwhile, so no flash work may happen while blocks are arriving.
 # Every block reply (and the initiate reply) carries `next` and `window`: the host may send
 # blocks next .. next+window-1 back to back, then waits for the reply to the last of them, which
-# carries the next grant. The blocks of a window go into one erase sector of RAM and are written
-# after the window is complete; only then is the next window granted. Blocks held in RAM are not
+# carries the next grant. The blocks of a window go into RAM (the board's transfer_window_bytes,
+# whole erase sectors) and are written after the window is complete; only then is the next window granted. Blocks held in RAM are not
 # yet transferred: after a reset the host simply sends them again, and a host that goes back to
 # a block still in RAM (after losing a reply) overwrites it there. The application's own flash
 # work (closing an interval) is scheduled around the windows through `schedule`.
@@ -27,13 +27,15 @@ from bootloader.update_state import INITIATED, VERIFYING, VERIFIED, VERIFY_FAILE
 # 2 KiB blocks: a block's frame type, seq, CRC, number, session trailer and SLIP escapes cost
 # ~48 bytes on the line, 2.3% at this size (3.9% at 1 KiB).
 BLOCK_SIZE = const(2048)
-_WINDOW_BLOCKS = const(2)  # one 4 KiB erase sector of RAM
 # Bytes a block costs on the wire beyond its data: frame type, seq and CRC, block number, the
 # session trailer, SLIP ends, and escapes (about 1 in 128 bytes of random-looking data).
 _BLOCK_WIRE_EXTRA = const(48)
 _ASSUMED_LINK_BPS = const(11520)  # 115200 baud 8N1, when the board does not say
 _GRANT_MARGIN_MS = const(40)  # host turnaround and scheduling slack before the app's flash work
-_FLUSH_MS = const(150)  # writing a window: an erase, 16 page programs, littlefs metadata
+# Writing a window takes an erase and 16 page programs per 4 KiB sector (~52 ms), and littlefs'
+# metadata now and then: no window is written this close to the application's flash work.
+_SECTOR_WRITE_MS = const(52)
+_FLUSH_MARGIN_MS = const(100)
 _SYNC_BYTES = const(65536)  # commit the slot file this often: the resume point's granularity
 _SETTLE_WAIT_MS = const(3000)  # longest wait for the application's flash work to pass
 _AFTER_CLOSE_MS = const(20)  # an interval close's own flash writes finish within this after it
@@ -52,6 +54,11 @@ class Transfer:
         self._synced = 0  # ... and how much of it littlefs has committed
         self._grant_end = 0  # the host may send blocks up to (not including) this one
         self._collect = False  # a window was written: collect once the next one is on its way
+        # A window per round trip: the larger, the less the reply and the host's turnaround cost
+        # (each ~5 ms a window on a Pico), for that much RAM while a download runs.
+        cfg = platform.board.config
+        self._window_blocks = cfg["transfer_window_bytes"] // BLOCK_SIZE
+        self._flush_ms = cfg["transfer_window_bytes"] // cfg["flash"]["block_size"] * _SECTOR_WRITE_MS + _FLUSH_MARGIN_MS
         bps = getattr(platform.board, "link_bytes_per_s", None) or _ASSUMED_LINK_BPS
         self._block_ms = (BLOCK_SIZE + _BLOCK_WIRE_EXTRA) * 1000 // bps + 1
         self.state = load()
@@ -161,14 +168,14 @@ class Transfer:
         return struct.pack("<IHB", nxt, max(self._grant_end - nxt, 0), done)
 
     def _window_buffer(self):
-        """Blocks of RAM for a window: one erase sector, in block-sized pieces because the heap
+        """Blocks of RAM for a window: whole erase sectors, in block-sized pieces because the heap
         is often too fragmented for 4 KiB in one, and held only while a download runs. With
         none to be had the window is one block, written before the reply: slower, still
         lossless."""
         if self._bufs is None:
             self._bufs = []
             try:
-                while len(self._bufs) < _WINDOW_BLOCKS:
+                while len(self._bufs) < self._window_blocks:
                     self._bufs.append(bytearray(BLOCK_SIZE))
             except MemoryError:
                 pass
@@ -209,7 +216,7 @@ class Transfer:
     async def clear_of_app_flash(self):
         """Before flash work of our own (it blocks the CPU): an interval close due meanwhile
         would be late, so let it go first."""
-        if self.schedule and self.schedule.ms_to_next() < _FLUSH_MS:
+        if self.schedule and self.schedule.ms_to_next() < self._flush_ms:
             await self._settle()
 
     async def _write_window(self, data):

@@ -13,7 +13,9 @@ from meter_state import MeterState
 from outbox import Outbox
 
 _EVENT_PAGE = const(30)  # a page stays near 2 KiB: the host's frame limit, and the heap's
-_GC_EVERY_BYTES = const(8192)
+_GC_EVERY_BYTES = const(32768)
+_FEED_MS = const(100)
+_PROBE_EVERY = const(10)  # feeds between two probes of the live heap
 _LOAD_TRIES = const(5)
 _LOAD_RETRY_MS = const(200)
 
@@ -90,7 +92,9 @@ class Meter:
         # the most the meter loads at once, so it shares the heap with the resident code alone.
         self._drop_agent()
         gc.collect()
+        await asyncio.sleep_ms(0)  # each step below takes tens of ms on a Pico: metering goes between
         await _load("bootloader.admission")
+        await asyncio.sleep_ms(0)
         from bootloader import admission
         try:
             admitted = await admission.admit(self.p, head)
@@ -113,16 +117,21 @@ class Meter:
             _drop()
 
     async def feed_watchdog(self):
+        probed = 0
         while True:
             self.p.watchdog.feed()
             used = gc.mem_alloc()  # sampled here: heap use at its busiest is what the Pico must fit
             self.heap_peak = max(self.heap_peak, used)
-            if used > self.heap_peak_live:
+            probed += 1
+            if used > self.heap_peak_live and probed >= _PROBE_EVERY:
                 # Perhaps a new high: how much of it is live? Garbage is room the next
-                # collection gives back; what the heap must hold is what stays.
+                # collection gives back; what the heap must hold is what stays. At most once
+                # a second: a collection takes ~20 ms on a Pico, and while a verify allocates,
+                # every sample is above the last live peak.
+                probed = 0
                 gc.collect()
                 self.heap_peak_live = max(self.heap_peak_live, gc.mem_alloc())
-            await asyncio.sleep_ms(100)
+            await asyncio.sleep_ms(_FEED_MS)
 
     async def run(self):
         asyncio.create_task(self.feed_watchdog())
@@ -162,8 +171,10 @@ def _drop():
 
 
 def main(platform):
-    # Collect after every few KiB allocated rather than when the heap is full: garbage goes
+    # Collect after every 32 KiB allocated rather than when the heap is full: garbage goes
     # early, live objects pack low, and the contiguous room that importing a module or
-    # encoding a reply needs stays free (a full-heap collection leaves it fragmented).
+    # encoding a reply needs stays free (a full-heap collection leaves it fragmented). Not
+    # more often: a collection marks the whole live heap, ~20 ms on a Pico, and at 8 KiB a
+    # signature check spent more time collecting than computing.
     gc.threshold(_GC_EVERY_BYTES)
     asyncio.run(Meter(platform).run())

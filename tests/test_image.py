@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 
 from meterfw.image import (
+    ROLE_UTILITY,
+    ROLE_VENDOR,
+    SIG_PREFIX,
+    signed_message,
     ImageError,
     approve_image,
     assemble,
@@ -423,3 +427,19 @@ def test_inspect_with_wrong_keys_marks_signatures_unverified(image, other_keys):
     info = inspect(image, other_keys)
     assert [s["verified"] for s in info["signatures"]] == [False, False]
     assert len(info["problems"]) == 2
+
+
+def test_signature_covers_the_image_id_in_one_sha512_block(image, keys):
+    # Ed25519 hashes R || A || message with SHA-512, which a Pico runs in pure Python at ~80 ms
+    # a block: the message is the role's prefix and the manifest's SHA-256, and all of it must
+    # fit one block (111 bytes leave room for the padding and the length).
+    img = parse_image(image)
+    image_id = hashlib.sha256(img.manifest_bytes).digest()
+    for role in (ROLE_VENDOR, ROLE_UTILITY):
+        assert signed_message(role, img.manifest_bytes) == SIG_PREFIX[role] + image_id
+        assert 32 + 32 + len(SIG_PREFIX[role]) + 32 <= 111
+    # A signature over the manifest's bytes themselves (not its id) is not valid.
+    raw = keys.vendor_private.sign(SIG_PREFIX[ROLE_VENDOR] + img.manifest_bytes)
+    sigs = [(ROLE_VENDOR, key_id(keys.vendor_public_raw), raw)]
+    problems = verify_image(parse_image(assemble(img.manifest_bytes, sigs, img.payload)), keys.vendor_public_raw)
+    assert problems == [f"bad vendor signature (key id {key_id(keys.vendor_public_raw).hex()})"]
