@@ -8,7 +8,6 @@
 # this one by its hash (the image id).
 import asyncio
 import io
-import json
 import hashlib
 import time
 from bootloader import VERSION, eventlog, image
@@ -20,10 +19,6 @@ _PREFIX = {1: b"mfw-vendor-id\x00", 2: b"mfw-utility-id\x00"}
 _ROLE_NAME = {1: "vendor", 2: "utility"}
 
 
-def _vtuple(v):
-    return tuple(int(x) for x in v.split("."))
-
-
 async def admit(p, head):
     """The manifest of an initiate's image head (manifest, signatures and nothing else) if the
     meter `p` (its Platform) takes the image: (manifest, image id, head length, signature ms).
@@ -31,11 +26,14 @@ async def admit(p, head):
     m_raw, sigs, off = image.read_header(io.BytesIO(head))
     if off != len(head):
         raise CommandError("bad_request", "initiate carries the image head only (%d bytes)" % off)
-    m = json.loads(m_raw)
+    try:
+        m = image.parse_manifest(m_raw)
+    except ValueError as e:
+        raise CommandError("bad_image", str(e))
     img_id = hashlib.sha256(m_raw).digest()
     if m["board"] != p.board.name:
         raise CommandError("wrong_board", "image is for board %s, this meter is %s" % (m["board"], p.board.name))
-    if _vtuple(m["min_bootloader"]) > _vtuple(VERSION):
+    if image.version_tuple(m["min_bootloader"]) > image.version_tuple(VERSION):
         raise CommandError("bootloader_too_old", "image needs bootloader %s, meter has %s" % (m["min_bootloader"], VERSION))
     if m["security_version"] < p.bcb.floor:
         raise CommandError("rollback", "security version %d is below the meter's floor %d" % (m["security_version"], p.bcb.floor))

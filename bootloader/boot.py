@@ -12,7 +12,7 @@ import sys
 import vfs
 from micropython import const
 from bootloader import eventlog, forget
-from bootloader.bootctl import slot_path
+from bootloader.bootctl import BootControl, slot_path
 from bootloader.image import ImageVfs
 from bootloader.platform import Platform
 
@@ -34,17 +34,23 @@ def start(board):
     events = eventlog.EventLog(board.clock)
     from bootloader import selection
 
-    bcb, wdt, chosen, why = selection.choose(board, events)
+    wdt = selection.watchdog(board)  # armed before anything reads flash
+    try:
+        bcb, chosen, why = selection.choose(board, events, wdt)
+    except Exception as e:  # a defect of ours, or flash no reader expected: never the REPL
+        sys.print_exception(e, sys.stderr)
+        bcb, chosen, why = BootControl.load() or BootControl(), None, "boot selection failed: %r" % e
     del selection
     forget("selection")
     if chosen is None:
         _recover(board, bcb, events, wdt, why)
         return
     manifest, image_id = chosen
-    vfs.mount(ImageVfs(slot_path(bcb.active)), "/app")
-    sys.path.insert(0, "/app")
     platform = Platform(board, bcb, events, wdt, manifest, image_id)
     try:
+        # The slot's file table is read here: a malformed one is a failed boot like a crash.
+        vfs.mount(ImageVfs(slot_path(bcb.active)), "/app")
+        sys.path.insert(0, "/app")
         app = __import__(manifest["entry"])
         app.main(platform)
     except Exception as e:  # any failure of the image is a failed boot, not a bootloader fault

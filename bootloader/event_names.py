@@ -7,6 +7,7 @@ NAMES = {
     105: "download started", 106: "download complete", 107: "boot control rebuilt",
     108: "intervals closed after power-down", 109: "recovery console opened",
     110: "rejected image allowed again by operator", 111: "health check failed",
+    112: "revert target dropped: below the security floor",
     130: "upgrade available", 131: "activation deferred for a pricing event",
     4: "clock adjusted (old time)", 5: "clock adjusted (new time)", 6: "clock invalid",
     14: "non-volatile memory error", 16: "measurement system error",

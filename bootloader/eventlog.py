@@ -4,7 +4,7 @@
 import struct
 from binascii import crc32
 from micropython import const
-from bootloader.protocol import query
+from bootloader.protocol import field, query
 
 _REC = "<IIHHi"  # seq time_s code reserved value, then crc32
 _REC_SIZE = const(16)
@@ -27,6 +27,7 @@ INTERVAL_GAP = const(108)  # value: intervals closed late after power-down
 RECOVERY = const(109)      # value: active slot
 UNREJECTED = const(110)
 HEALTH_FAILED = const(111)  # value: 1 critical, 2 important
+REVERT_TARGET_DROPPED = const(112)  # value: its security version, below the floor just raised
 UPGRADE_NOTICE = const(130)  # value: image size (FR33)
 ACTIVATION_DEFERRED = const(131)  # value: seconds later than asked, for a pricing event (FR30)
 # The application's codes (firmware/codes.py defines them for the application itself): DLMS
@@ -113,8 +114,8 @@ class EventLog:
         since_seq, at most its limit and `most`, the names of their codes, and whether more
         follow."""
         q = query(request)
-        limit = max(1, min(q.get("limit", most), most))
-        evs = self.read(q.get("since_seq", 0), limit + 1)
+        limit = max(1, min(field(q, "limit", int, most), most))
+        evs = self.read(field(q, "since_seq", int, 0), limit + 1)
         rows = evs[:limit]
         return {"fields": ("seq", "time", "code", "value"), "rows": rows, "names": names({e[2] for e in rows}),
                 "more": len(evs) > limit}

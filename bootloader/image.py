@@ -4,6 +4,7 @@
 from micropython import const
 import hashlib
 import io
+import json
 import struct
 
 _MAGIC = b"MFW1"
@@ -18,6 +19,13 @@ _EISDIR = const(21)
 _EROFS = const(30)
 _ST_RDONLY = const(1)
 _BLOCK = const(4096)
+_U32_MAX = const(0xFFFFFFFF)
+# A manifest's fields and their kinds, as host_tools' image.py writes them: "v" a version X.Y.Z,
+# "u" an integer 0..2^32-1 (what boot control and the slot store), "h" 64 hex digits, "n" a
+# module name, "s" any string.
+_FIELDS = (("format", "u"), ("board", "s"), ("version", "v"), ("security_version", "u"),
+           ("payload_size", "u"), ("payload_sha256", "h"), ("min_bootloader", "v"), ("entry", "n"),
+           ("build_time", "u"), ("mpy", "s"))
 
 ROLE_VENDOR = const(1)
 ROLE_UTILITY = const(2)
@@ -44,6 +52,41 @@ def read_header(f):
     for i in range(0, len(raw), _SIG_LEN):
         sigs.append((raw[i], raw[i + 1 : i + 9], raw[i + 9 : i + _SIG_LEN]))
     return manifest, sigs, _HDR_LEN + manifest_len + len(raw)
+
+
+def version_tuple(v):
+    return tuple(int(x) for x in v.split("."))
+
+
+def _ok(kind, v):
+    if kind == "u":
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _U32_MAX
+    if not isinstance(v, str) or not v or len(v) > 64:
+        return False
+    if kind == "v":
+        parts = v.split(".")
+        return len(parts) == 3 and all(p and len(p) < 6 and p.isdigit() for p in parts)
+    if kind == "h":
+        return len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+    if kind == "n":
+        return not v[0].isdigit() and all(c == "_" or c.isalpha() or c.isdigit() for c in v)
+    return True
+
+
+def parse_manifest(raw):
+    """The manifest dict from its bytes, every field of the kind the format says; ValueError
+    otherwise, whatever the bytes (from a slot or from the wire): no reader of a manifest meets
+    a missing key or a value of the wrong type."""
+    try:
+        m = json.loads(raw)
+    except Exception:  # not JSON, not UTF-8, or nested past the parser's depth
+        raise ValueError("bad image: manifest is not JSON")
+    if not isinstance(m, dict):
+        raise ValueError("bad image: manifest is not a JSON object")
+    for key, kind in _FIELDS:
+        if not _ok(kind, m.get(key)):
+            raise ValueError("bad image: manifest field %s is missing or malformed" % key)
+    return m
 
 
 def _hash_chunk(f, h, mv, left):

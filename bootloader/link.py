@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import json
+from binascii import crc32
 from bootloader import framing
 from bootloader.auth import Sessions
 from bootloader.protocol import AUTH_CHALLENGE, CommandError
@@ -20,8 +21,12 @@ class LinkServer:
         if handlers:
             self.add(handlers)
         self._decoder = framing.Decoder()
-        self._last = None  # (type, seq, reply): a retried request gets the same reply
+        # (request key, reply frame): the same request sent again (its reply was lost) gets the
+        # same reply without running twice. The key is the whole request (type, seq and the
+        # body's CRC-32): a new request that reuses a seq runs.
+        self._last = None
         self.requests = 0
+        self.faults = 0  # requests that met a defect of ours (an "internal" error reply)
 
     async def run(self):
         reader = asyncio.StreamReader(self._board.link_in)
@@ -55,18 +60,25 @@ class LinkServer:
             self._privileged.update(handlers)
 
     def _error(self, seq, code, message):
-        self._board.link_out.write(
-            framing.encode(framing.ERROR, seq, json.dumps({"code": code, "message": message}).encode()))
+        try:
+            frame = framing.encode(framing.ERROR, seq, json.dumps({"code": code, "message": message}).encode())
+        except MemoryError:
+            return  # not even room to refuse: the host hears nothing and asks again
+        self._board.link_out.write(frame)
 
     async def _serve(self, ftype, seq, payload):
-        if self._last and self._last[0] == ftype and self._last[1] == seq:
-            self._board.link_out.write(self._last[2])
+        key = (ftype, seq, crc32(payload))
+        if self._last and self._last[0] == key:
+            self._board.link_out.write(self._last[1])
             return
         self.requests += 1
         handler = self._handlers.get(ftype)
         if handler is None:
             self._error(seq, "unknown_command", "unknown command 0x%02x" % ftype)
             return
+        # Whatever a peer sends, it gets an answer and the link keeps serving: the link server
+        # ending would take the meter's only way in with it (and, on an image in trial, its
+        # confirmation). Handlers check what they read before they change anything.
         try:
             if ftype in self._privileged:
                 payload = self.sessions.check(ftype, payload)
@@ -74,10 +86,13 @@ class LinkServer:
                 result = await handler[0](handler[1], payload)
             else:
                 result = await handler(payload)
+            # Raw bytes as they are (a memoryview too: PING echoes the request's own buffer).
+            reply = result if isinstance(result, (bytes, bytearray, memoryview)) else json.dumps(result).encode()
+            frame = framing.encode(ftype | framing.OK_BIT, seq, reply)
         except CommandError as e:
             self._error(seq, e.code, e.message)
             return
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, IndexError, OverflowError) as e:
             self._error(seq, "bad_request", "bad request: %s" % e)
             return
         except MemoryError:
@@ -86,7 +101,9 @@ class LinkServer:
             gc.collect()
             self._error(seq, "no_memory", "meter busy: no memory for this request now; try again")
             return
-        reply = result if isinstance(result, bytes) else json.dumps(result).encode()
-        frame = framing.encode(ftype | framing.OK_BIT, seq, reply)
-        self._last = (ftype, seq, frame)
+        except Exception as e:  # a defect of ours: counted (status shows it), never the end of the link
+            self.faults += 1
+            self._error(seq, "internal", "meter fault: %s" % type(e).__name__)
+            return
+        self._last = (key, frame)
         self._board.link_out.write(frame)

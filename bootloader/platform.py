@@ -82,14 +82,27 @@ class Platform:
         b.trial = NONE
         b.confirmed = True
         b.failures = 0
-        b.floor = max(b.floor, self.manifest.get("security_version", 0))
+        b.floor = max(b.floor, self.manifest["security_version"])
+        # A revert target below the floor just raised could never run again (anti-rollback):
+        # it stops being one, and the event log says so.
+        dropped = None
+        if b.previous != NONE:
+            m, _ = slots.manifest(b.previous)
+            if m is not None and slots.below_floor(m, b.floor):
+                b.previous, dropped = NONE, m["security_version"]
         b.save()
         self.events.log(eventlog.CONFIRMED, b.floor)
+        if dropped is not None:
+            self.events.log(eventlog.REVERT_TARGET_DROPPED, dropped)
         return True
 
     def can_revert(self):
+        """A previous image that reads and is not below the security floor."""
         b = self.bcb
-        return b.previous != NONE and slots.manifest(b.previous)[0] is not None
+        if b.previous == NONE:
+            return False
+        m, _ = slots.manifest(b.previous)
+        return m is not None and not slots.below_floor(m, b.floor)
 
     def healthy(self):
         """The application is up and its critical checks pass: this boot did not fail."""

@@ -42,7 +42,38 @@ class CommandError(Exception):
 
 def query(payload):
     """A request's body as the JSON object it must be ({} when empty)."""
-    q = json.loads(payload) if payload else {}
+    try:
+        q = json.loads(payload) if payload else {}
+    except Exception:  # not JSON, not UTF-8, or nested past the parser's depth
+        raise CommandError("bad_request", "request body is not JSON")
     if not isinstance(q, dict):
         raise CommandError("bad_request", "request body must be a JSON object")
     return q
+
+
+_NEEDED = object()
+_KINDS = {int: "an integer", str: "a string", list: "a list", dict: "an object", bool: "true or false"}
+
+
+def field(q, key, kind, default=_NEEDED, lo=None, hi=None):
+    """q[key], checked before anything uses it: of `kind` (an int is never a bool), within
+    lo..hi for an int; `default` when absent (without one, the field is required). Whatever a
+    peer sends, a handler meets only what it expects or refuses the request."""
+    if key not in q:
+        if default is _NEEDED:
+            raise CommandError("bad_request", "%s is missing" % key)
+        return default
+    v = q[key]
+    if not isinstance(v, kind) or kind is int and isinstance(v, bool):
+        raise CommandError("bad_request", "%s must be %s" % (key, _KINDS[kind]))
+    if lo is not None and v < lo or hi is not None and v > hi:
+        raise CommandError("bad_request", "%s must be from %s to %s" % (key, lo, hi))
+    return v
+
+
+def choice(q, key, choices, default=_NEEDED):
+    """A string field that must be one of `choices`."""
+    v = field(q, key, str, default)
+    if v not in choices:
+        raise CommandError("bad_request", "%s must be one of %s" % (key, ", ".join(choices)))
+    return v

@@ -43,6 +43,7 @@ class RecoveryConsole:
             "boot_reason": REASONS[p.bcb.reason], "bootloader_version": p.bootloader_version,
             "security_floor": p.bcb.floor, "rejected": [r.hex() for r in p.bcb.rejected],
             "boot_control": p.bcb.to_dict(), "update": self.transfer.public_state(), "health": None,
+            "link_faults": self.link.faults,
         }
 
     async def read_events(self, payload):

@@ -4,7 +4,7 @@
 # an image whose attempts are spent or that does not verify, and check the slot that runs.
 import os
 from micropython import const
-from bootloader import bootctl, eventlog, slots
+from bootloader import bootctl, eventlog, image, slots
 from bootloader.bootctl import BootControl, NONE, REASONS
 from bootloader.boot import _say
 
@@ -38,8 +38,8 @@ def _rebuild(board, events):
     found = []
     for s in (0, 1):
         try:
-            m, _ = slots.check(s, board.name)
-            found.append((tuple(int(x) for x in m["version"].split(".")), s))
+            m, _ = slots.check(s, board.name, 0)  # the floor went with the boot control
+            found.append((image.version_tuple(m["version"]), s))
         except ValueError:
             pass
     found.sort()
@@ -89,25 +89,29 @@ def _select(board, bcb, events):
     bcb.failures += 1  # cleared by the application once it is healthy
     bcb.save()  # the attempt counts before the image runs
     try:
-        return slots.check(bcb.active, board.name)
+        return slots.check(bcb.active, board.name, bcb.floor)
     except ValueError as e:
         if bcb.trial != bcb.active or bcb.previous == NONE:
             raise NoBootableImage("active image does not verify: %s" % e)
         _revert_now(bcb, events, "image on trial does not verify: %s" % e)
         bcb.save()
     try:
-        return slots.check(bcb.active, board.name)
+        return slots.check(bcb.active, board.name, bcb.floor)
     except ValueError as e:
         raise NoBootableImage("previous image does not verify either: %s" % e)
 
 
-def choose(board, events):
-    """(boot control, watchdog, (manifest, image id) of the image to run or None, why not)."""
+def watchdog(board):
+    return board.watchdog(board.defaults.get("watchdog_ms", _WATCHDOG_MS))
+
+
+def choose(board, events, wdt):
+    """(boot control, (manifest, image id) of the image to run or None, why not). The watchdog
+    is armed before: nothing here parses flash without it."""
     bcb = BootControl.load() or _rebuild(board, events)
     bcb.reason = _reason_index(board, bcb)
     bcb.pending = NONE
-    wdt = board.watchdog(board.defaults.get("watchdog_ms", _WATCHDOG_MS))
     try:
-        return bcb, wdt, _select(board, bcb, events), None
+        return bcb, _select(board, bcb, events), None
     except NoBootableImage as e:
-        return bcb, wdt, None, str(e)
+        return bcb, None, str(e)

@@ -1,6 +1,5 @@
 # What the bootloader knows about the two slot files: their manifests and whether they verify.
 import asyncio
-import json
 import hashlib
 from bootloader import image
 from bootloader.bootctl import slot_path
@@ -9,32 +8,40 @@ _CHUNK = 1024
 
 
 def manifest(slot):
-    """(manifest dict, image id) of the image in a slot, or (None, None) if it has none."""
+    """(manifest dict, image id) of the image in a slot, or (None, None) if it has none (or
+    not a well-formed one)."""
     try:
         with open(slot_path(slot), "rb") as f:
             raw, _, _ = image.read_header(f)
+        return image.parse_manifest(raw), hashlib.sha256(raw).digest()
     except (OSError, ValueError):
         return None, None
-    return json.loads(raw), hashlib.sha256(raw).digest()
 
 
-def check(slot, board_name):
-    """Full check of a slot: header, board, size and payload hash.
+def check(slot, board_name, floor):
+    """Full check of a slot: header, board, security version against the floor, size and
+    payload hash.
 
     Returns (manifest, image id) or raises ValueError saying what is wrong.
     """
-    return asyncio.run(check_async(slot, board_name))
+    return asyncio.run(check_async(slot, board_name, floor))
 
 
-async def check_async(slot, board_name):
+def below_floor(m, floor):
+    return m["security_version"] < floor
+
+
+async def check_async(slot, board_name, floor):
     """Yields to other tasks between chunks, so metering stays on time while it hashes."""
     buf = bytearray(_CHUNK)
     try:
         with open(slot_path(slot), "rb") as f:
             raw, _, off = image.read_header(f)
-            m = json.loads(raw)
-            if m.get("board") != board_name:
-                raise ValueError("image is for board %s" % m.get("board"))
+            m = image.parse_manifest(raw)
+            if m["board"] != board_name:
+                raise ValueError("image is for board %s" % m["board"])
+            if below_floor(m, floor):
+                raise ValueError("security version %d is below the floor %d" % (m["security_version"], floor))
             f.seek(0, 2)
             if f.tell() != off + m["payload_size"]:
                 raise ValueError("slot holds %d bytes, image needs %d" % (f.tell(), off + m["payload_size"]))

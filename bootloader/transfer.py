@@ -300,7 +300,7 @@ class Transfer:
             # The slot's payload against its manifest's hash, and that manifest against the one
             # whose signatures the initiate checked (its hash is the image id): the same bytes,
             # so the signatures hold for it without a second Ed25519 check.
-            m, img_id = await slots.check_async(s["slot"], self._p.board.name)
+            m, img_id = await slots.check_async(s["slot"], self._p.board.name, self._p.bcb.floor)
             if img_id.hex() != s["id"]:
                 raise ValueError("image differs from the one initiated")
         except ValueError as e:
@@ -318,8 +318,15 @@ class Transfer:
         self._p.events.log(eventlog.FW_READY, s["slot"])
         return {"status": VERIFIED, "version": m["version"], "verify_ms": verify_ms}
 
+    def above_floor(self):
+        """Refuse to activate an image below the security floor (raised since its verify, say)."""
+        m, _ = slots.manifest(self.state["slot"])
+        if m is None or slots.below_floor(m, self._p.bcb.floor):
+            raise CommandError("rollback", "the image is below the meter's security floor %d" % self._p.bcb.floor)
+
     def activating(self):
         if self.state["status"] != VERIFIED:
             raise CommandError("not_verified", "verify the image before activating it")
+        self.above_floor()
         self.state["status"] = ACTIVATING
         self.save()

@@ -8,7 +8,7 @@
 #     registers preserve|reset (FR3) and failure acknowledgement immediate|next-read (FR16).
 import asyncio
 from micropython import const
-from bootloader.protocol import CommandError, query
+from bootloader.protocol import CommandError, choice, field, query
 from bootloader.update_state import VERIFIED
 
 # Event code (bootloader/eventlog.py names it); defined here for the reason update_agent.py gives.
@@ -19,6 +19,7 @@ _TICK_MS = const(1000)  # waits re-read the clock at least this often, so a cloc
 PRICING_GUARD_S = const(5)
 _PAST_SLACK_S = const(2)
 
+_U32_MAX = const(0xFFFFFFFF)
 WHEN = ("now", "boundary", "at")
 REGISTERS = ("preserve", "reset")
 ACK = ("immediate", "next-read")
@@ -45,26 +46,22 @@ def _clear_of_events(agent, t_s):
 
 async def activate(agent, payload):
     q = query(payload)
-    when = q.get("when", "boundary")
-    registers = q.get("registers", "preserve")
-    ack = q.get("ack", "immediate")
-    if when not in WHEN:
-        raise CommandError("bad_request", "activation time must be now, boundary or at")
-    if registers not in REGISTERS:
-        raise CommandError("bad_request", "registers must be preserve or reset")
-    if ack not in ACK:
-        raise CommandError("bad_request", "ack must be immediate or next-read")
+    when = choice(q, "when", WHEN, "boundary")
+    registers = choice(q, "registers", REGISTERS, "preserve")
+    ack = choice(q, "ack", ACK, "immediate")
+    at_s = field(q, "at_s", int, lo=0, hi=_U32_MAX) if when == "at" else None
     t = agent.transfer
     s = t.state
     if s["status"] != VERIFIED:
         raise CommandError("not_verified", "verify the image before activating it")
+    t.above_floor()
     now_s = agent.now_s()
     if when == "now":
         t_s = now_s
     elif when == "boundary":
         t_s = agent.next_boundary_s()
     else:
-        t_s = int(q["at_s"])
+        t_s = at_s
         if t_s < now_s - _PAST_SLACK_S:
             raise CommandError("bad_request", "activation time %d is in the past (meter time %d)" % (t_s, now_s))
         t_s = max(t_s, now_s)

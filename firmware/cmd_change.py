@@ -3,7 +3,7 @@
 # registers them privileged). Loaded for each request and dropped after it, like cmd_read.
 import asyncio
 from micropython import const
-from bootloader.protocol import CommandError, query
+from bootloader.protocol import CommandError, choice, field, query
 import codes
 
 _VALID_FROM_S = const(1704067200)  # 2024-01-01
@@ -24,9 +24,7 @@ async def time_set(m, payload):
     """DLMS codes 4 and 5, stamped with the time before and after; the clock-set flag on the
     interval(s) it touches (metering.clock_set). Synchronising is the host's: it reads our
     time against its own and sets it when the offset is beyond its tolerance."""
-    t_ms = query(payload).get("time_ms")
-    if isinstance(t_ms, bool) or not isinstance(t_ms, int) or not _VALID_FROM_S * 1000 <= t_ms <= _VALID_UNTIL_S * 1000:
-        raise CommandError("bad_request", "time_ms must be epoch milliseconds from 2024 on")
+    t_ms = field(query(payload), "time_ms", int, lo=_VALID_FROM_S * 1000, hi=_VALID_UNTIL_S * 1000)
     clock = m.board.clock
     old_ms = clock.time_ms()
     delta_s = max(-0x7FFFFFFF, min(0x7FFFFFFF, (t_ms - old_ms) // 1000))
@@ -46,9 +44,7 @@ async def time_set(m, payload):
 async def relay(m, payload):
     """Connect or disconnect the supply: the intent is stored first, then the coil pulsed, and
     only when the relay is not already there."""
-    action = query(payload).get("action")
-    if action not in ("connect", "disconnect"):
-        raise CommandError("bad_request", "relay action must be connect or disconnect")
+    action = choice(query(payload), "action", ("connect", "disconnect"))
     hw = getattr(m.board, "relay", None)
     if hw is None:
         raise CommandError("no_relay", "this meter has no service relay")
@@ -66,8 +62,8 @@ async def relay(m, payload):
 
 
 async def ack(m, payload):
-    seqs = query(payload).get("seqs")
-    if not isinstance(seqs, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seqs):
+    seqs = field(query(payload), "seqs", list)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seqs):
         raise CommandError("bad_request", "seqs must be a list of alarm sequence numbers")
     return {"acknowledged": m.outbox.ack(seqs), "pending": len(m.outbox.pending)}
 

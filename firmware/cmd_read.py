@@ -3,7 +3,7 @@
 # link. Loaded for each request and dropped after it (app.py), so the heap carries none of it
 # while the meter meters; kept small because the image reader loads a module in one piece.
 from micropython import const
-from bootloader.protocol import CommandError, query
+from bootloader.protocol import field, query
 
 # meter_state.FIXED indexes read here
 _MULT = const(11)
@@ -50,9 +50,7 @@ async def state(m, _payload):
 
 async def health(m, payload):
     import health as h
-    host_ms = query(payload).get("host_time_ms")
-    if host_ms is not None and (isinstance(host_ms, bool) or not isinstance(host_ms, int)):
-        raise CommandError("bad_request", "host_time_ms must be epoch milliseconds")
+    host_ms = field(query(payload), "host_time_ms", int, None, lo=0)
     results = await h.run(m, host_ms)
     items = [{"check": n, "severity": s, "status": st, "ok": st != h.FAIL, "message": msg, "value": v}
              for n, s, st, msg, v in results]

@@ -4,7 +4,7 @@ import gc
 import time
 from micropython import const
 from bootloader.bootctl import SLOT_NAMES
-from bootloader.protocol import query
+from bootloader.protocol import field, query
 from intervals import FLAG_NAMES
 
 # A page small enough that a reply stays near 2 KiB: the host's frame limit, and the heap's.
@@ -47,10 +47,12 @@ async def status(m, _payload):
         "interval_s": m.metering.interval_s,
         "bootloader_version": p.bootloader_version,
         "security_floor": p.bcb.floor,
+        "can_revert": p.can_revert(),  # a previous image that reads and is not below the floor
         "rejected": [r.hex() for r in p.bcb.rejected],
         "health": m.health,
         "update": await _update(m),
         "metering": {"closes": m.metering.closes, "late_ms": m.metering.late_ms},
+        "link_faults": m.link.faults,
         "heap": {"free": gc.mem_free(), "used": gc.mem_alloc(), "peak_used": m.heap_peak,
                  "peak_live": m.heap_peak_live, "board_models": getattr(m.board, "heap_models", 0)},
     }
@@ -60,7 +62,7 @@ async def intervals(m, payload):
     # Rows rather than objects: a page of 20 stays well inside one frame. `more` says
     # whether records follow; the host pages on from the last seq it got.
     q = query(payload)
-    limit = max(1, min(q.get("limit", _INTERVAL_PAGE), _INTERVAL_PAGE))
-    recs, more = m.metering.log.read(q.get("since_seq", 0), limit, q.get("since_s", 0))
+    limit = max(1, min(field(q, "limit", int, _INTERVAL_PAGE), _INTERVAL_PAGE))
+    recs, more = m.metering.log.read(field(q, "since_seq", int, 0), limit, field(q, "since_s", int, 0))
     return {"fields": _IV_FIELDS, "flag_names": FLAG_NAMES, "more": more,
             "rows": [r[:8] for r in recs], "first_seq": m.metering.log.first_seq}

@@ -226,9 +226,11 @@ def test_approve_false_or_no_utility_key_gives_vendor_only(src, keys):
         (dict(min_bootloader="x"), r"bad min_bootloader 'x'"),
         (dict(board="esp32"), r"unknown board 'esp32': expected one of sim, pico, pico2"),
         (dict(security_version=-1), r"bad security version -1"),
+        (dict(security_version=2**32), r"bad security version 4294967296: expected an integer from 0 to 4294967295"),
         (dict(entry="main"), r"entry module main.py not found in"),
         (dict(entry="a-b"), r"bad entry module name 'a-b'"),
         (dict(build_time=-5), r"bad build time -5"),
+        (dict(build_time=2**32), r"bad build time 4294967296"),
     ],
 )
 def test_build_rejects_bad_arguments(src, keys, change, message):
@@ -299,8 +301,11 @@ def test_manifest_with_missing_or_mistyped_field(image, keys):
     no_board = {k: v for k, v in img.manifest.items() if k != "board"}
     with pytest.raises(ImageError, match="bad manifest: missing field 'board'"):
         parse_image(reassemble(no_board, img.payload, keys))
-    with pytest.raises(ImageError, match="bad manifest: security_version is True, expected an integer >= 0"):
+    with pytest.raises(ImageError, match="bad manifest: security_version is True, expected an integer from 0 to 4294967295"):
         parse_image(reassemble(img.manifest | {"security_version": True}, img.payload, keys))
+    # The meter stores it in 32 bits (boot control's floor): no wider value may pass the host.
+    with pytest.raises(ImageError, match="bad manifest: security_version is 4294967296, expected"):
+        parse_image(reassemble(img.manifest | {"security_version": 2**32}, img.payload, keys))
     with pytest.raises(ImageError, match="bad manifest: format is 2, expected the integer 1"):
         parse_image(reassemble(img.manifest | {"format": 2}, img.payload, keys))
 

@@ -238,8 +238,9 @@ def build_image(
         raise ImageError(f"bad min_bootloader {min_bootloader!r}: expected X.Y.Z") from None
     if board not in BOARDS:
         raise ImageError(f"unknown board {board!r}: expected one of {', '.join(BOARDS)}")
-    if not _is_uint(security_version):
-        raise ImageError(f"bad security version {security_version!r}: expected an integer >= 0")
+    if not _is_u32(security_version):
+        raise ImageError(f"bad security version {security_version!r}: expected an integer from 0 to {_U32_MAX}"
+                         " (the meter stores it in 32 bits)")
     if not isinstance(entry, str) or not _MODULE_RE.fullmatch(entry):
         raise ImageError(f"bad entry module name {entry!r}")
     if not src.is_dir():
@@ -250,8 +251,8 @@ def build_image(
         raise ImageError("cannot build: no vendor private key loaded")  # before the slow compile
     if build_time is None:
         build_time = _default_build_time(src)
-    if not _is_uint(build_time):
-        raise ImageError(f"bad build time {build_time!r}: expected epoch seconds >= 0")
+    if not _is_u32(build_time):
+        raise ImageError(f"bad build time {build_time!r}: expected epoch seconds from 0 to {_U32_MAX}")
 
     payload = pack_payload(_collect_files(src))
     manifest = {
@@ -305,19 +306,24 @@ def _is_uint(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _is_u32(v) -> bool:
+    # What the meter stores (boot control's floor, the manifest's sizes): bootloader/image.py.
+    return _is_uint(v) and v <= _U32_MAX
+
+
 def _check_manifest(m) -> None:
     if not isinstance(m, dict):
         raise ImageError("bad manifest: not a JSON object")
     checks = {
-        "format": (lambda v: v == FORMAT and _is_uint(v), f"the integer {FORMAT}"),
+        "format": (lambda v: v == FORMAT and _is_u32(v), f"the integer {FORMAT}"),
         "board": (lambda v: v in BOARDS, "one of " + ", ".join(BOARDS)),
         "version": (lambda v: isinstance(v, str) and _VERSION_RE.fullmatch(v), "a string X.Y.Z"),
-        "security_version": (_is_uint, "an integer >= 0"),
-        "payload_size": (_is_uint, "an integer >= 0"),
+        "security_version": (_is_u32, f"an integer from 0 to {_U32_MAX}"),
+        "payload_size": (_is_u32, f"an integer from 0 to {_U32_MAX}"),
         "payload_sha256": (lambda v: isinstance(v, str) and _SHA_RE.fullmatch(v), "64 lowercase hex digits"),
         "min_bootloader": (lambda v: isinstance(v, str) and _VERSION_RE.fullmatch(v), "a string X.Y.Z"),
         "entry": (lambda v: isinstance(v, str) and _MODULE_RE.fullmatch(v), "a module name"),
-        "build_time": (_is_uint, "an integer >= 0"),
+        "build_time": (_is_u32, f"an integer from 0 to {_U32_MAX}"),
         "mpy": (lambda v: isinstance(v, str) and _MPY_RE.fullmatch(v), 'a string like "6.3"'),
     }
     for field, (ok, expected) in checks.items():

@@ -3,6 +3,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from meterfw import framing
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "frames.json"
@@ -110,3 +113,85 @@ print(json.dumps(results))
         assert r["got"] == want, r["size"]
         assert r["dropped"] == 0
         assert r["biggest"] < 1024, r  # small views and slices only, never a frame-sized copy
+
+
+# -- split invariance, as a property ------------------------------------------------------------
+# Hypothesis makes the streams (frames full of END and ESC bytes, damaged frames, garbage between
+# them) and the reads they arrive in; the device decodes each stream twice, once as it was split
+# and once whole, in one MicroPython run. The frames must be the same both ways, and for a clean
+# stream exactly the frames sent.
+_PAYLOAD = st.binary(max_size=300) | st.lists(st.sampled_from([0xC0, 0xDB, 0xDC, 0xDD, 0x00]),
+                                              max_size=80).map(bytes)
+_FRAME = st.tuples(st.integers(0, 255), st.integers(0, 255), _PAYLOAD)
+
+
+@st.composite
+def _streams(draw):
+    frames = draw(st.lists(_FRAME, min_size=1, max_size=6))
+    parts, clean = [], True
+    for t, s, p in frames:
+        wire = framing.encode(t, s, p)
+        damage = draw(st.sampled_from(["none", "none", "none", "flip", "cut", "garbage"]))
+        if damage == "flip" and len(wire) > 3:
+            i = draw(st.integers(1, len(wire) - 2))
+            wire = wire[:i] + bytes([wire[i] ^ draw(st.integers(1, 255))]) + wire[i + 1:]
+            clean = False
+        elif damage == "cut":
+            wire = wire[:draw(st.integers(0, len(wire)))]
+            clean = False
+        elif damage == "garbage":
+            wire = draw(st.binary(max_size=20)) + wire
+            clean = False
+        parts.append(wire)
+    stream = b"".join(parts)
+    cuts = sorted(set(draw(st.lists(st.integers(0, len(stream)), max_size=12))))
+    return frames, stream, cuts, clean
+
+
+def test_decoding_is_the_same_however_the_stream_is_split(run_mpy, tmp_path):
+    cases = []
+
+    @settings(max_examples=300, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(_streams())
+    def collect(case):
+        cases.append(case)
+
+    collect()
+    with (tmp_path / "cases.txt").open("w") as f:
+        for _, stream, cuts, _ in cases:
+            f.write(f"{stream.hex()};{','.join(map(str, cuts))}\n")
+    out = run_mpy("""
+import binascii, gc
+from bootloader import framing
+
+def decode(stream, cuts):
+    d = framing.Decoder()
+    got = []
+    start = 0
+    for end in cuts + [len(stream)]:
+        d.feed(stream[start:end])
+        start = end
+        while True:
+            f = d.next()
+            if f is None:
+                break
+            got.append([f[0], f[1], binascii.hexlify(f[2]).decode()])
+    return got
+
+results = []
+with open(ARGS[0]) as f:
+    for line in f:
+        hexs, cuts = line.rstrip().split(";")
+        stream = binascii.unhexlify(hexs)
+        cuts = [int(c) for c in cuts.split(",") if c]
+        whole = decode(stream, [])
+        split = decode(stream, cuts)
+        results.append(whole if whole == split else None)
+        gc.collect()
+print(json.dumps(results))
+""", tmp_path / "cases.txt", heap="512k")
+    assert len(out) == len(cases)
+    for (frames, stream, cuts, clean), got in zip(cases, out):
+        assert got is not None, f"split at {cuts} decodes otherwise than whole: {stream.hex()}"
+        if clean:
+            assert got == [[t, s, p.hex()] for t, s, p in frames], stream.hex()

@@ -179,3 +179,51 @@ print(json.dumps(res))
     assert out.pop("missing") == 2 and out.pop("stat_missing") == 2
     assert out.pop("intact") > 0
     assert set(out.values()) == {30}, out
+
+
+def _manifest_variants():
+    good = json.loads(MANIFEST)
+    out = {"good": MANIFEST}
+    for key in good:
+        out[f"missing {key}"] = json.dumps({k: v for k, v in good.items() if k != key}).encode()
+        for i, bad in enumerate((None, True, -1, 2**32, 1.5, [], {}, "", "x" * 100)):
+            out[f"{key}#{i}"] = json.dumps({**good, key: bad}).encode()
+    for name, raw in (("list", b"[]"), ("null", b"null"), ("number", b"7"), ("not json", b"{\"a\":"),
+                      ("not utf-8", b"\xff\xfe"), ("deep", b"[" * 1000 + b"]" * 1000),
+                      ("version 1.2", json.dumps({**good, "version": "1.2"}).encode()),
+                      ("version a.b.c", json.dumps({**good, "version": "a.b.c"}).encode()),
+                      ("sha upper", json.dumps({**good, "payload_sha256": good["payload_sha256"].upper()}).encode()),
+                      ("entry path", json.dumps({**good, "entry": "../app"}).encode())):
+        out[name] = raw
+    return out
+
+
+def test_parse_manifest_takes_only_well_formed_manifests(tmp_path):
+    # Whatever the bytes (a slot's, or an initiate's from the wire), the device gets a manifest
+    # with every field of its kind, or ValueError: never a KeyError or TypeError further on.
+    variants = _manifest_variants()
+    (tmp_path / "cases.txt").write_text("".join(f"{k}\t{v.hex()}\n" for k, v in variants.items()))
+    path = tmp_path / "script.py"
+    path.write_text(PRELUDE + """
+import binascii, gc
+with open(ARGS[0]) as f:
+    for line in f:
+        name, raw = line.rstrip().split("\\t")
+        try:
+            m = image.parse_manifest(binascii.unhexlify(raw))
+            res = "ok" if isinstance(m, dict) else "not a dict"
+        except ValueError:
+            res = "refused"
+        except Exception as e:
+            res = "escaped: %r" % e
+        print(name + "\\t" + res)
+        m = raw = line = None
+        gc.collect()
+""")
+    proc = subprocess.run([str(MICROPYTHON), "-X", f"heapsize={HEAP}", str(path), str(ROOT), str(tmp_path / "cases.txt")],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    out = dict(line.split("\t", 1) for line in proc.stdout.splitlines())
+    assert out.pop("good") == "ok"
+    assert len(out) == len(variants) - 1
+    assert {k: v for k, v in out.items() if v != "refused"} == {}
