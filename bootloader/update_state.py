@@ -45,23 +45,28 @@ def _open_activation(s):
 
 
 def settle(running_image_id):
-    """After a boot: an activation either started the new image (trial) or was reverted."""
+    """After a boot: an activation either started the new image (trial) or was reverted.
+    True when that changed the stored state."""
     s = load()
     if not _open_activation(s):
-        return
+        return False
     if running_image_id is not None and running_image_id.hex() == s["id"]:
         s["status"], s["result"] = ACTIVATED, "trial"
     else:
         s["status"], s["result"] = ACTIVATION_FAILED, "reverted"
         s["reason"] = s.get("reason") or "the meter went back to the previous image"
     store(s)
+    return True
 
 
 def confirmed():
+    """The trial's image is confirmed; True when that changed the stored state."""
     s = load()
     if s.get("result") == "trial":
         s["result"] = "confirmed"
         store(s)
+        return True
+    return False
 
 
 def record_failure(reason):

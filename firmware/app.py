@@ -6,6 +6,7 @@ import sys
 import time
 from micropython import const
 from bootloader import forget
+from bootloader.protocol import CommandError
 from metering import Metering
 from bootloader.link import LinkServer
 from display import Notices
@@ -90,6 +91,11 @@ class Meter:
         # The head is admitted (manifest checks, Ed25519 signatures) before the update agent
         # loads, and with the agent dropped when nothing waits on it: the signature check is
         # the most the meter loads at once, so it shares the heap with the resident code alone.
+        if self.p.in_trial:
+            # The inactive slot holds the image a failed trial reverts to: a download would
+            # overwrite it, and a bad trial image would then have nowhere to go back to.
+            raise CommandError("on_trial", "version %s is on trial: wait for its verdict (confirmed or reverted) "
+                               "before another download" % self.p.manifest["version"])
         self._drop_agent()
         gc.collect()
         await asyncio.sleep_ms(0)  # each step below takes tens of ms on a Pico: metering goes between

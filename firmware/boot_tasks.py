@@ -128,7 +128,8 @@ async def post_boot(m, load):
     p = m.p
     if p.boot_reason in ("activate", "revert"):
         m.metering.mark(FIRMWARE_CHANGE)
-    update_state.settle(p.image_id)
+    if update_state.settle(p.image_id):
+        _reload_update_state(m)
     boot_notice(m)
     if not m.metering.clock_valid(m.board.clock.time_ms() // 1000):
         p.events.log(codes.CLOCK_INVALID, 0)
@@ -147,5 +148,14 @@ async def post_boot(m, load):
         p.confirm()
     # Also when the boot control is confirmed already: power lost after p.confirm() stored it
     # and before the update's state recorded it would leave that state on trial for good.
-    update_state.confirmed()
+    if update_state.confirmed():
+        _reload_update_state(m)
     after_confirm(m, trial)
+
+
+def _reload_update_state(m):
+    # The update agent, once a request has loaded it, holds the stored update state in RAM and
+    # answers status from that copy: what the boot tasks just stored must reach it (a host that
+    # asked for the update state during a trial saw "trial" after the confirmation, for good).
+    if m.agent is not None:
+        m.agent.transfer.state = update_state.load()

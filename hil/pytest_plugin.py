@@ -182,6 +182,10 @@ _VARIANTS = {
                         "CHECKS = CHECKS + (('injected', CRITICAL, _injected),)\n", "append"),
     "important_health": ("health.py", "\n\nasync def _injected(board, metering):\n    return 'injected failure'\n\n"
                          "CHECKS = CHECKS + (('injected', IMPORTANT, _injected),)\n", "append"),
+    # A health check that takes 20 s: the image stays on trial that long, answering meanwhile.
+    "slow_health": ("health.py", "\n\nasync def _injected(board, metering):\n    import asyncio\n"
+                    "    await asyncio.sleep(20)\n\nCHECKS = CHECKS + (('injected', IMPORTANT, _injected),)\n",
+                    "append"),
 }
 
 
