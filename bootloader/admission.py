@@ -35,7 +35,7 @@ async def admit(p, head):
         raise CommandError("wrong_board", "image is for board %s, this meter is %s" % (m["board"], p.board.name))
     if image.version_tuple(m["min_bootloader"]) > image.version_tuple(VERSION):
         raise CommandError("bootloader_too_old", "image needs bootloader %s, meter has %s" % (m["min_bootloader"], VERSION))
-    if m["security_version"] < p.bcb.floor:
+    if image.below_floor(m, p.bcb.floor):
         raise CommandError("rollback", "security version %d is below the meter's floor %d" % (m["security_version"], p.bcb.floor))
     if p.is_rejected(img_id):
         raise CommandError("rejected", "image %s was rejected before" % m["version"])

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import struct
+from bootloader.protocol import U32_MAX
 
 _MAGIC = b"MFW1"
 _HDR_LEN = const(8)
@@ -19,7 +20,6 @@ _EISDIR = const(21)
 _EROFS = const(30)
 _ST_RDONLY = const(1)
 _BLOCK = const(4096)
-_U32_MAX = const(0xFFFFFFFF)
 # A manifest's fields and their kinds, as host_tools' image.py writes them: "v" a version X.Y.Z,
 # "u" an integer 0..2^32-1 (what boot control and the slot store), "h" 64 hex digits, "n" a
 # module name, "s" any string.
@@ -58,9 +58,14 @@ def version_tuple(v):
     return tuple(int(x) for x in v.split("."))
 
 
+def below_floor(m, floor):
+    """An image no path may run (anti-rollback): its security version is below the floor."""
+    return m["security_version"] < floor
+
+
 def _ok(kind, v):
     if kind == "u":
-        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _U32_MAX
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= U32_MAX
     if not isinstance(v, str) or not v or len(v) > 64:
         return False
     if kind == "v":

@@ -2,7 +2,7 @@
 # confirm and revert. The application never writes the boot control block itself.
 import json
 from micropython import const
-from bootloader import VERSION, slots, eventlog
+from bootloader import VERSION, eventlog, image, slots
 from bootloader.bootctl import NONE, SLOT_NAMES, REASONS
 
 _ACTIVATE = const(3)
@@ -88,7 +88,7 @@ class Platform:
         dropped = None
         if b.previous != NONE:
             m, _ = slots.manifest(b.previous)
-            if m is not None and slots.below_floor(m, b.floor):
+            if m is not None and image.below_floor(m, b.floor):
                 b.previous, dropped = NONE, m["security_version"]
         b.save()
         self.events.log(eventlog.CONFIRMED, b.floor)
@@ -102,7 +102,7 @@ class Platform:
         if b.previous == NONE:
             return False
         m, _ = slots.manifest(b.previous)
-        return m is not None and not slots.below_floor(m, b.floor)
+        return m is not None and not image.below_floor(m, b.floor)
 
     def healthy(self):
         """The application is up and its critical checks pass: this boot did not fail."""

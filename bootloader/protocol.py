@@ -51,6 +51,7 @@ def query(payload):
     return q
 
 
+U32_MAX = const(0xFFFFFFFF)  # the widest integer the meter stores (times, sizes, the floor)
 _NEEDED = object()
 _KINDS = {int: "an integer", str: "a string", list: "a list", dict: "an object", bool: "true or false"}
 

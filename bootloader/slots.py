@@ -27,10 +27,6 @@ def check(slot, board_name, floor):
     return asyncio.run(check_async(slot, board_name, floor))
 
 
-def below_floor(m, floor):
-    return m["security_version"] < floor
-
-
 async def check_async(slot, board_name, floor):
     """Yields to other tasks between chunks, so metering stays on time while it hashes."""
     buf = bytearray(_CHUNK)
@@ -40,7 +36,7 @@ async def check_async(slot, board_name, floor):
             m = image.parse_manifest(raw)
             if m["board"] != board_name:
                 raise ValueError("image is for board %s" % m["board"])
-            if below_floor(m, floor):
+            if image.below_floor(m, floor):
                 raise ValueError("security version %d is below the floor %d" % (m["security_version"], floor))
             f.seek(0, 2)
             if f.tell() != off + m["payload_size"]:

@@ -9,17 +9,18 @@
 # Every block reply (and the initiate reply) carries `next` and `window`: the host may send
 # blocks next .. next+window-1 back to back, then waits for the reply to the last of them, which
 # carries the next grant. The blocks of a window go into RAM (the board's transfer_window_bytes,
-# whole erase sectors) and are written after the window is complete; only then is the next window granted. Blocks held in RAM are not
-# yet transferred: after a reset the host simply sends them again, and a host that goes back to
-# a block still in RAM (after losing a reply) overwrites it there. The application's own flash
-# work (closing an interval) is scheduled around the windows through `schedule`.
+# whole erase sectors) and are written after the window is complete; only then is the next
+# window granted. Blocks held in RAM are not yet transferred: after a reset the host simply
+# sends them again, and a host that goes back to a block still in RAM (after losing a reply)
+# overwrites it there. The application's own flash work (closing an interval) is scheduled
+# around the windows through `schedule`.
 import asyncio
 import gc
 import os
 import struct
 import time
 from micropython import const
-from bootloader import eventlog, slots, update_state
+from bootloader import eventlog, image, slots, update_state
 from bootloader.bootctl import slot_path
 from bootloader.protocol import CommandError
 from bootloader.update_state import INITIATED, VERIFYING, VERIFIED, VERIFY_FAILED, ACTIVATING, load, summary
@@ -321,7 +322,7 @@ class Transfer:
     def above_floor(self):
         """Refuse to activate an image below the security floor (raised since its verify, say)."""
         m, _ = slots.manifest(self.state["slot"])
-        if m is None or slots.below_floor(m, self._p.bcb.floor):
+        if m is None or image.below_floor(m, self._p.bcb.floor):
             raise CommandError("rollback", "the image is below the meter's security floor %d" % self._p.bcb.floor)
 
     def activating(self):

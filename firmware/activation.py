@@ -8,7 +8,7 @@
 #     registers preserve|reset (FR3) and failure acknowledgement immediate|next-read (FR16).
 import asyncio
 from micropython import const
-from bootloader.protocol import CommandError, choice, field, query
+from bootloader.protocol import U32_MAX, CommandError, choice, field, query
 from bootloader.update_state import VERIFIED
 
 # Event code (bootloader/eventlog.py names it); defined here for the reason update_agent.py gives.
@@ -19,7 +19,6 @@ _TICK_MS = const(1000)  # waits re-read the clock at least this often, so a cloc
 PRICING_GUARD_S = const(5)
 _PAST_SLACK_S = const(2)
 
-_U32_MAX = const(0xFFFFFFFF)
 WHEN = ("now", "boundary", "at")
 REGISTERS = ("preserve", "reset")
 ACK = ("immediate", "next-read")
@@ -49,7 +48,7 @@ async def activate(agent, payload):
     when = choice(q, "when", WHEN, "boundary")
     registers = choice(q, "registers", REGISTERS, "preserve")
     ack = choice(q, "ack", ACK, "immediate")
-    at_s = field(q, "at_s", int, lo=0, hi=_U32_MAX) if when == "at" else None
+    at_s = field(q, "at_s", int, lo=0, hi=U32_MAX) if when == "at" else None
     t = agent.transfer
     s = t.state
     if s["status"] != VERIFIED:

@@ -8,7 +8,7 @@
 import asyncio
 import json
 from micropython import const
-from bootloader.protocol import CommandError, field, query
+from bootloader.protocol import U32_MAX, CommandError, field, query
 from bootloader.transfer import Transfer
 from bootloader.update_state import VERIFIED
 
@@ -16,7 +16,6 @@ _NOTICE = "/data/notice.json"
 # Event code (bootloader/eventlog.py names it). Defined here: the bootloader in the field is
 # never upgraded, so the application may not rely on names an older one lacks.
 UPGRADE_NOTICE = const(130)  # value: image size (FR33)
-_U32_MAX = const(0xFFFFFFFF)
 _TEXT_MAX = const(32)  # a notice's version and time, as the display shows them
 
 
@@ -71,7 +70,7 @@ class UpdateAgent:
         """FR33: "an upgrade is available", apart from the payload. Recorded, logged, shown."""
         q = query(payload)
         notice = {"version": field(q, "version", str), "image_id": field(q, "image_id", str, ""),
-                  "size": field(q, "size", int, 0, lo=0, hi=_U32_MAX), "when": field(q, "when", str, "boundary"),
+                  "size": field(q, "size", int, 0, lo=0, hi=U32_MAX), "when": field(q, "when", str, "boundary"),
                   "received_s": self.now_s()}
         if len(notice["version"]) > _TEXT_MAX or len(notice["image_id"]) > 64 or len(notice["when"]) > _TEXT_MAX:
             raise CommandError("bad_request", "notice fields too long")

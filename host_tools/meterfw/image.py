@@ -51,6 +51,7 @@ SIG_PREFIX = {ROLE_VENDOR: b"mfw-vendor-id\x00", ROLE_UTILITY: b"mfw-utility-id\
 def signed_message(role: int, manifest_bytes: bytes) -> bytes:
     return SIG_PREFIX[role] + hashlib.sha256(manifest_bytes).digest()
 
+
 _HEADER = struct.Struct("<4sHBB")
 _SIG = struct.Struct("<B8s64s")
 _ENTRY = struct.Struct("<II")
@@ -302,13 +303,9 @@ def read_image(path: Path) -> Image:
 
 # --- parsing ---------------------------------------------------------------------------------
 
-def _is_uint(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
 def _is_u32(v) -> bool:
     # What the meter stores (boot control's floor, the manifest's sizes): bootloader/image.py.
-    return _is_uint(v) and v <= _U32_MAX
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _U32_MAX
 
 
 def _check_manifest(m) -> None:

@@ -42,7 +42,7 @@ def _bodies(fields):
     for name in fields:
         for value in BAD_VALUES:
             yield json.dumps({name: value}, separators=(",", ":")).encode()
-    if P.UPD_ACTIVATE in fields or "at_s" in fields:
+    if "at_s" in fields:
         for value in BAD_VALUES:
             yield json.dumps({"when": "at", "at_s": value}).encode()
 
