@@ -161,6 +161,10 @@ class Transfer:
     def _next_block(self):
         return self._first_missing() + self._held
 
+    def receiving(self):
+        """A window is granted and its blocks are on their way: no flash work now."""
+        return self.state["status"] == INITIATED and self._grant_end > self._next_block()
+
     def _reply(self):
         """next u32, window u16, done u8: binary, because the grant is on the critical path of
         every window, and as JSON it would take three times as long on a 115200 baud line."""

@@ -6,6 +6,7 @@ import json
 from micropython import const
 
 PATH = "/data/update.json"
+NOTICE_PATH = "/data/notice.json"  # the last upgrade-available notice (FR33), apart from the payload
 
 NOT_INITIATED = const(0)
 INITIATED = const(1)
@@ -23,6 +24,14 @@ def load():
             return json.load(f)
     except (OSError, ValueError):
         return {"status": NOT_INITIATED}
+
+
+def load_notice():
+    try:
+        with open(NOTICE_PATH) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def store(s):

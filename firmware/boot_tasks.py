@@ -20,8 +20,8 @@ def commands(m):
     return {
         P.PING: m.ping,
         P.READ_EVENTS: m.read_events,
-        # The update commands reach the agent through m.updates(), which loads it at the first.
-        P.UPD_STATE: (upd, "state"),
+        # Read from flash, or from the agent while a download runs: a read loads no agent.
+        P.UPD_STATE: (run, ("cmd_status", "update_state")),
         # The runtime's commands load their code for each request and drop it after: the heap
         # holds none of it while the meter meters and downloads.
         P.STATUS: (run, ("cmd_status", "status")),
@@ -134,7 +134,7 @@ async def post_boot(m, load):
     if not m.metering.clock_valid(m.board.clock.time_ms() // 1000):
         p.events.log(codes.CLOCK_INVALID, 0)
         m.outbox.post(codes.CLOCK_INVALID, 0, "clock invalid at start-up")
-    results = await (await load("health")).run(m)
+    results = await (await load("health")).run(m, at_boot=True)
     # An absent interface is ok here but keeps its message; `meterfw health` shows its status.
     m.health = [{"check": n, "severity": s, "ok": st != "fail", "message": msg} for n, s, st, msg, _ in results]
     critical = after_health(m, results)

@@ -1,6 +1,7 @@
 # Status and the interval read: the host's most frequent requests, yet no code the heap need
 # hold between them. Loaded for each request and dropped after it (app.py).
 import gc
+import sys
 import time
 from micropython import const
 from bootloader.bootctl import SLOT_NAMES
@@ -15,8 +16,9 @@ _IV_FIELDS = ("seq", "start", "duration_s", "flags", "energy_mwh", "received_mwh
 
 async def _update(m):
     # A download under way reports its grant, which takes the transfer's code; any other state
-    # is read from flash without loading the update machinery. (A loaded agent's transfer has
-    # the stored state module already: imported only here, it is not loaded a second time.)
+    # is read from flash without loading the update machinery: a read leaves nothing resident.
+    # (A loaded agent's transfer has the stored state module already: imported only here, it
+    # is not loaded a second time.)
     if m.agent is None:
         from bootloader import update_state
 
@@ -54,8 +56,21 @@ async def status(m, _payload):
         "metering": {"closes": m.metering.closes, "late_ms": m.metering.late_ms},
         "link_faults": m.link.faults,
         "heap": {"free": gc.mem_free(), "used": gc.mem_alloc(), "peak_used": m.heap_peak,
-                 "peak_live": m.heap_peak_live, "board_models": getattr(m.board, "heap_models", 0)},
+                 "peak_live": m.heap_peak_live, "board_models": getattr(m.board, "heap_models", 0),
+                 "modules": len(sys.modules)},  # code the heap holds: a read leaves it as it was
     }
+
+
+async def update_state(m, _payload):
+    """The update's state and the last upgrade notice (UPD_STATE), as status reads them."""
+    out = await _update(m)
+    if m.agent is not None:
+        out["notice"] = m.agent.notice
+    else:
+        from bootloader import update_state
+
+        out["notice"] = update_state.load_notice()
+    return out
 
 
 async def intervals(m, payload):

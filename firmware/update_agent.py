@@ -10,9 +10,8 @@ import json
 from micropython import const
 from bootloader.protocol import U32_MAX, CommandError, field, query
 from bootloader.transfer import Transfer
-from bootloader.update_state import VERIFIED
+from bootloader.update_state import NOTICE_PATH, VERIFIED, load_notice
 
-_NOTICE = "/data/notice.json"
 # Event code (bootloader/eventlog.py names it). Defined here: the bootloader in the field is
 # never upgraded, so the application may not rely on names an older one lacks.
 UPGRADE_NOTICE = const(130)  # value: image size (FR33)
@@ -32,12 +31,7 @@ class UpdateAgent:
         self.closed = metering.closed  # set as each interval closes (and the transfer's schedule)
         self.transfer = t = Transfer(platform, self)
         self.block, self.verify = t.block, t.verify  # the transfer's link commands, beside ours
-        self.notice = None
-        try:
-            with open(_NOTICE) as f:
-                self.notice = json.load(f)
-        except (OSError, ValueError):
-            pass
+        self.notice = load_notice()
         self._pending = None  # the task waiting to activate
         self.show = platform.board.display  # the customer display; the app routes it via its notices
         s = t.state
@@ -61,11 +55,6 @@ class UpdateAgent:
         """Until the open interval closes, and the metering task writes it to flash."""
         return self.next_boundary_s() * 1000 - self.platform.board.clock.time_ms()
 
-    async def state(self, _payload):
-        out = self.transfer.public_state()
-        out["notice"] = self.notice
-        return out
-
     async def notice_received(self, payload):
         """FR33: "an upgrade is available", apart from the payload. Recorded, logged, shown."""
         q = query(payload)
@@ -75,7 +64,7 @@ class UpdateAgent:
         if len(notice["version"]) > _TEXT_MAX or len(notice["image_id"]) > 64 or len(notice["when"]) > _TEXT_MAX:
             raise CommandError("bad_request", "notice fields too long")
         await self.transfer.clear_of_app_flash()
-        with open(_NOTICE, "w") as f:
+        with open(NOTICE_PATH, "w") as f:
             json.dump(notice, f)
         self.notice = notice
         self.platform.events.log(UPGRADE_NOTICE, notice["size"])

@@ -380,6 +380,7 @@ app.state = MeterState("state", ev)
 app.metering = meter(b, ev, "reset", app.state)
 app.outbox = Outbox(b.clock, ev, None, "ob")
 app.link = Link()
+app.health = app.agent = None
 def check(host_ms=None):
     b.fe += 150
     r = asyncio.run(health.run(app, host_ms))
