@@ -3,6 +3,9 @@
 #
 # AUTH_CHALLENGE returns a fresh nonce that opens a session. A privileged request then carries
 # body | counter u32 LE | HMAC(key, nonce | type | counter | body)[:16]; counters must rise.
+# Its reply (OK or error) carries body | HMAC(key, nonce | reply type | request type | counter |
+# body)[:16], so a link that alters replies cannot forge a verdict. A reply's type has the high
+# bit set and a request's never does: one tag can never pass for the other.
 import hashlib
 import os
 import struct
@@ -50,6 +53,7 @@ class Sessions:
             self._mac = None  # an unprovisioned meter accepts no privileged command at all
         self._nonce = None
         self._counter = 0
+        self._counter_raw = b""
 
     async def challenge(self, _payload):
         self._nonce = os.urandom(16)
@@ -72,4 +76,10 @@ class Sessions:
         if counter <= self._counter:
             raise CommandError("replay", "request counter %d already used" % counter)
         self._counter = counter
+        self._counter_raw = counter_raw
         return bytes(body)
+
+    def seal(self, reply_type, request_type, reply):
+        """The reply to the request check() just passed, with its tag."""
+        tag = self._mac.digest(self._nonce, bytes((reply_type, request_type)), self._counter_raw, reply)[:_TAG]
+        return bytes(reply) + tag

@@ -6,9 +6,13 @@ import json
 from binascii import crc32
 from bootloader import framing
 from bootloader.auth import Sessions
-from bootloader.protocol import AUTH_CHALLENGE, CommandError
+from bootloader.protocol import ATTEST, AUTH_CHALLENGE, UPD_BLOCK, CommandError
 
 _RX = 512
+# Replies to privileged commands are sealed (auth.py), all but a transfer block's: its reply only
+# steers the flow, is on every window's critical path, and the verify's sealed verdict covers
+# the data.
+_UNSEALED = (UPD_BLOCK,)
 
 
 class LinkServer:
@@ -18,6 +22,7 @@ class LinkServer:
         self._privileged = set()
         self.sessions = Sessions()
         self._handlers[AUTH_CHALLENGE] = self.sessions.challenge
+        self.add({ATTEST: self._attest}, privileged=True)
         if handlers:
             self.add(handlers)
         self._decoder = framing.Decoder()
@@ -59,9 +64,24 @@ class LinkServer:
         if privileged:
             self._privileged.update(handlers)
 
-    def _error(self, seq, code, message):
+    async def _attest(self, payload):
+        """An open command's reply, sealed: an authenticated read (the verdict of an upgrade)."""
+        if not payload or payload[0] in self._privileged or payload[0] not in self._handlers:
+            raise CommandError("bad_request", "attest takes an open command")
+        return await self._call(self._handlers[payload[0]], bytes(payload[1:]))
+
+    @staticmethod
+    async def _call(handler, payload):
+        if type(handler) is tuple:
+            return await handler[0](handler[1], payload)
+        return await handler(payload)
+
+    def _error(self, seq, code, message, sealed_for=None):
         try:
-            frame = framing.encode(framing.ERROR, seq, json.dumps({"code": code, "message": message}).encode())
+            body = json.dumps({"code": code, "message": message}).encode()
+            if sealed_for is not None:
+                body = self.sessions.seal(framing.ERROR, sealed_for, body)
+            frame = framing.encode(framing.ERROR, seq, body)
         except MemoryError:
             return  # not even room to refuse: the host hears nothing and asks again
         self._board.link_out.write(frame)
@@ -79,31 +99,33 @@ class LinkServer:
         # Whatever a peer sends, it gets an answer and the link keeps serving: the link server
         # ending would take the meter's only way in with it (and, on an image in trial, its
         # confirmation). Handlers check what they read before they change anything.
+        sealed = None  # the request type, once its session check passed and its reply is sealed
         try:
             if ftype in self._privileged:
                 payload = self.sessions.check(ftype, payload)
-            if type(handler) is tuple:
-                result = await handler[0](handler[1], payload)
-            else:
-                result = await handler(payload)
+                if ftype not in _UNSEALED:
+                    sealed = ftype
+            result = await self._call(handler, payload)
             # Raw bytes as they are (a memoryview too: PING echoes the request's own buffer).
             reply = result if isinstance(result, (bytes, bytearray, memoryview)) else json.dumps(result).encode()
+            if sealed is not None:
+                reply = self.sessions.seal(ftype | framing.OK_BIT, ftype, reply)
             frame = framing.encode(ftype | framing.OK_BIT, seq, reply)
         except CommandError as e:
-            self._error(seq, e.code, e.message)
+            self._error(seq, e.code, e.message, sealed)
             return
         except (ValueError, KeyError, TypeError, IndexError, OverflowError) as e:
-            self._error(seq, "bad_request", "bad request: %s" % e)
+            self._error(seq, "bad_request", "bad request: %s" % e, sealed)
             return
         except MemoryError:
             # No room for this request just now (the heap is busiest at boot and in a verify):
             # refused like any bad request, nothing changed, and the link stays up.
             gc.collect()
-            self._error(seq, "no_memory", "meter busy: no memory for this request now; try again")
+            self._error(seq, "no_memory", "meter busy: no memory for this request now; try again", sealed)
             return
         except Exception as e:  # a defect of ours: counted (status shows it), never the end of the link
             self.faults += 1
-            self._error(seq, "internal", "meter fault: %s" % type(e).__name__)
+            self._error(seq, "internal", "meter fault: %s" % type(e).__name__, sealed)
             return
         self._last = (key, frame)
         self._board.link_out.write(frame)

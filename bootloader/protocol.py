@@ -17,6 +17,7 @@ REVERT = const(0x20)
 UNREJECT = const(0x21)
 RETRY = const(0x22)
 AUTH_CHALLENGE = const(0x30)
+ATTEST = const(0x31)  # privileged: an open command's reply, sealed (an authenticated read)
 # The meter runtime (firmware/cmd_*.py): reads, then privileged changes.
 READ_REGISTERS = const(0x40)
 READ_STATE = const(0x41)

@@ -12,7 +12,9 @@ from .errors import CommandError, MeterfwError, TransportError
 from .image import parse_image
 from .transport import Link
 
-_REAUTH = {"auth_required", "replay"}  # the meter rebooted or another client took the session
+# The meter rebooted, or another client took the session (its challenge made ours stale, and our
+# tags fail): authenticate again, once.
+_REAUTH = {"auth_required", "replay", "auth_failed"}
 _BUSY = {"no_memory"}  # the meter could not take a request just now; nothing changed
 _BUSY_WAIT_S = 0.2
 _BATCH_TRIES = 6  # a window that gets no reply at all this often in a row: the link is gone
@@ -42,16 +44,22 @@ class Meter:
         return self._auth
 
     def privileged(self, cmd: int, body: bytes = b"", **kw) -> dict:
-        """A privileged request inside an authenticated session, opened (again) when needed."""
+        """A privileged request inside an authenticated session, opened (again, once) when
+        needed; its reply is sealed by the meter and checked here."""
         for attempt in (1, 2):
             auth = self._auth or self._authenticate()
+            request = auth.seal(cmd, body)
             try:
-                return self.link.request_json(cmd, raw=auth.seal(cmd, body), **kw)
+                return self.link.request_json(cmd, raw=request, opener=auth.opener(cmd, request), **kw)
             except CommandError as e:
                 if e.code not in _REAUTH or attempt == 2:
                     raise
                 self._auth = None
         raise AssertionError("unreachable")
+
+    def attested(self, cmd: int, args: dict | None = None) -> dict:
+        """An open command's reply, sealed by the meter (ATTEST): a read a link cannot forge."""
+        return self.privileged(P.ATTEST, bytes([cmd]) + (json.dumps(args).encode() if args else b""))
 
     def seal(self, cmd: int, body: bytes) -> bytes:
         """body sealed for the current session (opened first if needed), for pipelined sends."""
@@ -199,6 +207,7 @@ class Meter:
         stats = {"block_frames": 0, "bad_frames": 0, "windows": 0, "no_reply": 0, "resyncs": 0}
         timeout_s = max(self.link.timeout_s, 5.0)
         fails = 0
+        reauthed = False  # the last window's errors made us authenticate again
         progress(min(nxt * bs, len(data)), len(data))
         t0 = time.monotonic()
         while nxt < blocks:
@@ -223,8 +232,12 @@ class Meter:
             errors = [r for r in got.values() if isinstance(r, CommandError)]
             if any(e.code not in _REAUTH | _BUSY for e in errors):
                 raise next(e for e in errors if e.code not in _REAUTH | _BUSY)
-            if any(e.code in _REAUTH for e in errors):
-                self.drop_session()  # the meter restarted: a new session, then where it stands
+            reauth = [e for e in errors if e.code in _REAUTH]
+            if reauth:
+                if reauthed:  # authenticated again just now, and still refused: not a stale session
+                    raise reauth[0]
+                self.drop_session()  # the meter restarted, or a challenge made ours stale: a new one
+            reauthed = bool(reauth)
             if any(e.code in _BUSY for e in errors):
                 time.sleep(_BUSY_WAIT_S)  # it had no room for a block just now: ask again shortly
             last = got.get(sent[-1])

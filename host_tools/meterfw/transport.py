@@ -66,12 +66,14 @@ class Link:
             raise TransportError(f"read from {self.url} failed: {_reason(e)}") from None
 
     def request(self, cmd: int, payload: bytes = b"", timeout_s: float | None = None,
-                retries: int = 2) -> bytes:
+                retries: int = 2, opener=None) -> bytes:
         """Send one request and return the payload of its reply.
 
         A lost frame in either direction is repaired by sending the same frame again: the
         meter answers a repeated (command, sequence) with its cached reply, so nothing is
         done twice. An error reply raises CommandError with the meter's code and message.
+        `opener(reply type, payload)`, for a sealed reply (auth.py), checks it and returns its
+        body; it raises TransportError for a reply the meter did not seal.
         """
         self._seq = (self._seq + 1) & 0xFF
         seq = self._seq
@@ -89,14 +91,15 @@ class Link:
                     if f.type == framing.ALARM:
                         self.alarms.append(f)
                     elif f.type == framing.ERROR:
-                        err = _decode_error(f.payload)
+                        mine = f.seq == seq and opener is not None
+                        err = _decode_error(opener(f.type, f.payload) if mine else f.payload)
                         if f.seq == seq and err.code != "bad_frame":
                             raise err
                         if err.code == "bad_frame":
                             deadline = 0  # our frame arrived damaged: resend now
                             break
                     elif f.seq == seq and f.type == cmd | framing.OK_BIT:
-                        return f.payload
+                        return f.payload if opener is None else opener(f.type, f.payload)
         raise TransportError(f"no answer from the meter on {self.url} after {retries + 1} tries")
 
     # -- pipelined requests: several frames in flight, for the flow-controlled transfer ---------

@@ -9,6 +9,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
+from . import protocol as P
 from .errors import CommandError
 from .image import Image, ImageError, parse_image
 from .session import Meter
@@ -281,6 +282,10 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
         report["activation_to_first_read_s"] = round(seen["first_read"] - t_act - delay_s, 3)
     if after_st is None:
         return finish("failed", f"no verdict from the meter within {wait_s:.0f} s of activation")
+    # The verdict as the meter seals it: the polls above are open reads, which the link could forge.
+    after_st = meter.attested(P.STATUS)
+    if not verdict(after_st):
+        return finish("failed", "the meter's authenticated status holds no verdict: the link altered its replies")
     ui.stage("snapshot")
     after = snapshot(meter)
     sa = after["status"]

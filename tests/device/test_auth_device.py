@@ -52,3 +52,37 @@ print(json.dumps(res))
 """, nonce.hex(), second.hex(), first.hex(), bytes(forged).hex(), second.hex())
     # counters must rise: 'second' (counter 2) first makes 'first' (counter 1) a replay
     assert out == ["again", "replay", "auth_failed", "replay"]
+
+
+def test_the_meter_seals_its_replies_and_the_host_opens_only_those(run_mpy, tmp_path):
+    """A reply is bound to the key, the session, the request (its type and counter) and the
+    reply's type: a tampered body, a reply to another request, an OK passed off as an error or
+    a request's own tag passed off as a reply all fail on the host."""
+    import pytest
+
+    from meterfw.errors import TransportError
+
+    key, nonce = bytes(range(32)), bytes(16)
+    (tmp_path / "meter.key").write_bytes(key)
+    auth = AuthSession(key, nonce)
+    first, second = auth.seal(0x12, b""), auth.seal(0x12, b"")
+    out = run_mpy("""
+import binascii
+from bootloader.auth import Sessions
+s = Sessions("meter.key")
+s._nonce = bytes(16)
+res = []
+for hexp in ARGS:
+    s.check(0x12, binascii.unhexlify(hexp))
+    res.append(binascii.hexlify(s.seal(0x92, 0x12, b'{"status": 3}')).decode())
+print(json.dumps(res))
+""", first.hex(), second.hex())
+    reply1, reply2 = bytes.fromhex(out[0]), bytes.fromhex(out[1])
+    assert auth.open_reply(first, 0x12, 0x92, reply1) == b'{"status": 3}'
+    assert auth.open_reply(second, 0x12, 0x92, reply2) == b'{"status": 3}'
+    tampered = reply1.replace(b"3", b"4")
+    for request, reply_type, reply in ((first, 0x92, tampered), (second, 0x92, reply1), (first, 0xFF, reply1),
+                                       (first, 0x92, reply1[-16:]), (first, 0x92, b""),
+                                       (first, 0x92, b'{"status": 3}' + first[-16:])):
+        with pytest.raises(TransportError, match="failed authentication"):
+            auth.open_reply(request, 0x12, reply_type, reply)

@@ -140,9 +140,10 @@ def test_unauthenticated_and_replayed_frames_are_refused(board, images):
         secret = load_keys(Path(board.keys_dir), private=False).utility_secret
         auth = AuthSession(meter_key(secret, st["serial"]), nonce)
         sealed = auth.seal(P.UPD_ACTIVATE, _json.dumps({"when": "now"}).encode())
+        opener = auth.opener(P.UPD_ACTIVATE, sealed)
         with pytest.raises(CommandError) as e:
-            link.request_json(P.UPD_ACTIVATE, raw=sealed)
-        assert e.value.code == "not_verified"  # authenticated, refused on its merits
+            link.request_json(P.UPD_ACTIVATE, raw=sealed, opener=opener)
+        assert e.value.code == "not_verified"  # authenticated, refused on its merits (sealed)
         with pytest.raises(CommandError) as e:
-            link.request_json(P.UPD_ACTIVATE, raw=sealed)
-        assert e.value.code == "replay"
+            link.request_json(P.UPD_ACTIVATE, raw=sealed, opener=opener)
+        assert e.value.code == "replay"  # refused by the session check: unsealed, let through
