@@ -216,11 +216,12 @@ class MeterBoard:
     """The device under test running our firmware, with what tests need to check its data: a
     SimBoard (the sim or the emulated Pico) or a RealBoard."""
 
-    def __init__(self, sim, seed: int, interval_s: int, keys_dir: Path, kind: str = "sim"):
+    def __init__(self, sim, seed: int, interval_s: int, keys_dir: Path, kind: str = "sim", load: str | None = None):
         self.sim = sim
         self.keys_dir = keys_dir
         self.port = sim.port
         self.seed = seed
+        self.load = load or "mixed"  # the premises' load profile (hil.metrology)
         self.interval_s = interval_s
         self.kind = kind
         self.timeout_s = PICO_TIMEOUT_S if kind == "pico" else 3.0
@@ -231,6 +232,13 @@ class MeterBoard:
                    and c not in getattr(self.sim, "capabilities", ())]
         if lacking:
             pytest.skip(f"the device under test ({self.kind}) cannot give: {', '.join(lacking)}")
+
+    def true_energies(self, start_s: int, end_s: int) -> tuple[int, int]:
+        """(delivered_mwh, received_mwh) that truly flowed in [start_s, end_s): the host's twin
+        of this meter's front-end, with its seed and load profile."""
+        from hil.metrology import true_energies
+
+        return true_energies(self.seed, start_s, end_s, self.load)
 
     def link(self):
         from meterfw.transport import Link
@@ -299,9 +307,10 @@ class RealBoard:
         return False
 
 
-def start_dut(sim_factory, dut: Dut, image, keys_dir, interval_s, seed, overrides=None):
+def start_dut(sim_factory, dut: Dut, image, keys_dir, interval_s, seed, overrides=None, load=None):
     """Start (or, for a real board, provision) the DUT with `image`; `overrides` are board
-    defaults for this test (sim.json on the sim, /board/board.json on a Pico)."""
+    defaults for this test (sim.json on the sim, /board/board.json on a Pico); `load` is the
+    premises' load profile (a real board's is whatever its premises draw)."""
     if dut.kind == "port":
         board = RealBoard(dut)
         board.provision(image, keys_dir)
@@ -310,12 +319,12 @@ def start_dut(sim_factory, dut: Dut, image, keys_dir, interval_s, seed, override
     if dut.kind == "pico":
         dut.needs_firmware()
         return sim_factory(dir=d, image=image, keys=keys_dir, interval_s=interval_s, seed=seed,
-                           board="pico", firmware=dut.firmware, defaults=overrides or {})
+                           board="pico", firmware=dut.firmware, defaults=overrides or {}, load=load)
     if overrides:
         import json as _json
 
         (d / "sim.json").write_text(_json.dumps(overrides))
-    return sim_factory(dir=d, image=image, keys=keys_dir, interval_s=interval_s, seed=seed)
+    return sim_factory(dir=d, image=image, keys=keys_dir, interval_s=interval_s, seed=seed, load=load)
 
 
 # The emulated Pico boots in seconds of host time; its intervals are longer so that a boot
@@ -336,13 +345,13 @@ def board(sim_factory, images, keys_dir, dut) -> MeterBoard:
 
 @pytest.fixture
 def make_board(sim_factory, images, keys_dir, dut):
-    """make_board(image=..., **overrides) for boards that need other settings (a short
-    watchdog, one trial attempt, ...)."""
+    """make_board(image=..., load=..., **overrides) for boards that need other settings (a short
+    watchdog, one trial attempt, a premises' load profile, ...)."""
 
-    def make(image=None, **overrides) -> MeterBoard:
+    def make(image=None, load=None, **overrides) -> MeterBoard:
         iv = _interval_s(dut)
-        sim = start_dut(sim_factory, dut, image or images["v1"], keys_dir, iv, SEED, overrides)
-        return MeterBoard(sim, SEED, iv, keys_dir, dut.kind)
+        sim = start_dut(sim_factory, dut, image or images["v1"], keys_dir, iv, SEED, overrides, load)
+        return MeterBoard(sim, SEED, iv, keys_dir, dut.kind, load)
 
     return make
 
@@ -398,10 +407,11 @@ def pico_images(tmp_path_factory, keys_dir, pico_dut) -> dict:
 
 @pytest.fixture
 def make_pico(sim_factory, pico_images, keys_dir, pico_dut):
-    """make_pico(image=..., **board_defaults): an emulated Pico meter."""
+    """make_pico(image=..., load=..., **board_defaults): an emulated Pico meter."""
 
-    def make(image=None, **overrides) -> MeterBoard:
-        sim = start_dut(sim_factory, pico_dut, image or pico_images["v1"], keys_dir, PICO_INTERVAL_S, SEED, overrides)
-        return MeterBoard(sim, SEED, PICO_INTERVAL_S, keys_dir, "pico")
+    def make(image=None, load=None, **overrides) -> MeterBoard:
+        sim = start_dut(sim_factory, pico_dut, image or pico_images["v1"], keys_dir, PICO_INTERVAL_S, SEED,
+                        overrides, load)
+        return MeterBoard(sim, SEED, PICO_INTERVAL_S, keys_dir, "pico", load)
 
     return make

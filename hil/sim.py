@@ -32,15 +32,16 @@ class SimBoard:
 
     @classmethod
     def start(cls, sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=None,
-              serial=None, device_script=None, **pico) -> "SimBoard":
+              serial=None, device_script=None, load=None, **pico) -> "SimBoard":
         """Provision (if DIR has no flash.img and image/keys are given) and start a sim meter.
 
         `device_script` replaces boards/sim/power_on.py; it is for the supervisor's own tests.
         `board="pico"` (with `firmware`, `bootrom`, `defaults`) starts the emulated Pico instead.
+        `load` is the premises' load profile (hil.metrology; default `mixed`, or what DIR had).
         """
         info = _sup.start(
             sim_dir, image=image, keys=keys, baud=baud, interval_s=interval_s, seed=seed,
-            serial=serial, device_script=device_script, **pico,
+            serial=serial, device_script=device_script, load=load, **pico,
         )
         return cls(Path(sim_dir), info)
 

@@ -855,17 +855,20 @@ def is_running(sim_dir) -> bool:
 
 def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=None,
           serial=None, device_script=None, uart_loss=None, tcp_port=None, board=None,
-          firmware=None, bootrom=None, defaults=None) -> dict:
+          firmware=None, bootrom=None, defaults=None, load=None) -> dict:
     """Provision DIR if needed, record the run config and start a detached supervisor.
 
     `board="pico"` runs the stock MicroPython firmware (`firmware`, a UF2; default $PICO_FIRMWARE)
     on the emulated RP2040, with the RP2040 boot ROM (`bootrom`; default beside the firmware).
     `defaults` are board defaults a pico's /board/board.json is provisioned with (the sim reads
     its overrides from sim.json at every boot instead).
+    `load` is the premises' load profile (hil.metrology.PROFILES; kept in sim.json like the seed).
     Returns what `meterfw-sim start` prints: port, pid, dir, baud, serial, device_pid, board,
     and usb_port for a pico.
     """
     given = str(sim_dir)
+    if load is not None:
+        _load_curve(load)  # a bad name stops here, before anything is made or started
     d = _resolve_dir(sim_dir)
     d.mkdir(parents=True, exist_ok=True)
     if _lock_held(d):
@@ -901,9 +904,10 @@ def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=No
     cfg.setdefault("created_s", int(time.time()))
     cfg.setdefault("serial", None)
     for key, value in (("seed", seed), ("interval_s", interval_s), ("baud", baud), ("serial", serial),
-                       ("uart_loss", uart_loss), ("tcp_port", tcp_port)):
+                       ("uart_loss", uart_loss), ("tcp_port", tcp_port), ("load", load)):
         if value is not None:
             cfg[key] = value
+    cfg["load_curve"] = _load_curve(cfg.setdefault("load", "mixed"))  # what the front-ends evaluate
     _write_json_atomic(d / SIM_JSON, cfg)
 
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
@@ -930,6 +934,15 @@ def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=No
     _STARTED[proc.pid] = proc
     keys = ("port", "pid", "dir", "baud", "serial", "device_pid", "tcp_port", "board", "usb_port")
     return {k: msg[k] for k in keys if k in msg}
+
+
+def _load_curve(load: str) -> dict | None:
+    from hil.metrology import load_curve
+
+    try:
+        return load_curve(load)
+    except ValueError as e:
+        raise SimError(str(e), 2) from None
 
 
 def default_firmware() -> Path | None:
@@ -1141,6 +1154,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--baud", type=int, help="pace the line at 8N1 for this baud rate")
     s.add_argument("--interval-s", type=_number, help="metering interval (default: the board's)")
     s.add_argument("--seed", type=int, help="metrology seed (default 1)")
+    s.add_argument("--load", metavar="PROFILE",
+                   help="the premises' load on the metrology front-end (default mixed, or what DIR "
+                        "had): mixed (0.7-2.2 kW with bursts of export), residential (night base "
+                        "load, morning and evening peaks), vacant (no energy at all), solar (a "
+                        "home with rooftop PV: export around midday), commercial (near the "
+                        "meter's 24 kW rating in business hours). Daily curves run on UTC, or "
+                        "on the premises' local time with PROFILE@+HH:MM")
     s.add_argument("--serial", help="meter serial number")
     s.add_argument("--uart-loss", action=argparse.BooleanOptionalAction, default=None,
                    help="model an RP2040 UART: bytes arriving while flash is busy are lost beyond "
@@ -1182,7 +1202,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.dir, image=args.image, keys=args.keys, baud=args.baud,
                 interval_s=args.interval_s, seed=args.seed, serial=args.serial,
                 device_script=args.device_script, uart_loss=args.uart_loss, tcp_port=args.tcp,
-                board=args.board, firmware=args.firmware, bootrom=args.bootrom,
+                board=args.board, firmware=args.firmware, bootrom=args.bootrom, load=args.load,
             )
             print(json.dumps(info), flush=True)
         elif args.cmd == "stop":

@@ -54,7 +54,8 @@ class Hardware:
         self.models_heap = 0  # set by power_on.py once the models are built
         self.ctl = Ctl(ctl_out_fd, ctl_in_fd)
         self.flash = NorFlash(sim_dir + "/flash.img", self.board["flash"], self.ctl)
-        self.metrology = Metrology(self.sim.get("seed", 1), self.sim["created_s"])
+        # The premises' load: the curve the rig resolved from `load` (None: the `mixed` one).
+        self.metrology = Metrology(self.sim.get("seed", 1), self.sim["created_s"], self.sim.get("load_curve"))
         self.clock_offset_ms = int(self.sim.get("clock_offset_s", 0) * 1000)
         # Parts whose state outlives the MCU: relay position, display, the RTC's backed-up setting.
         self.relay = LatchingRelay(sim_dir + "/relay.json")

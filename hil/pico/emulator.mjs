@@ -32,7 +32,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { RP2040 } from 'rp2040js';
-import { Ade7953, CdcHost, Rv8803, adeRegisters, mwhInSecond } from './parts.mjs';
+import { Ade7953, CdcHost, Rv8803, adeRegisters, energiesInSecond } from './parts.mjs';
 
 const [dir, cause, ctlOutArg, ctlInArg, usbArg] = process.argv.slice(2);
 if (!ctlInArg) {
@@ -273,11 +273,13 @@ new Rv8803(mcu.i2c[pico.rtc_i2c], pico.rtc_addr, rigMs, () => {
   }
 }, (adjustMs) => fs.writeFileSync(rtcPath, JSON.stringify({ adjust_ms: adjustMs })));
 const seed = sim.seed ?? 1;
+const loadCurve = sim.load_curve ?? null; // the premises' load, resolved by the rig from sim.load
 let meteredS = sim.created_s;
 let meteredMwh = 0;
 function energyMwh() {
+  // The board accumulates positive energy only (its setup): what the premises imports.
   const now = Math.floor(rigMs() / 1000);
-  while (meteredS < now) meteredMwh += mwhInSecond(seed, meteredS++);
+  while (meteredS < now) meteredMwh += energiesInSecond(seed, loadCurve, meteredS++)[0];
   return meteredMwh;
 }
 new Ade7953(mcu.spi[0], mcu.gpio[pico.ade_cs], adeRegisters(energyMwh));

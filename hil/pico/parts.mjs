@@ -3,12 +3,42 @@
 // real bus protocol to the stock firmware's drivers; nothing here knows about meterfw.
 import { GPIOPinState, I2CMode } from 'rp2040js';
 
-// --- the host twin's energy function (hil/metrology.py; a test checks they agree) -------------
-export function mwhInSecond(seed, s) {
+// --- the premises' load: boards/sim/metrology.py's energy functions (a test checks they agree) -----
+// Integer arithmetic only, kept below 2^53 (and 32-bit products through Math.imul), so the
+// numbers are the Python ones bit for bit.
+function mix(seed, s) {
   let x = (Math.imul(s, 2654435761 | 0) + Math.imul(seed, 40503) + 12345) >>> 0;
   x = (x ^ (x >>> 13)) >>> 0;
-  x = Math.imul(x, 1103515245) >>> 0;
-  return 200 + ((x >>> 8) % 401);
+  return Math.imul(x, 1103515245) >>> 0;
+}
+
+export function mwhInSecond(seed, s) {
+  return 200 + ((mix(seed, s) >>> 8) % 401);
+}
+
+export function receivedMwhInSecond(seed, s) {
+  if ((Math.floor(s / 10) + seed) % 3) return 0;
+  let x = (Math.imul(s, 2246822519 | 0) + Math.imul(seed, 3266489) + 374761393) >>> 0;
+  x = (x ^ (x >>> 15)) >>> 0;
+  x = Math.imul(x, 668265263) >>> 0;
+  return (x >>> 8) % 301;
+}
+
+function levelW(points, sod, jitterPct, r) {
+  const h = Math.floor(sod / 3600);
+  const f = sod % 3600;
+  const w = Math.floor((points[h] * (3600 - f) + points[(h + 1) % 24] * f) / 3600);
+  return Math.floor((w * (100 - jitterPct + (r % (2 * jitterPct + 1)))) / 100);
+}
+
+// [delivered mWh, received mWh] in the whole second s; curve null is the `mixed` load.
+export function energiesInSecond(seed, curve, s) {
+  if (!curve) return [mwhInSecond(seed, s), receivedMwhInSecond(seed, s)];
+  const sod = (((s + (curve.utc_offset_s || 0)) % 86400) + 86400) % 86400;
+  const x = mix(seed, s);
+  let netW = levelW(curve.load_w, sod, curve.load_jitter_pct || 0, x & 0xffff);
+  if (curve.pv_w) netW -= levelW(curve.pv_w, sod, curve.pv_jitter_pct || 0, x >>> 16);
+  return netW >= 0 ? [Math.floor((netW * 5) / 18), 0] : [0, Math.floor((-netW * 5) / 18)];
 }
 
 // --- USB: a CDC host that NAKs -------------------------------------------------------------------
