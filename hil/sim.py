@@ -54,6 +54,15 @@ class SimBoard:
         """Cut the power now; it returns after `off_s`. Returns the state after the new boot."""
         return _sup.command(self.dir, "power-cycle", off_s, timeout_s=_sup.COMMAND_TIMEOUT_S + off_s)
 
+    def power_off(self) -> dict:
+        """Cut the power and keep it off (a planned cut is dropped) until power_on(): meanwhile
+        the board's files (flash.img, rtc.json, ...) may be changed, as on a bench."""
+        return _sup.command(self.dir, "power-off")
+
+    def power_on(self) -> dict:
+        """Switch the power on again after power_off(). Returns the state after the boot."""
+        return _sup.command(self.dir, "power-on")
+
     def reset(self) -> dict:
         """Press the reset button. Returns the state after the new boot."""
         return _sup.command(self.dir, "reset")

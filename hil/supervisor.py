@@ -75,6 +75,7 @@ READY_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 15.0
 _STATE_REFRESH_S = 1.0  # line counters in state.json are refreshed at most this often
 _IDLE_WAKE_S = 0.5
+_PAUSE_S = 0.5  # a gap between two flash operations this long is recorded as a pause
 
 _PR_SET_PDEATHSIG = 1
 
@@ -248,6 +249,12 @@ class Supervisor:
         self.emulated_us: int | None = None
         self.emulated_wall_us: int | None = None
         self.power_cuts = 0  # cuts at a flash operation that the device carried out
+        # For the power-cut sweep, which marks a phase's parts by them: the flash operations
+        # done before each of the last boots, and the pauses in flash activity (the operations
+        # done before a pause of at least _PAUSE_S, and its length) of the last few boots.
+        self.boot_ops: collections.deque[int] = collections.deque(maxlen=16)
+        self.pauses: collections.deque[list] = collections.deque(maxlen=64)
+        self._last_op_t: float | None = None
         # A planned cut outlives the boots before it: [operations left, torn]. The device
         # counts down within a boot; we count its reported operations to hand the rest on.
         self.cut_plan: list | None = None
@@ -304,6 +311,8 @@ class Supervisor:
             "line": self.line.stats() if hasattr(self, "line") else None,
             "flash_ops": self.flash_ops,
             "power_cuts": self.power_cuts,
+            "boot_ops": list(self.boot_ops),
+            "pauses": list(self.pauses),
             "tcp_port": self.tcp_port,
             "tcp_client": self._client_peer,
             "uart_lost": self.uart_lost,
@@ -454,6 +463,8 @@ class Supervisor:
         self._ctl_buf = b""
         self._send_cut_plan()
         self.boots = n
+        self.boot_ops.append(self.flash_ops)
+        self._last_op_t = None
         self.last_cause = cause
         self.wdt_ms = None
         self.wdt_deadline = None
@@ -535,6 +546,9 @@ class Supervisor:
             return
         word, _, rest = line.partition(" ")
         if word == "w":
+            if self._last_op_t is not None and now - self._last_op_t >= _PAUSE_S:
+                self.pauses.append([self.flash_ops, round(now - self._last_op_t, 3)])
+            self._last_op_t = now
             self.flash_ops += 1
             if self.cut_plan is not None:
                 self.cut_plan[0] -= 1
@@ -641,6 +655,24 @@ class Supervisor:
                 os.write(self.ctl_in, f"clock {token}\n".encode())
             else:
                 self.emulated_us = self.emulated_wall_us = None
+                self.acks.append(token)
+                self.write_state()
+        elif cmd == "power-off":
+            # The power goes off and stays off until power-on: the rig may change what the
+            # board keeps meanwhile (its flash image, the RTC's backup). A planned cut goes too.
+            self.log("command power-off")
+            self.kill_device("power off")
+            self.cut_plan = None
+            self.pending_boot = None
+            self.halted = False
+            self.acks.append(token)
+            self.write_state()
+        elif cmd == "power-on":
+            self.log("command power-on")
+            if self.proc is None:
+                self._acks_at_boot.append(token)
+                self.boot(POWER_ON)
+            else:
                 self.acks.append(token)
                 self.write_state()
         elif cmd == "sync":
