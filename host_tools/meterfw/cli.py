@@ -3,22 +3,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 from . import protocol as P
-from .errors import CommandError, MeterfwError
+from .errors import (EXIT_ERROR, EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED,
+                     EXIT_REVERTED, EXIT_SERIAL_MISMATCH, EXIT_UNHEALTHY, EXIT_USAGE, CommandError, MeterfwError)
 from .image import Image, ImageError, build_image, inspect, parse_image, write_image
 from .keys import KeysError, init_keys, load_keys
 from .paths import BOARD_NAMES, FIRMWARE
 from .session import Meter
 from .transport import DEFAULT_BAUD, Link
+from .upgrade import parse_time, parse_when, upgrade
 
-EXIT_REVERTED = 3
-EXIT_REJECTED = 4
-EXIT_FAILED = 5
-_UPGRADE_EXIT = {"confirmed": 0, "reverted": EXIT_REVERTED, "rejected": EXIT_REJECTED, "failed": EXIT_FAILED}
+_UPGRADE_EXIT = {"confirmed": EXIT_OK, "reverted": EXIT_REVERTED, "rejected": EXIT_REJECTED, "failed": EXIT_FAILED}
+EXIT_CODES = (  # for --help; README lists the same
+    (EXIT_OK, "done (upgrade: confirmed)"),
+    (EXIT_ERROR, "an error: a bad file, key directory or value, the link, a refusal, a malformed reply"),
+    (EXIT_UNHEALTHY, "health: a critical or important item failed"),
+    (EXIT_REVERTED, "upgrade: reverted, the meter went back to the previous image"),
+    (EXIT_REJECTED, "upgrade: rejected, the image was refused and the meter kept what it had"),
+    (EXIT_FAILED, "upgrade: failed, no verdict in time"),
+    (EXIT_SERIAL_MISMATCH, "--serial: the meter on the port is another one; nothing was done"),
+    (EXIT_USAGE, "usage: a command line meterfw does not take"),
+    (EXIT_INTERNAL, "internal error: a defect of meterfw (please report it)"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+)
 
 
 def _emit(args, data, human: str) -> None:
@@ -31,7 +43,8 @@ def _meter(args) -> Meter:
     secret = None
     if args.keys:
         secret = load_keys(Path(args.keys), private=False).utility_secret
-    return Meter(Link(args.port, baud=args.baud, timeout_s=args.timeout), utility_secret=secret)
+    return Meter(Link(args.port, baud=args.baud, timeout_s=args.timeout), utility_secret=secret,
+                 expect_serial=args.expect_serial)
 
 
 def _read_file(path: str) -> bytes:
@@ -41,6 +54,13 @@ def _read_file(path: str) -> bytes:
         raise CommandError(f"no such file: {path}") from None
     except OSError as e:
         raise CommandError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _write_file(path: Path, write) -> None:
+    try:
+        write(Path(path))
+    except OSError as e:
+        raise CommandError(f"cannot write {path}: {e.strerror}") from None
 
 
 def _read_image(path: str) -> tuple[bytes, Image | None, str | None]:
@@ -68,7 +88,7 @@ def cmd_image_build(args) -> int:
     keys = load_keys(Path(args.keys_dir or args.keys))
     data = build_image(Path(args.src), args.board, args.version, keys,
                        security_version=args.security_version, build_time=args.build_time)
-    write_image(Path(args.output), data)
+    _write_file(args.output, lambda p: write_image(p, data))
     info = inspect(data, keys)
     out = {"file": args.output, "bytes": len(data), "sha256": info["sha256"], "manifest": info["manifest"]}
     _emit(args, out, f"{args.output}: {args.board} {args.version}, {len(data)} bytes, "
@@ -163,7 +183,7 @@ def cmd_retry(args) -> int:
 
 
 def cmd_read_intervals(args) -> int:
-    since_s = _parse_time(args.since, "--since") if args.since else 0
+    since_s = parse_time(args.since, "--since") if args.since else 0
     recs = _meter(args).read_intervals(args.since_seq, since_s)
     lines = [f"{r['seq']:>6} {r['start']:>11} {r['duration_s']:>5}s {r['energy_wh']:>10.3f} Wh "
              f"{r['received_mwh'] / 1000:>9.3f} Wh  {','.join(r['flags'])}" for r in recs]
@@ -178,24 +198,12 @@ def cmd_log(args) -> int:
     return 0
 
 
-EXIT_UNHEALTHY = 2
-
-
-def _parse_time(text: str, what: str) -> int:
-    """Epoch seconds, or ISO-8601 (UTC unless it says otherwise)."""
-    from datetime import datetime, timezone
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
-        raise CommandError(f"{what} takes epoch seconds or an ISO-8601 time, not {text!r}") from None
-    return int((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp())
-
-
 def _iso(t_s: float) -> str:
     from datetime import datetime, timezone
-    return datetime.fromtimestamp(t_s, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(t_s, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):  # a meter's time outside what a datetime holds
+        return f"{t_s} s"
 
 
 def cmd_read_registers(args) -> int:
@@ -229,16 +237,25 @@ def _assignments(items: list[str]) -> dict:
             changes[key] = json.loads(value)
         except ValueError:
             changes[key] = value
+        except RecursionError:
+            raise CommandError(f"the value of {key} is nested too deeply") from None
     return changes
+
+
+def _json_object_file(path: str) -> dict:
+    try:
+        value = json.loads(_read_file(path))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise CommandError(f"{path} is not JSON") from None
+    if not isinstance(value, dict):
+        raise CommandError(f"{path} holds JSON but not an object of settings")
+    return value
 
 
 def cmd_state_set(args) -> int:
     changes = _assignments(args.settings)
     if args.file:
-        try:
-            changes = {**json.loads(_read_file(args.file)), **changes}
-        except ValueError:
-            raise CommandError(f"{args.file} is not JSON") from None
+        changes = {**_json_object_file(args.file), **changes}
     if not changes:
         raise CommandError("nothing to set: give SETTING=VALUE pairs or --file FILE")
     r = _meter(args).set_state(changes)
@@ -265,7 +282,7 @@ def cmd_time(args) -> int:
                 f"{'valid' if before['valid'] else 'INVALID'}"
     else:
         if args.action == "set" and args.to:
-            target_ms = _parse_time(args.to, "--to") * 1000
+            target_ms = parse_time(args.to, "--to") * 1000
         else:
             target_ms = None
         if args.action == "sync" and abs(before["offset_ms"]) <= args.tolerance_ms:
@@ -335,7 +352,6 @@ def cmd_revert(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
-    from .upgrade import parse_when, upgrade  # keeps rich out of the other commands' start-up
     data, img, why = _read_image(args.file)
     when, at_s = parse_when(args.when)
     if img is None:  # nothing to ask the meter: the image itself is unusable
@@ -350,7 +366,7 @@ def cmd_upgrade(args) -> int:
 
 def _upgrade_done(args, report: dict) -> int:
     if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+        _write_file(args.report, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
     if args.json:
         print(json.dumps(report))
     else:
@@ -400,13 +416,52 @@ class _progress:
 
 # --- the table --------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line too, `meterfw: ...`, and exits EXIT_USAGE (not argparse's 2,
+    which `health` gives an unhealthy meter)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"meterfw: {_one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def _number(kind, what: str, zero: bool = False):
+    """An argparse type: a finite number of `kind` above 0 (or 0 itself, with zero)."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and (v > 0 or zero and v == 0)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return v
+    return parse
+
+
+_BAUD = _number(int, "a baud rate")
+_TIMEOUT = _number(float, "a number of seconds above 0")
+_SECONDS = _number(float, "a number of seconds", zero=True)
+
+
+def _default_timeout() -> float:
+    try:
+        return _TIMEOUT(os.environ.get("METERFW_TIMEOUT", "3.0"))
+    except argparse.ArgumentTypeError:
+        raise SystemExit(f"meterfw: METERFW_TIMEOUT={os.environ['METERFW_TIMEOUT']!r} is not a number of "
+                         f"seconds above 0") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="meterfw", description="Firmware manager for MicroPython meters")
+    epilog = "exit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES)
+    p = _Parser(prog="meterfw", description="Firmware manager for MicroPython meters", epilog=epilog,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", help="meter link: a serial device, or any pyserial URL such as socket://host:port")
-    p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help="serial speed (default %(default)s)")
+    p.add_argument("--baud", type=_BAUD, default=DEFAULT_BAUD, help="serial speed (default %(default)s)")
     p.add_argument("--keys", help="key directory made by `meterfw keys init`")
-    p.add_argument("--timeout", type=float, default=float(os.environ.get("METERFW_TIMEOUT", 3.0)),
+    p.add_argument("--timeout", type=_TIMEOUT, default=_default_timeout(),
                    help="seconds to wait for each reply (default $METERFW_TIMEOUT or %(default)s)")
+    p.add_argument("--serial", dest="expect_serial", metavar="SERIAL",
+                   help="the serial of the meter expected on --port: any other is refused before anything "
+                        f"is done on it (exit {EXIT_SERIAL_MISMATCH})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, fn, help, parent=sub):
@@ -482,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", nargs="?", choices=("status", "connect", "disconnect"), default="status")
     c = command("alarms", cmd_alarms, "alarms the meter holds until acknowledged")
     c.add_argument("--ack", action="store_true", help="acknowledge the alarms shown (authenticated)")
-    c.add_argument("--listen", type=float, default=0, metavar="S", help="also collect pushed alarms for S seconds")
+    c.add_argument("--listen", type=_SECONDS, default=0, metavar="S", help="also collect pushed alarms for S seconds")
     state = sub.add_parser("state", help="change the meter state").add_subparsers(dest="what", required=True)
     c = command("set", cmd_state_set, "change meter state settings (authenticated)", state)
     c.add_argument("settings", nargs="*", metavar="SETTING=VALUE", help="e.g. multiplier=40 'limiting={\"enabled\": true}'")
@@ -493,17 +548,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(text: str) -> str:
+    """A message as one line: a meter's refusal or an OS error may carry line breaks."""
+    return " ".join(str(text).split()) or "(no message)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (MeterfwError, ImageError, KeysError) as e:
-        print(f"meterfw: {e}", file=sys.stderr)
-        return 1
+        print(f"meterfw: {_one_line(e)}", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_ERROR)
     except KeyboardInterrupt:
         print("meterfw: interrupted; the meter keeps what it had and an upgrade resumes where it stopped",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 -- the last resort: a defect of ours, still one line
+        if os.environ.get("METERFW_DEBUG"):
+            import traceback
+            traceback.print_exc()
+        print(f"meterfw: internal error: {type(e).__name__}: {_one_line(e)} "
+              "(please report; run with METERFW_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -63,11 +63,17 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 def init_keys(dir: Path) -> dict:
     """Create a fresh key directory; returns a JSON-ready summary for `meterfw keys init --json`."""
     dir = Path(dir)
-    existing = [name for name in KEY_FILES if (dir / name).exists()]
-    if existing:
-        raise KeysError(f"refusing to overwrite keys in {dir}: {', '.join(existing)} already exist")
-    dir.mkdir(parents=True, exist_ok=True)
+    try:
+        existing = [name for name in KEY_FILES if (dir / name).exists()]
+        if existing:
+            raise KeysError(f"refusing to overwrite keys in {dir}: {', '.join(existing)} already exist")
+        dir.mkdir(parents=True, exist_ok=True)
+        return _init(dir)
+    except OSError as e:  # a file where the directory should be, no permission, a full disk
+        raise KeysError(f"cannot make keys in {dir}: {e.strerror or e}") from None
 
+
+def _init(dir: Path) -> dict:
     summary = {"dir": str(dir)}
     for role in ("vendor", "utility"):
         private = Ed25519PrivateKey.generate()
@@ -109,6 +115,13 @@ def _read_public(dir: Path, role: str, private: Ed25519PrivateKey | None) -> byt
 def load_keys(dir: Path, *, private: bool = True) -> Keys:
     """Load a key directory. private=False is enough for verify/inspect (public keys only)."""
     dir = Path(dir)
+    try:
+        return _load(dir, private)
+    except OSError as e:  # no permission, a directory where a key file should be
+        raise KeysError(f"cannot read {e.filename or dir}: {e.strerror or e}") from None
+
+
+def _load(dir: Path, private: bool) -> Keys:
     hint = f"run `meterfw keys init --dir {dir}`"
     if not dir.is_dir():
         raise KeysError(f"no key directory {dir}: {hint}")

@@ -181,7 +181,9 @@ def provision_repl(port: str, image: bytes, keys_dir: Path, board: str, serial: 
         raise CommandError(f"provisioning through the REPL is for a Pico; board {board} has no REPL to provision")
     started = time.monotonic()
     with _Repl(port) as repl:
-        machine, uid, top, data = repl.query(_PROBE)
+        machine, uid, top, data = repl.query(_PROBE, lambda v: isinstance(v, tuple) and len(v) == 4 and
+                                             isinstance(v[0], str) and isinstance(v[1], bytes) and
+                                             all(x is None or isinstance(x, list) for x in v[2:]))
         if f"with {chip}" not in machine:
             raise CommandError(f"cannot provision: {port} is {machine!r}, not a {chip} ({board})")
         if top is None:
@@ -264,9 +266,17 @@ class _Repl:
     def exec(self, code: str):
         return self._call(self._t.exec, code)
 
-    def query(self, code: str):
-        """Run code that prints one repr(), and return that value."""
-        return ast.literal_eval(self.exec(code).decode().strip())
+    def query(self, code: str, valid):
+        """Run code that prints one repr(), and return that value, when valid(value)."""
+        out = self.exec(code)
+        try:
+            value = ast.literal_eval(out.decode().strip())
+        except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+            value = None
+        if value is None or not valid(value):
+            raise TransportError(f"the board on {self._port} answered the probe with {bytes(out[:60])!r}, "
+                                 "not what MicroPython prints")
+        return value
 
     def write_file(self, path: str, data: bytes, progress) -> None:
         self._call(self._t.fs_writefile, path, data, chunk_size=_CHUNK, progress_callback=progress)

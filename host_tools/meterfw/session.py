@@ -8,7 +8,8 @@ from typing import Callable
 
 from . import protocol as P
 from .auth import AuthSession, meter_key
-from .errors import CommandError, MeterfwError, TransportError
+from . import reply
+from .errors import CommandError, MeterfwError, ReplyError, SerialMismatch, TransportError
 from .image import parse_image
 from .transport import Link
 
@@ -29,16 +30,48 @@ def block_reply(payload: bytes) -> dict:
     return {"next": nxt, "window": window, "done": bool(done)}
 
 
+def _records(what: str, page: dict, spec: dict) -> list[dict]:
+    """A page's rows as records (one object per row, named by the page's fields), each checked."""
+    recs = [dict(zip(page["fields"], row)) for row in page["rows"]]
+    for r in recs:
+        reply.check(what, r, spec)
+    return recs
+
+
+def _next_page(since_seq: int, recs: list[dict]) -> int:
+    """Where the next page starts; a meter whose pages do not move on would be read forever."""
+    nxt = recs[-1]["seq"] + 1
+    if nxt <= since_seq:
+        raise ReplyError(f"meter sent a page that ends at seq {nxt - 1}, before the {since_seq} asked for")
+    return nxt
+
+
 class Meter:
-    def __init__(self, link: Link, utility_secret: bytes | None = None):
+    def __init__(self, link: Link, utility_secret: bytes | None = None, expect_serial: str | None = None):
+        """With expect_serial (--serial), the meter's serial is read before anything else is
+        done on it, and SerialMismatch raised, nothing changed, when it is another meter."""
         self.link = link
         self._secret = utility_secret
         self._auth: AuthSession | None = None
+        self.expect_serial = expect_serial
+        if expect_serial is not None:
+            self.serial()
+
+    def serial(self) -> str:
+        """The meter's serial, from its status: the one pinned, if one is (checked again at each
+        authentication, since the session key derives from it, and a port can change meters)."""
+        serial = self.status().get("serial")
+        if self.expect_serial is not None and serial != self.expect_serial:
+            raise SerialMismatch(f"the meter on {self.link.url} is {serial or 'without a serial number'}, "
+                                 f"not {self.expect_serial}; nothing was done")
+        if not serial:
+            raise ReplyError("the meter reports no serial number, so no key to authenticate it with")
+        return serial
 
     def _authenticate(self) -> AuthSession:
         if self._secret is None:
             raise CommandError("this is a privileged command: give --keys KEYDIR with the utility secret")
-        serial = self.status()["serial"]
+        serial = self.serial()
         nonce = bytes.fromhex(self.link.request_json(P.AUTH_CHALLENGE)["nonce"])
         self._auth = AuthSession(meter_key(self._secret, serial), nonce)
         return self._auth
@@ -77,27 +110,26 @@ class Meter:
         out: list[dict] = []
         while True:
             page = self.link.request_json(P.READ_INTERVALS, {"since_seq": since_seq, "since_s": since_s})
-            fields, names = page["fields"], page["flag_names"]
-            for row in page["rows"]:
-                r = dict(zip(fields, row))
-                r["flags"] = [n for i, n in enumerate(names) if r["flags"] >> i & 1]
+            recs = _records("interval record", page, reply.INTERVAL)
+            for r in recs:
+                r["flags"] = [n for i, n in enumerate(page["flag_names"]) if r["flags"] >> i & 1]
                 r["energy_wh"] = r["energy_mwh"] / 1000
-                out.append(r)
-            if not page["more"] or not page["rows"]:
+            out += recs
+            if not page["more"] or not recs:
                 return out
-            since_seq = page["rows"][-1][0] + 1
+            since_seq = _next_page(since_seq, recs)
 
     def read_events(self, since_seq: int = 0) -> list[dict]:
         out: list[dict] = []
         while True:
             page = self.link.request_json(P.READ_EVENTS, {"since_seq": since_seq, "limit": 50})
-            for row in page["rows"]:
-                e = dict(zip(page["fields"], row))
+            recs = _records("event record", page, reply.EVENT)
+            for e in recs:
                 e["name"] = page["names"].get(str(e["code"]), "event")
-                out.append(e)
-            if not page["more"] or not page["rows"]:
+            out += recs
+            if not page["more"] or not recs:
                 return out
-            since_seq = page["rows"][-1][0] + 1
+            since_seq = _next_page(since_seq, recs)
 
     # -- the meter runtime: registers, state, health, time, relay, alarms, display -----------------
     def read_registers(self) -> dict:
@@ -143,10 +175,10 @@ class Meter:
         seen: dict[int, dict] = {}
         for f in self.link.alarms:
             try:
-                a = json.loads(f.payload)
-                seen[int(a["seq"])] = a
-            except (ValueError, KeyError, TypeError):
+                a = reply.parse("pushed alarm", f.payload, reply.ALARM)
+            except ReplyError:
                 continue  # not ours to judge: the frame's CRC was good, its body is not an alarm
+            seen[a["seq"]] = a
         self.link.alarms.clear()
         return [seen[k] for k in sorted(seen)]
 

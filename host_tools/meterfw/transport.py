@@ -10,6 +10,7 @@ import serial
 
 from . import framing
 from .errors import CommandError, TransportError
+from .reply import parse_reply
 
 DEFAULT_BAUD = 115200
 _RETRY_JITTER_S = 0.4
@@ -33,14 +34,17 @@ class Link:
     def open(self) -> None:
         try:
             self._ser = serial.serial_for_url(self.url, baudrate=self.baud, timeout=0.05)
-        except (serial.SerialException, ValueError, OSError) as e:
+        except (ValueError, OSError, OverflowError) as e:  # serial.SerialException is an OSError
             raise TransportError(f"cannot open port {self.url}: {_reason(e)}") from None
         self._decoder = framing.Decoder()
 
     def close(self) -> None:
         if self._ser is not None:
-            self._ser.close()
-            self._ser = None
+            ser, self._ser = self._ser, None
+            try:
+                ser.close()
+            except OSError:
+                pass  # the port has gone already (a USB meter that reset)
 
     def reopen(self) -> None:
         """After the meter reset: a USB port may have vanished and come back."""
@@ -53,16 +57,23 @@ class Link:
     def __exit__(self, *exc):
         self.close()
 
+    def _port(self):
+        """The open port; one that a failed reopen() left closed is opened again (or raises)."""
+        if self._ser is None:
+            self.open()
+        return self._ser
+
     def _write(self, data: bytes) -> None:
         try:
-            self._ser.write(data)
-        except (serial.SerialException, OSError) as e:
+            self._port().write(data)
+        except OSError as e:
             raise TransportError(f"write to {self.url} failed: {_reason(e)}") from None
 
     def _read(self) -> bytes:
+        ser = self._port()
         try:
-            return self._ser.read(self._ser.in_waiting or 1)
-        except (serial.SerialException, OSError) as e:
+            return ser.read(ser.in_waiting or 1)
+        except OSError as e:
             raise TransportError(f"read from {self.url} failed: {_reason(e)}") from None
 
     def request(self, cmd: int, payload: bytes = b"", timeout_s: float | None = None,
@@ -77,7 +88,7 @@ class Link:
         """
         self._seq = (self._seq + 1) & 0xFF
         seq = self._seq
-        frame = framing.encode(cmd, seq, payload)
+        frame = _encode(cmd, seq, payload)
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         for attempt in range(retries + 1):
             if attempt:
@@ -106,7 +117,7 @@ class Link:
     def send(self, cmd: int, payload: bytes = b"") -> int:
         """Send one request frame without waiting; returns its sequence number."""
         self._seq = (self._seq + 1) & 0xFF
-        self._write(framing.encode(cmd, self._seq, payload))
+        self._write(_encode(cmd, self._seq, payload))
         return self._seq
 
     def collect(self, cmd: int, seqs, timeout_s: float, quiet_s: float = 0.5) -> tuple[dict, int]:
@@ -140,21 +151,27 @@ class Link:
         return got, bad
 
     def request_json(self, cmd: int, args: dict | None = None, raw: bytes | None = None, **kw) -> dict:
-        """A request whose reply is JSON; the request carries args as JSON, or raw bytes."""
+        """A request whose reply is a JSON object; the request carries args as JSON, or raw bytes.
+        The reply is checked against what the host reads of it (reply.py): ReplyError otherwise."""
         payload = raw if raw is not None else json.dumps(args).encode() if args else b""
-        reply = self.request(cmd, payload, **kw)
-        try:
-            return json.loads(reply)
-        except ValueError:
-            raise TransportError(f"meter sent a reply that is not JSON: {reply[:40]!r}") from None
+        return parse_reply(cmd, self.request(cmd, payload, **kw))
+
+
+def _encode(cmd: int, seq: int, payload: bytes) -> bytes:
+    if len(payload) > framing.MAX_PAYLOAD:  # the meter would drop it as a damaged frame, each try
+        raise CommandError(f"this request is {len(payload)} bytes; a meter takes at most {framing.MAX_PAYLOAD}")
+    return framing.encode(cmd, seq, payload)
 
 
 def _decode_error(payload: bytes) -> CommandError:
     try:
         d = json.loads(payload)
-        return CommandError(f"meter refused: {d['message']}", code=d.get("code"))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, RecursionError):
+        d = None
+    if not isinstance(d, dict) or not isinstance(d.get("message"), str):
         return CommandError(f"meter refused with an unreadable error: {payload[:40]!r}", code="unknown")
+    code = d.get("code")
+    return CommandError(f"meter refused: {d['message']}", code=code if isinstance(code, str) else "unknown")
 
 
 def _reason(e: Exception) -> str:

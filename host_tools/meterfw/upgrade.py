@@ -5,11 +5,13 @@ at the interval boundary or at a time; FR5, FR30, FR3, FR16), the wait for the m
 a second snapshot and the comparison of the two with every discrepancy listed (step 15)."""
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timezone
 from typing import Callable
 
 from . import protocol as P
+from . import reply
 from .errors import CommandError
 from .image import Image, ImageError, parse_image
 from .session import Meter
@@ -44,20 +46,19 @@ def parse_when(words: list[str] | str | None) -> tuple[str, int | None]:
     if words in (["now"], ["boundary"]):
         return words[0], None
     if len(words) == 2 and words[0] == "at":
-        return "at", parse_time(words[1])
+        return "at", parse_time(words[1], "--when at")
     raise CommandError(f"--when takes now, boundary or at TIME, not {' '.join(words)!r}")
 
 
-def parse_time(text: str) -> int:
-    if text.isdigit():
+def parse_time(text: str, what: str = "a time") -> int:
+    """Epoch seconds, or ISO-8601 (UTC unless it says otherwise)."""
+    if re.fullmatch(r"-?[0-9]+", text):  # ASCII digits: str.isdigit() also takes "²", which int() refuses
         return int(text)
     try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
-    except ValueError:
-        raise CommandError(f"activation time {text!r} is neither epoch seconds nor ISO-8601") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return int(t.timestamp())
+        t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+        return int((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp())
+    except (ValueError, OverflowError):  # not a time, or one past year 9999 in UTC
+        raise CommandError(f"{what} takes epoch seconds or an ISO-8601 time, not {text!r}") from None
 
 
 def precheck(data: bytes, meter_board: str | None = None) -> tuple[Image | None, str | None]:
@@ -284,6 +285,7 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
         return finish("failed", f"no verdict from the meter within {wait_s:.0f} s of activation")
     # The verdict as the meter seals it: the polls above are open reads, which the link could forge.
     after_st = meter.attested(P.STATUS)
+    reply.check("status reply", after_st, reply.STATUS)
     if not verdict(after_st):
         return finish("failed", "the meter's authenticated status holds no verdict: the link altered its replies")
     ui.stage("snapshot")
