@@ -43,6 +43,11 @@ async def _clock(m, ctx):
 
 
 async def _metrology(m, ctx):
+    # The chip answers on its bus: without that, a front-end reading no energy could be a
+    # missing chip rather than a premises drawing nothing.
+    fault = m.board.metrology_fault()
+    if fault:
+        return FAIL, fault, None
     read = m.metering.read_frontend
     a, a_rx = read()
     t0 = time.ticks_ms()

@@ -20,6 +20,8 @@ _EINVAL = const(22)  # any other ioctl: the unix port asks for a file descriptor
 _REBASE_MS = const(3600000)
 _SPI_READ = const(0x80)
 _SPI_WRITE = const(0)
+_LAST_OP = const(0x0FD)  # ADE7953 LAST_OP: the kind of the last successful communication
+_LAST_OP_READ = const(0x35)
 
 POWER_ON = "power-on"
 WATCHDOG = "watchdog"
@@ -338,6 +340,19 @@ class FrontEnd:
             self._ready = True
         return self._acc.update(self._regs.read(self._reg)) * self._num // self._den
 
+    def fault(self):
+        """None when the chip answers on its bus, else what is wrong. A bus with no chip on it
+        reads all zeros (or ones), which the energy register alone cannot tell from a premises
+        drawing nothing; the chip's LAST_OP register reads 0x35 after a successful read."""
+        try:
+            self.energy_mwh()
+            op = self._regs.read(_LAST_OP)
+        except OSError as e:
+            return "front-end does not answer: %r" % e
+        if op != _LAST_OP_READ:
+            return "front-end does not answer on its bus (LAST_OP reads 0x%02x, not 0x35)" % op
+        return None
+
 
 # --- the board --------------------------------------------------------------------------------
 
@@ -382,6 +397,9 @@ class Board:
 
     def energy_mwh(self):
         return self.metrology.energy_mwh()
+
+    def metrology_fault(self):
+        return self.metrology.fault()
 
     def reset(self):
         import machine

@@ -83,6 +83,10 @@ class Board:
         """(delivered_mwh, received_mwh) from the front-end, read at the same instant."""
         return self._hw.metrology.read()
 
+    def metrology_fault(self):
+        """The simulated front-end always answers (its energy is a function of time)."""
+        return None
+
     def display(self, text):
         self._hw.display.show(text)
 

@@ -138,18 +138,28 @@ function regWidth(reg) {
 
 const AENERGYA = 0x21e;
 
+const LAST_OP = 0x0fd; // the kind of the last successful communication: 0x35 read, 0xca write
+
 export function adeRegisters(energyMwh) {
   const stored = new Map();
+  let lastOp = 0;
+  const value = (reg) => {
+    if (reg === LAST_OP) return lastOp;
+    if ((reg & 0xff) === (AENERGYA & 0xff) && (reg >> 8) >= 2) {
+      const mask = reg >> 8 === 2 ? 0xffffff : 0xffffffff; // read without reset (LCYCMODE)
+      return energyMwh() % (mask + 1);
+    }
+    return stored.get(reg) || 0;
+  };
   return {
     read(reg) {
-      if ((reg & 0xff) === (AENERGYA & 0xff) && (reg >> 8) >= 2) {
-        const mask = reg >> 8 === 2 ? 0xffffff : 0xffffffff; // read without reset (LCYCMODE)
-        return energyMwh() % (mask + 1);
-      }
-      return stored.get(reg) || 0;
+      const v = value(reg);
+      lastOp = 0x35;
+      return v;
     },
-    write(reg, value) {
-      stored.set(reg, value);
+    write(reg, v) {
+      stored.set(reg, v);
+      lastOp = 0xca;
     },
   };
 }

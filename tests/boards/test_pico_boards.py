@@ -380,6 +380,24 @@ print(json.dumps({"first": first, "second": second, "setup_log": setup_log, "aga
     assert not [e for e in out["again"] if e[0] == "spi-write" and e[1][2] == 0]  # setup sent once
 
 
+def test_a_frontend_answers_only_when_its_chip_does(run_board):
+    """LAST_OP reads 0x35 after a read on a live ADE7953; a bus with no chip reads zeros (or
+    ones), which the energy register alone cannot tell from a vacant premises."""
+    out = run_board("pico", """
+b = Board(CONFIG)
+REGS[0x0FD] = 0x35
+alive = b.metrology_fault()
+REGS[0x0FD] = 0
+gone = b.metrology_fault()
+REGS[0x0FD] = 0xFF
+ones = b.metrology_fault()
+print(json.dumps([alive, gone, ones]))
+""")
+    assert out[0] is None
+    assert out[1] == "front-end does not answer on its bus (LAST_OP reads 0x00, not 0x35)"
+    assert out[2] == "front-end does not answer on its bus (LAST_OP reads 0xff, not 0x35)"
+
+
 def test_register_frames_on_spi_and_i2c(run_board):
     out = run_board("pico", """
 cs = fake_machine.Pin(17, fake_machine.Pin.OUT, value=1)

@@ -1,7 +1,8 @@
 """The health check's `metrology` item under MicroPython, on a front-end the test scripts: it
 judges what a real meter on the premises would show. No energy at all (a vacant premises), export
 only (rooftop PV at noon) and a load near the meter's rating are readings; a front-end that counts
-backwards or faster than any service delivers is a fault."""
+backwards or faster than any service delivers is a fault, and so is a chip that does not answer on
+its bus (which would read no energy too)."""
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,11 +17,17 @@ class Metering:
         return self.steps.pop(0)
 class App:
     pass
+class Board:
+    def __init__(self, fault):
+        self.fault = fault
+    def metrology_fault(self):
+        return self.fault
 async def main():
     out = {}
     for name, steps in READINGS.items():
         app = App()
         app.metering = Metering([tuple(s) for s in steps])
+        app.board = Board("front-end does not answer on its bus" if name == "no_chip" else None)
         out[name] = list(await health._metrology(app, {}))
     return out
 print(json.dumps(asyncio.run(main())))
@@ -34,6 +41,7 @@ READINGS = {
     "backwards": [(9000, 4000), (8999, 4000)],
     "received_backwards": [(9000, 4000), (9000, 3000)],
     "impossible": [(0, 0), (100000, 0)],                     # 180 kW over 2 s: no service gives that
+    "no_chip": [(0, 0), (0, 0)],                             # reads like vacant, but the chip is gone
 }
 
 
@@ -45,3 +53,4 @@ def test_metrology_item_judges_what_a_real_meter_on_the_premises_would_show(run_
     assert out["backwards"][:2] == ["fail", "front-end reading went backwards"]
     assert out["received_backwards"][:2] == ["fail", "front-end reading went backwards"]
     assert out["impossible"][0] == "fail" and "implausible" in out["impossible"][1]
+    assert out["no_chip"] == ["fail", "front-end does not answer on its bus", None]

@@ -23,6 +23,7 @@ class Board:
         self.fe = 0
         self.rx = 0
     def energies_mwh(self): return self.fe, self.rx
+    def metrology_fault(self): return None
 class Events:
     def __init__(self): self.logged = []
     def log(self, code, value=0): self.logged.append((code, value))
