@@ -20,7 +20,7 @@ ifdef PICO_BOOTROM
 export PICO_BOOTROM
 endif
 
-.PHONY: setup demo test powercut bench clean
+.PHONY: setup demo test powercut bench fuzz clean
 
 setup: $(STAMP) $(RIG_STAMP)
 
@@ -44,6 +44,9 @@ powercut: setup
 
 bench: setup
 	$(BIN)/python -m hil.bench
+
+fuzz: setup
+	$(BIN)/python -m hil.fuzz
 
 clean:
 	rm -rf $(VENV) $(RIG)/node_modules build .pytest_cache

@@ -67,6 +67,11 @@ class Decoder:
         while pos < end:
             if self._esc:
                 self._esc = False
+                if src[pos] == 0xC0:
+                    # An ESC at the end of the last feed, then END: it escapes nothing, and the
+                    # END still ends the frame, as it does when both come in one feed.
+                    self._damaged()
+                    continue
                 self._unescape(src[pos])
                 pos += 1
                 continue

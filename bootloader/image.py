@@ -41,13 +41,15 @@ def read_header(f):
     if hdr[:4] != _MAGIC:
         raise ValueError("bad image: wrong magic")
     manifest_len = hdr[4] | (hdr[5] << 8)
-    sig_count = hdr[6]
-    manifest = f.read(manifest_len)
-    if len(manifest) != manifest_len:
+    n = hdr[6] * _SIG_LEN
+    end = f.seek(0, 2)  # lengths checked before a read allocates for them (a 64 KB claim)
+    if end < _HDR_LEN + manifest_len:
         raise ValueError("bad image: truncated manifest")
-    raw = f.read(sig_count * _SIG_LEN)
-    if len(raw) != sig_count * _SIG_LEN:
+    if end < _HDR_LEN + manifest_len + n:
         raise ValueError("bad image: truncated signatures")
+    f.seek(_HDR_LEN)
+    manifest = f.read(manifest_len)
+    raw = f.read(n)
     sigs = []
     for i in range(0, len(raw), _SIG_LEN):
         sigs.append((raw[i], raw[i + 1 : i + 9], raw[i + 9 : i + _SIG_LEN]))

@@ -387,7 +387,7 @@ def parse_image(data: bytes) -> Image:
 
     try:
         manifest = json.loads(manifest_bytes.decode())
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # nested past the parser's depth
         raise ImageError(f"bad manifest JSON: {e}") from None
     _check_manifest(manifest)
 
