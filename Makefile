@@ -36,8 +36,13 @@ $(RIG_STAMP): $(RIG)/package.json $(RIG)/package-lock.json
 demo: setup
 	$(BIN)/python -m hil.demo
 
+# The suite runs on TEST_JOBS pytest-xdist workers: most of its time is meters booting and intervals
+# closing, not computing. A file's tests stay on one worker, and the emulated Pico's files run one
+# after another (hil/pytest_plugin.py groups them).
+TEST_JOBS ?= 3
+
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_JOBS) --dist loadgroup
 
 powercut: setup
 	$(BIN)/python -m hil.powercut

@@ -86,6 +86,16 @@ def pytest_configure(config):
     if config.getoption("--board") == "pico" and not config.getoption("--port"):
         os.environ.setdefault("METERFW_TIMEOUT", str(PICO_TIMEOUT_S))
 
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's `--dist loadgroup` (make test): a file's tests run on one worker,
+    in order (they share module fixtures, and some take one meter through steps), and the emulated
+    Pico's files one after another on one worker, since each emulator keeps a core busy."""
+    for item in items:
+        group = "pico" if item.path.parent.name == "pico" else str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 _GONE_TIMEOUT_S = 5.0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import serial
 
+from hil.metrology import load_curve as load_curve_of
 from hil.sim import SimBoard, SimError, pid_alive
 
 pytestmark = pytest.mark.timeout(120)
@@ -299,8 +300,10 @@ def test_restart_keeps_stored_options_and_creation_time(sim_factory):
     board.stop()
     again = sim_factory(board.dir, device_script=ECHO_DEVICE, baud=115200)
     sim = json.loads((board.dir / "sim.json").read_text())
+    load_curve = sim.pop("load_curve")  # the default premises' curve, resolved for the front-ends
     assert sim == {"seed": 7, "interval_s": 60, "baud": 115200, "created_s": created, "serial": "SIM42",
-                   "board": "sim"}
+                   "board": "sim", "load": "mixed"}
+    assert load_curve == json.loads(json.dumps(load_curve_of("mixed")))
     assert again.serial == "SIM42" and again.baud == 115200
     assert again.state()["boots"] == 1  # a fresh supervisor counts from its own power-on
 
