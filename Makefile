@@ -38,11 +38,11 @@ demo: setup
 
 # The suite runs on TEST_JOBS pytest-xdist workers: most of its time is meters booting and intervals
 # closing, not computing. A file's tests stay on one worker, and the emulated Pico's files run one
-# after another (hil/pytest_plugin.py groups them).
+# after another (hil/pytest_plugin.py's scheduler).
 TEST_JOBS ?= 3
 
 test: setup
-	$(BIN)/pytest -n $(TEST_JOBS) --dist loadgroup
+	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile
 
 powercut: setup
 	$(BIN)/python -m hil.powercut

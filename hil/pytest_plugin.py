@@ -87,13 +87,23 @@ def pytest_configure(config):
         os.environ.setdefault("METERFW_TIMEOUT", str(PICO_TIMEOUT_S))
 
 
-def pytest_collection_modifyitems(config, items):
-    """Groups for pytest-xdist's `--dist loadgroup` (make test): a file's tests run on one worker,
-    in order (they share module fixtures, and some take one meter through steps), and the emulated
-    Pico's files one after another on one worker, since each emulator keeps a core busy."""
-    for item in items:
-        group = "pico" if item.path.parent.name == "pico" else str(item.path)
-        item.add_marker(pytest.mark.xdist_group(group))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs pytest-xdist with `--dist loadfile`: a file's tests stay together on one
+    worker, in order (they share module fixtures, and some take one meter through steps). Here
+    the emulated Pico's files also count as one unit, run one after another on one worker: each
+    emulator keeps a core busy. (xdist's own loadgroup cannot group on pytest 9: it renames node
+    ids through an attribute pytest no longer reads.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndOnePico(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/pico/" if path.startswith("tests/pico/") else path
+
+    return FilesAndOnePico(config, log)
 
 
 _GONE_TIMEOUT_S = 5.0

@@ -38,6 +38,9 @@ def one_line(err):
 @pytest.mark.parametrize("args", [["status"], ["relay", "disconnect"], ["upgrade", "V2", "--when", "now"],
                                   ["revert"], ["time", "set", "--to", "1700000000"]])
 def test_another_meters_serial_is_refused_and_nothing_changes(board, images, keys_dir, args):
+    meter = board.meter()  # booted, and its post-boot check (which logs its verdict) done
+    assert meter.wait_until(lambda s: s.get("health") is not None, 60) is not None, board.console()[-2000:]
+    meter.link.close()
     before, log_before = status(board), events(board)
     args = [str(images["v2"]) if a == "V2" else a for a in args]
     rc, out, err = cli(board.port, "--serial", "MF-NOT-THIS-ONE", *args, keys=keys_dir, timeout_s=board.timeout_s)
