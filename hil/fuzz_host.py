@@ -42,8 +42,7 @@ class HostImage:
 
     def run(self, r, data: bytes) -> None:
         try:
-            parse_image(data)
-            info = inspect(data, self.keys if self.clean or r.one_in(4) else None)
+            info = inspect(parse_image(data), self.keys if self.clean or r.one_in(4) else None)
         except ImageError:
             if self.clean:
                 raise Wrong("the good image was refused") from None

@@ -62,7 +62,7 @@ from hil.sim import SimBoard
 from hil.supervisor import NO_FIRMWARE, REPO, SimError, default_firmware
 from meterfw import protocol as P
 from meterfw.errors import MeterfwError, TransportError
-from meterfw.image import build_image, parse_image
+from meterfw.image import Image, build_image
 from meterfw.keys import init_keys, load_keys
 from meterfw.paths import FIRMWARE
 from meterfw.provision import LFS_CONFIG, flash_geometry
@@ -177,8 +177,9 @@ class Sweep:
         self.v2 = work / "v2.mfw"
         self.v1.write_bytes(build_image(FIRMWARE, board, "1.0.0", k, build_time=1))
         self.v2.write_bytes(build_image(FIRMWARE, board, "1.1.0", k, build_time=1))
-        self.v2_bytes = self.v2.read_bytes()
-        self.v2_id = parse_image(self.v2_bytes).image_id.hex()
+        self.v2_image = Image.read(self.v2)  # parsed once; every upload of it takes this object
+        self.v2_bytes = self.v2_image.data
+        self.v2_id = self.v2_image.image_id.hex()
         self.window_bytes = json.loads((REPO / "boards" / board / "board.json").read_text())[
             "transfer_window_bytes"]
         self.secret = k.utility_secret
@@ -292,7 +293,7 @@ class Sweep:
         try:
             board.power_on()
             self._up(meter, board)
-            meter.upload(self.v2_bytes)
+            meter.upload(self.v2_image)
             self._snapshot(board, meter, "verify")
             board.power_on()
             self._up(meter, board)
@@ -389,7 +390,7 @@ class Sweep:
         boots = board.state().get("boots", 0)
         try:
             if phase in UPLOADS:
-                meter.upload(self.v2_bytes, progress=lambda done, total: acked.__setitem__(0, done))
+                meter.upload(self.v2_image, progress=lambda done, total: acked.__setitem__(0, done))
             elif phase == "verify":
                 meter.verify()
             elif phase in CHAIN:
@@ -527,7 +528,7 @@ class Sweep:
                                f"a window of {self.window_bytes})")
         elif acked is not None:
             bad.append(f"the transfer was lost: update state {st.get('status')} after {acked} bytes acknowledged")
-        r = meter.upload(self.v2_bytes)
+        r = meter.upload(self.v2_image)
         if out.resumed_from_block is not None and r["resumed_from_block"] != out.resumed_from_block:
             bad.append(f"the host resumed from block {r['resumed_from_block']}, the meter said "
                        f"{out.resumed_from_block}")

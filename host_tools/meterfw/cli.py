@@ -100,7 +100,7 @@ def cmd_image_inspect(args) -> int:
     data = _read_file(args.file)
     keydir = args.keys_dir or args.keys
     keys = load_keys(Path(keydir), private=False) if keydir else None
-    info = inspect(data, keys)
+    info = inspect(parse_image(data), keys)  # parsed after the keys load: a bad key directory is said first
     m = info["manifest"]
     lines = [f"{args.file}: {info['size']} bytes, sha256 {info['sha256']}"]
     lines += [f"  {k:18} {m[k]}" for k in sorted(m)]
@@ -121,21 +121,24 @@ def _keys_dir(args) -> Path:
 
 
 def cmd_uf2(args) -> int:
+    from .provision import provision_image
     from .uf2 import write_meter_uf2
-    out = write_meter_uf2(_read_file(args.firmware), _read_file(args.image), _keys_dir(args), args.board,
-                          Path(args.output), serial=args.serial)
+    firmware, image, keys_dir = _read_file(args.firmware), _read_file(args.image), _keys_dir(args)
+    out = write_meter_uf2(firmware, provision_image(image), keys_dir, args.board, Path(args.output),
+                          serial=args.serial)
     _emit(args, out, f"{out['output']}: {out['board']} meter {out['serial']}: firmware {out['firmware_bytes']} "
                      f"bytes + filesystem {out['fs_bytes']} bytes, {out['blocks']} UF2 blocks")
     return 0
 
 
 def cmd_provision(args) -> int:
-    from .provision import provision_repl
+    from .provision import provision_image, provision_repl
     if not args.port:
         raise CommandError("provision talks to the board's REPL: give --port PORT (e.g. /dev/ttyACM0)")
     image, keys_dir = _read_file(args.image), _keys_dir(args)
+    img = provision_image(image)
     with _progress(args, "provision") as ui:
-        out = provision_repl(args.port, image, keys_dir, args.board, serial=args.serial, wipe=args.wipe,
+        out = provision_repl(args.port, img, keys_dir, args.board, serial=args.serial, wipe=args.wipe,
                              progress=ui.progress)
     _emit(args, out, f"{out['port']}: {out['board']} meter {out['serial']} provisioned, {out['files']} files "
                      f"({out['bytes']} bytes) verified in {out['seconds']} s; it restarts as a meter")
@@ -359,7 +362,7 @@ def cmd_upgrade(args) -> int:
                                     "to_version": None, "image_bytes": len(data), "seconds": 0})
     meter = _meter(args)
     with _progress(args, f"upgrade to {img.manifest['version']}") as ui:
-        report = upgrade(meter, data, img, when=when, at_s=at_s, registers=args.registers, ack=args.ack,
+        report = upgrade(meter, img, when=when, at_s=at_s, registers=args.registers, ack=args.ack,
                          progress=ui.progress, stage=ui.stage)
     return _upgrade_done(args, report)
 

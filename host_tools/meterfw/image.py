@@ -69,8 +69,12 @@ class ImageError(Exception):
     """An image cannot be built, or the bytes given are not a well-formed image."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Image:
+    """One .mfw file, parsed once (parse_image, Image.read) and handed down as it is: upgrade,
+    upload, provisioning, UF2 and inspect all read this object rather than the file or its bytes
+    again. Signatures and the payload hash are checked by verify_image, not here."""
+    data: bytes  # the whole file, as it goes to a meter's slot
     manifest: dict
     manifest_bytes: bytes
     signatures: list  # [(role, key_id, sig)]
@@ -82,6 +86,24 @@ class Image:
     def image_id(self) -> bytes:
         """What the meter knows an image by: the SHA-256 of its manifest (the signed bytes)."""
         return hashlib.sha256(self.manifest_bytes).digest()
+
+    @property
+    def head(self) -> bytes:
+        """Header, manifest and signatures: what the meter checks before any of the payload."""
+        return self.data[:self.payload_offset]
+
+    @staticmethod
+    def read(path: Path) -> Image:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise ImageError(f"cannot read image {path}: {e.strerror}") from None
+        return parse_image(data)
+
+
+def as_image(image: Image | bytes) -> Image:
+    """image as it is, or the Image its bytes parse to: for callers that hold only a file's bytes."""
+    return image if isinstance(image, Image) else parse_image(image)
 
 
 def version_tuple(version: str) -> tuple:
@@ -272,11 +294,11 @@ def build_image(
     return assemble(manifest_bytes, sign_manifest(manifest_bytes, keys, approve=approve), payload)
 
 
-def approve_image(data: bytes, keys: Keys) -> bytes:
+def approve_image(image: Image | bytes, keys: Keys) -> bytes:
     """Add (or replace) the utility approval on a vendor-signed image, after checking the vendor's work."""
     if keys.utility_private is None:
         raise ImageError("cannot approve: no utility private key loaded")
-    img = parse_image(data)
+    img = as_image(image)
     problems = verify_image(img, keys.vendor_public_raw)
     if problems:
         raise ImageError(f"refusing to approve: {problems[0]}")
@@ -291,14 +313,6 @@ def write_image(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def read_image(path: Path) -> Image:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ImageError(f"cannot read image {path}: {e.strerror}") from None
-    return parse_image(data)
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -363,7 +377,8 @@ def _parse_files(payload: bytes) -> dict:
 
 
 def parse_image(data: bytes) -> Image:
-    """Split and sanity-check an image. Signatures and the payload hash are verify_image's job."""
+    """Split and sanity-check an image (the one place an Image is made); a malformed one raises
+    ImageError, one line. Signatures and the payload hash are verify_image's job."""
     data = bytes(data)
     if len(data) < _HEADER.size:
         raise ImageError(f"truncated image: {len(data)} bytes, the header alone needs {_HEADER.size}")
@@ -397,7 +412,7 @@ def parse_image(data: bytes) -> Image:
         raise ImageError(f"truncated image: payload is {len(payload)} bytes, manifest says {size}")
     if len(payload) > size:
         raise ImageError(f"trailing data: payload is {len(payload)} bytes, manifest says {size}")
-    return Image(manifest, manifest_bytes, sigs, payload, _parse_files(payload), pos)
+    return Image(data, manifest, manifest_bytes, sigs, payload, _parse_files(payload), pos)
 
 
 # --- verification ----------------------------------------------------------------------------
@@ -454,9 +469,9 @@ def verify_image(img: Image, vendor_pub_raw: bytes, utility_pub_raw: bytes | Non
     return problems
 
 
-def inspect(data: bytes, keys: Keys | None) -> dict:
+def inspect(image: Image | bytes, keys: Keys | None) -> dict:
     """JSON-ready description for `meterfw image inspect --json`; a stable contract."""
-    img = parse_image(data)
+    img = as_image(image)
     trusted = {}
     if keys is not None:
         trusted = {ROLE_VENDOR: keys.vendor_public_raw, ROLE_UTILITY: keys.utility_public_raw}
@@ -464,8 +479,8 @@ def inspect(data: bytes, keys: Keys | None) -> dict:
     else:
         problems = _hash_problems(img)  # without keys only the hash can be checked
     return {
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(img.data),
+        "sha256": hashlib.sha256(img.data).hexdigest(),
         "manifest": img.manifest,
         "signatures": [
             {

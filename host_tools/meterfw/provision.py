@@ -20,7 +20,7 @@ from littlefs import LittleFS
 
 from .auth import meter_key
 from .errors import CommandError, TransportError
-from .image import ImageError, _compile, parse_image
+from .image import Image, ImageError, _compile, as_image
 from .keys import load_keys
 from .paths import BOOTLOADER, board_dir
 
@@ -40,19 +40,25 @@ def flash_geometry(board: str) -> dict:
     return json.loads((board_dir(board) / "board.json").read_text())["flash"]
 
 
-def check_image(image: bytes, board: str) -> None:
-    """Refuse an image that does not parse or is for another board."""
+def provision_image(image: Image | bytes) -> Image:
+    """The Image to provision: a caller's parsed Image as it is, or one parsed from bytes here.
+    Where it is parsed, a malformed image is refused in provisioning's words."""
     try:
-        img = parse_image(image)
+        return as_image(image)
     except ImageError as e:
         raise CommandError(f"cannot provision: {e}") from None
+
+
+def check_image(img: Image, board: str) -> None:
+    """Refuse an image for another board."""
     if img.manifest["board"] != board:
         raise CommandError(f"cannot provision: image is for board {img.manifest['board']}, not {board}")
 
 
-def device_files(image: bytes, keys_dir: Path, board: str, serial: str) -> dict[str, bytes]:
+def device_files(image: Image | bytes, keys_dir: Path, board: str, serial: str) -> dict[str, bytes]:
     """Every file of a fresh device, by absolute device path."""
-    check_image(image, board)
+    img = provision_image(image)
+    check_image(img, board)
     keys = load_keys(keys_dir, private=False)
     files = {"/main.py": (BOOTLOADER / "main.py").read_bytes()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,11 +75,11 @@ def device_files(image: bytes, keys_dir: Path, board: str, serial: str) -> dict[
         raise CommandError(f"cannot provision: {keys_dir} has no utility.secret to derive the meter key from")
     files["/keys/meter.key"] = meter_key(keys.utility_secret, serial)
     files["/identity.json"] = json.dumps({"serial": serial, "board": board}).encode()
-    files["/slots/a.mfw"] = image
+    files["/slots/a.mfw"] = img.data
     return files
 
 
-def default_serial(image: bytes, seed: str) -> str:
+def default_serial(image: Image | bytes, seed: str) -> str:
     return "MF" + hashlib.sha256(seed.encode()).hexdigest()[:10].upper()
 
 
@@ -115,10 +121,11 @@ def read_fs(fs_bytes: bytes, board: str) -> tuple[dict[str, bytes], list[str]]:
     return files, sorted(dirs)
 
 
-def provision(flash_path: Path, image: bytes, keys_dir: Path, board: str = "sim",
+def provision(flash_path: Path, image: Image | bytes, keys_dir: Path, board: str = "sim",
               serial: str | None = None) -> dict:
-    serial = serial or default_serial(image, str(flash_path.resolve()))
-    flash = build_flash(device_files(image, keys_dir, board, serial), board)
+    img = provision_image(image)
+    serial = serial or default_serial(img, str(flash_path.resolve()))
+    flash = build_flash(device_files(img, keys_dir, board, serial), board)
     flash_path.write_bytes(flash)
     return {"serial": serial, "board": board, "flash_bytes": len(flash)}
 
@@ -167,7 +174,7 @@ def meter_paths(files: dict[str, bytes]) -> list[str]:
     return sorted({"/" + path.split("/")[1] for path in files} | {"/data", "/boot"})
 
 
-def provision_repl(port: str, image: bytes, keys_dir: Path, board: str, serial: str | None = None,
+def provision_repl(port: str, image: Image | bytes, keys_dir: Path, board: str, serial: str | None = None,
                    wipe: bool = False, progress=None) -> dict:
     """Lay a fresh meter's files onto a board that runs stock MicroPython, through its REPL:
     directories, every file, each checked by a SHA-256 the board computes, then a reset so it boots
@@ -175,7 +182,8 @@ def provision_repl(port: str, image: bytes, keys_dir: Path, board: str, serial: 
     unless `wipe`. The meter's own top-level entries are cleared before anything is written
     (without meter data, that is only code an unfinished run left); other files stay. The serial
     defaults to one derived from the chip's unique id."""
-    check_image(image, board)
+    img = provision_image(image)
+    check_image(img, board)  # before the board is touched
     chip = board_chip(board)
     if not chip.startswith("RP"):
         raise CommandError(f"provisioning through the REPL is for a Pico; board {board} has no REPL to provision")
@@ -192,8 +200,8 @@ def provision_repl(port: str, image: bytes, keys_dir: Path, board: str, serial: 
         if holds_meter and not wipe:
             raise CommandError(f"{port} already holds meter data (/slots or /data); nothing changed; "
                                "give --wipe to remove the old meter first")
-        serial = serial or default_serial(image, f"{chip}:{uid.hex()}")
-        files = device_files(image, keys_dir, board, serial)
+        serial = serial or default_serial(img, f"{chip}:{uid.hex()}")
+        files = device_files(img, keys_dir, board, serial)
         repl.exec(_WIPE.format(paths=meter_paths(files)))
         for d in device_dirs(files):
             repl.exec(f"import os\nos.mkdir({d!r})")

@@ -10,7 +10,7 @@ from . import protocol as P
 from .auth import AuthSession, meter_key
 from . import reply
 from .errors import CommandError, MeterfwError, ReplyError, SerialMismatch, TransportError
-from .image import parse_image
+from .image import Image, as_image
 from .transport import Link
 
 # The meter rebooted, or another client took the session (its challenge made ours stale, and our
@@ -206,7 +206,7 @@ class Meter:
     def initiate(self, head: bytes) -> dict:
         return self.privileged(P.UPD_INITIATE, head)
 
-    def upload(self, data: bytes, progress: Callable[[int, int], None] | None = None) -> dict:
+    def upload(self, image: Image | bytes, progress: Callable[[int, int], None] | None = None) -> dict:
         """Upload an image into the meter's inactive slot, a granted window at a time, from the
         first block the meter lacks (no initiate when it already holds part of this image).
 
@@ -222,8 +222,8 @@ class Meter:
         Raises TransportError when the meter stops answering, CommandError when it refuses.
         """
         progress = progress or (lambda done, total: None)
-        img = parse_image(data)
-        image_id = img.image_id.hex()
+        img = as_image(image)  # the caller's Image; bytes only from callers that hold nothing more
+        data, image_id = img.data, img.image_id.hex()
         st = self.update_state()
         signature_ms = None
         if st.get("status") == P.INITIATED and st.get("image_id") == image_id:
@@ -231,7 +231,7 @@ class Meter:
             bs, first = st["block_size"], st["first_not_transferred_block"]
             nxt, window = first, st.get("next_block", first) + st.get("window", 1) - first
         else:
-            r = self.initiate(data[:img.payload_offset])
+            r = self.initiate(img.head)
             signature_ms = r.get("signature_ms")
             bs, first = r["block_size"], r["first_not_transferred_block"]
             nxt, window = r.get("next", first), r.get("window", 1)

@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 from .errors import CommandError
+from .image import Image
 from .provision import build_flash, default_serial, device_files, flash_geometry
 
 MAGIC0 = 0x0A324655
@@ -154,7 +155,7 @@ def pico_flash_image(firmware_uf2: bytes, fs: bytes | None, board: str = "pico")
     return bytes(flash)
 
 
-def write_meter_uf2(firmware_uf2: bytes, image: bytes, keys_dir: Path, board: str, output: Path,
+def write_meter_uf2(firmware_uf2: bytes, image: Image | bytes, keys_dir: Path, board: str, output: Path,
                     serial: str | None = None) -> dict:
     """Provision a meter into one UF2 file at `output`: the firmware, then the filesystem that
     `provision.build_flash` lays out. Nothing is written unless every check passes."""

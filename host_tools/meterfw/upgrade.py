@@ -13,7 +13,7 @@ from typing import Callable
 from . import protocol as P
 from . import reply
 from .errors import CommandError
-from .image import Image, ImageError, parse_image
+from .image import Image
 from .session import Meter
 from .transport import DEFAULT_TIMEOUT_S
 
@@ -61,15 +61,12 @@ def parse_time(text: str, what: str = "a time") -> int:
         raise CommandError(f"{what} takes epoch seconds or an ISO-8601 time, not {text!r}") from None
 
 
-def precheck(data: bytes, meter_board: str | None = None) -> tuple[Image | None, str | None]:
-    """Host-side checks before the meter is asked anything: (image, None) or (None, reason)."""
-    try:
-        img = parse_image(data)
-    except ImageError as e:
-        return None, str(e)
+def precheck(img: Image, meter_board: str | None = None) -> str | None:
+    """Host-side checks before the meter is asked anything (the image was parsed where it was
+    read): None, or why it will not go on this meter."""
     if meter_board is not None and img.manifest["board"] != meter_board:
-        return None, f"image is for board {img.manifest['board']}, this meter is a {meter_board} board"
-    return img, None
+        return f"image is for board {img.manifest['board']}, this meter is a {meter_board} board"
+    return None
 
 
 def continuity(records: list[dict]) -> dict:
@@ -208,7 +205,7 @@ def compare(before: dict, after: dict, *, expect_version: str, registers: str = 
 
 # --- the flow ----------------------------------------------------------------------------------
 
-def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at_s: int | None = None,
+def upgrade(meter: Meter, img: Image, *, when: str = "boundary", at_s: int | None = None,
             registers: str = "preserve", ack: str = "immediate",
             progress: Callable[[int, int], None] | None = None, stage: Callable[[str], None] | None = None,
             poll_s: float = 0.2) -> dict:
@@ -219,14 +216,14 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
     st0 = meter.status()
     report = {"result": None, "reason": None, "from_version": st0.get("active_version"),
               "to_version": m["version"], "image_id": image_id, "payload_bytes": m["payload_size"],
-              "image_bytes": len(data), "board": st0.get("board"), "serial": st0.get("serial"),
+              "image_bytes": len(img.data), "board": st0.get("board"), "serial": st0.get("serial"),
               "when": when, "at_s": at_s, "registers": registers, "ack": ack}
 
     def finish(result: str, reason: str | None = None) -> dict:
         report.update(result=result, reason=reason, seconds=round(time.monotonic() - t0, 2))
         return report
 
-    _, why = precheck(data, st0.get("board"))
+    why = precheck(img, st0.get("board"))
     if why:
         return finish("rejected", why)
     ui.stage("snapshot")
@@ -240,11 +237,11 @@ def upgrade(meter: Meter, data: bytes, img: Image, *, when: str = "boundary", at
     try:
         ui.stage("notice")
         report["notice"] = _optional(meter.notice, {
-            "version": m["version"], "image_id": image_id, "size": len(data), "board": m["board"],
+            "version": m["version"], "image_id": image_id, "size": len(img.data), "board": m["board"],
             "security_version": m["security_version"], "when": when})
         ui.stage("transfer")
         t_xfer = time.monotonic()
-        up = meter.upload(data, ui.progress)
+        up = meter.upload(img, ui.progress)
         report.update(resumed_from_block=up["resumed_from_block"], blocks=up["blocks"], transfer=up["transfer"],
                       signature_ms=up["signature_ms"])
         sent = up["bytes_sent"]

@@ -164,7 +164,7 @@ def test_damaged_frame_gets_bad_frame_and_the_host_resends(board, images, keys_d
     got, bad = meter.link.collect(P.UPD_BLOCK, [s for s, _ in frames], 3)
     assert bad == 1 and frames[0][0] not in got
     assert block_reply(got[frames[1][0]])["next"] == 0  # the gap is reported, block 1 not taken
-    report = upgrade(meter, data, parse_image(data), when="now")
+    report = upgrade(meter, parse_image(data), when="now")
     assert report["result"] == "confirmed" and report["resumed_from_block"] == 0
 
 
@@ -190,7 +190,7 @@ def test_resume_after_link_drop(make_board, made, keys_dir):
             meter.link._ser.close()  # the cable is pulled: the port goes away under the tool
 
     with pytest.raises(TransportError):
-        upgrade(meter, data, parse_image(data), when="now", progress=drop_at_40_percent)
+        upgrade(meter, parse_image(data), when="now", progress=drop_at_40_percent)
     report = _resume_and_check(board, made["big"], keys_dir)
     assert report["resumed_from_block"] >= 0.4 * report["blocks"] - 2
 
