@@ -11,6 +11,7 @@ import io
 import hashlib
 import time
 from bootloader import VERSION, eventlog, image
+from bootloader.api import VERSION as API
 from bootloader.protocol import CommandError
 
 # A signature covers its role's prefix and the image id (the manifest's SHA-256): one SHA-512
@@ -35,6 +36,8 @@ async def admit(p, head):
         raise CommandError("wrong_board", "image is for board %s, this meter is %s" % (m["board"], p.board.name))
     if image.version_tuple(m["min_bootloader"]) > image.version_tuple(VERSION):
         raise CommandError("bootloader_too_old", "image needs bootloader %s, meter has %s" % (m["min_bootloader"], VERSION))
+    if m["api"] > API:
+        raise CommandError("platform_too_old", "image needs platform API %d, this bootloader provides %d" % (m["api"], API))
     if image.below_floor(m, p.bcb.floor):
         raise CommandError("rollback", "security version %d is below the meter's floor %d" % (m["security_version"], p.bcb.floor))
     if p.is_rejected(img_id):

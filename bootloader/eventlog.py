@@ -1,6 +1,7 @@
 # Event log (FR14): timestamped, sequence-numbered records appended to two files in turn,
-# so the log stays bounded and one file is always whole. Codes follow DLMS where one exists;
-# their names are in event_names.py, loaded only to read the log out.
+# so the log stays bounded and one file is always whole. The platform's codes are here (DLMS
+# codes where one exists, ours from 100); the application logs codes of its own through the same
+# log (firmware/event_codes.py). Names are in event_names.py, loaded only to read the log out.
 import struct
 from binascii import crc32
 from micropython import const
@@ -23,39 +24,16 @@ APP_CRASH = const(104)
 DOWNLOAD_STARTED = const(105)  # value: image size
 DOWNLOAD_DONE = const(106)     # value: image size
 BCB_RECOVERED = const(107)
-INTERVAL_GAP = const(108)  # value: intervals closed late after power-down
 RECOVERY = const(109)      # value: active slot
 UNREJECTED = const(110)
-HEALTH_FAILED = const(111)  # value: 1 critical, 2 important
 REVERT_TARGET_DROPPED = const(112)  # value: its security version, below the floor just raised
-UPGRADE_NOTICE = const(130)  # value: image size (FR33)
-ACTIVATION_DEFERRED = const(131)  # value: seconds later than asked, for a pricing event (FR30)
-# The application's codes (firmware/codes.py defines them for the application itself): DLMS
-# standard event log codes, and 140-159 for the meter runtime.
-CLOCK_ADJUSTED_OLD = const(4)
-CLOCK_ADJUSTED_NEW = const(5)
-CLOCK_INVALID = const(6)
-NV_MEMORY_ERROR = const(14)
-MEASUREMENT_ERROR = const(16)
-INTERVALS_DROPPED = const(140)
-REGISTERS_RESET = const(141)
-REGISTERS_RESET_RECEIVED = const(142)
-STATE_CHANGED = const(143)
-RELAY_DISCONNECTED = const(144)
-RELAY_CONNECTED = const(145)
-RELAY_MISMATCH = const(146)
-HEALTH_PASSED = const(147)
-HEALTH_CRITICAL = const(148)
-HEALTH_IMPORTANT = const(149)
-LOAD_LIMIT_EXCEEDED = const(150)
-FRONTEND_RESTARTED = const(151)
-STATE_RECOVERED = const(152)
-ALARMS_ACKED = const(153)
-OUTBOX_OVERFLOW = const(154)
+BOOTLOADER_TRIAL = const(113)  # value: the bootloader copy now on trial
+BOOTLOADER_CONFIRMED = const(114)  # value: its security version
+BOOTLOADER_FELL_BACK = const(115)  # value: the bootloader copy running again
 
 
 def names(codes, default="event"):
-    """{code: name} for the given codes; event_names.py loads for the call and leaves after."""
+    """{code: name} of the platform's codes among `codes`; event_names.py loads for the call."""
     from bootloader import event_names, forget
 
     try:
@@ -109,13 +87,13 @@ class EventLog:
         out.sort()
         return out
 
-    def page(self, request, most):
+    def page(self, request, most, named=names):
         """A page of the log for the link (READ_EVENTS): the events from the request's
-        since_seq, at most its limit and `most`, the names of their codes, and whether more
-        follow."""
+        since_seq, at most its limit and `most`, the names of their codes (`named`: the
+        application's names, which cover the platform's), and whether more follow."""
         q = query(request)
         limit = max(1, min(field(q, "limit", int, most), most))
         evs = self.read(field(q, "since_seq", int, 0), limit + 1)
         rows = evs[:limit]
-        return {"fields": ("seq", "time", "code", "value"), "rows": rows, "names": names({e[2] for e in rows}),
+        return {"fields": ("seq", "time", "code", "value"), "rows": rows, "names": named({e[2] for e in rows}),
                 "more": len(evs) > limit}

@@ -22,10 +22,11 @@ _ST_RDONLY = const(1)
 _BLOCK = const(4096)
 # A manifest's fields and their kinds, as host_tools' image.py writes them: "v" a version X.Y.Z,
 # "u" an integer 0..2^32-1 (what boot control and the slot store), "h" 64 hex digits, "n" a
-# module name, "s" any string.
+# module name, "k" an image kind, "s" any string.
 _FIELDS = (("format", "u"), ("board", "s"), ("version", "v"), ("security_version", "u"),
            ("payload_size", "u"), ("payload_sha256", "h"), ("min_bootloader", "v"), ("entry", "n"),
-           ("build_time", "u"), ("mpy", "s"))
+           ("build_time", "u"), ("mpy", "s"), ("kind", "k"), ("api", "u"))
+KINDS = ("firmware", "bootloader")
 
 ROLE_VENDOR = const(1)
 ROLE_UTILITY = const(2)
@@ -70,6 +71,8 @@ def _ok(kind, v):
         return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= U32_MAX
     if not isinstance(v, str) or not v or len(v) > 64:
         return False
+    if kind == "k":
+        return v in KINDS
     if kind == "v":
         parts = v.split(".")
         return len(parts) == 3 and all(p and len(p) < 6 and p.isdigit() for p in parts)

@@ -44,6 +44,19 @@ class Platform:
     def in_trial(self):
         return self.bcb.trial == self.bcb.active
 
+    def status(self):
+        """The platform's part of the meter's status: slots, boot control, bootloader."""
+        b = self.bcb
+        slots = self.slot_versions()
+        return {
+            "board": self.board.name, "serial": self.identity.get("serial"),
+            "active_slot": SLOT_NAMES[b.active], "active_version": slots[SLOT_NAMES[b.active]]["version"],
+            "confirmed": b.confirmed, "trial": self.in_trial, "slots": slots,
+            "boot_reason": self.boot_reason, "bootloader_version": self.bootloader_version,
+            "security_floor": b.floor, "can_revert": self.can_revert(),
+            "rejected": [r.hex() for r in b.rejected], "boot_control": b.to_dict(),
+        }
+
     def slot_versions(self):
         out = {}
         for s in (0, 1):
@@ -104,7 +117,7 @@ class Platform:
         m, _ = slots.manifest(b.previous)
         return m is not None and not image.below_floor(m, b.floor)
 
-    def healthy(self):
+    def mark_healthy(self):
         """The application is up and its critical checks pass: this boot did not fail."""
         if self.bcb.failures:
             self.bcb.failures = 0

@@ -1,35 +1,33 @@
-# Command codes and error codes of the link protocol, shared by the application's link
-# server and the recovery console. host_tools/meterfw/protocol.py mirrors them.
+# The platform's command codes and error reply, shared by the application's link server and the
+# recovery console: what a meter serves whatever application it runs. The application's own
+# commands are firmware/commands.py's; host_tools/meterfw/protocol.py mirrors both (a test keeps
+# them in step).
 import json
 from micropython import const
 
 PING = const(0x00)
 STATUS = const(0x01)
-READ_INTERVALS = const(0x02)
 READ_EVENTS = const(0x03)
 UPD_INITIATE = const(0x10)
 UPD_BLOCK = const(0x11)
 UPD_VERIFY = const(0x12)
 UPD_ACTIVATE = const(0x13)
 UPD_STATE = const(0x14)
-UPD_NOTICE = const(0x15)  # upgrade available, before any payload (FR33)
 REVERT = const(0x20)
 UNREJECT = const(0x21)
 RETRY = const(0x22)
 AUTH_CHALLENGE = const(0x30)
 ATTEST = const(0x31)  # privileged: an open command's reply, sealed (an authenticated read)
-# The meter runtime (firmware/cmd_*.py): reads, then privileged changes.
-READ_REGISTERS = const(0x40)
-READ_STATE = const(0x41)
-HEALTH = const(0x42)
-TIME_GET = const(0x43)
-READ_ALARMS = const(0x44)
-READ_DISPLAY = const(0x45)
-SET_STATE = const(0x50)
-TIME_SET = const(0x51)
-RELAY = const(0x52)
-ACK_ALARMS = const(0x53)
-RESET_REGISTERS = const(0x54)
+
+# An update's state (DLMS/COSEM class 18 image_transfer_status), as stored and reported.
+NOT_INITIATED = const(0)
+INITIATED = const(1)
+VERIFYING = const(2)
+VERIFIED = const(3)
+VERIFY_FAILED = const(4)
+ACTIVATING = const(5)
+ACTIVATED = const(6)
+ACTIVATION_FAILED = const(7)
 
 
 class CommandError(Exception):

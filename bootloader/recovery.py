@@ -5,12 +5,10 @@ import asyncio
 import json
 from micropython import const
 from bootloader import protocol as P
-from bootloader.bootctl import SLOT_NAMES, REASONS
 from bootloader.link import LinkServer
 from bootloader.platform import Platform
-from bootloader.protocol import CommandError
+from bootloader.protocol import VERIFIED, CommandError
 from bootloader.transfer import Transfer
-from bootloader.update_state import VERIFIED
 
 _FEED_MS = const(1000)
 _EVENT_PAGE = const(30)
@@ -33,18 +31,11 @@ class RecoveryConsole:
         return payload
 
     async def status(self, _payload):
-        p = self.p
-        active = p.slot_versions()[SLOT_NAMES[p.slot]]["version"]
-        return {
-            "mode": "recovery", "recovery_reason": self.why, "board": p.board.name,
-            "serial": p.identity.get("serial"), "active_slot": SLOT_NAMES[p.slot],
-            "active_version": active, "confirmed": p.bcb.confirmed, "trial": False,
-            "slots": p.slot_versions(), "register_wh": None, "register_mwh": None, "uptime_s": 0,
-            "boot_reason": REASONS[p.bcb.reason], "bootloader_version": p.bootloader_version,
-            "security_floor": p.bcb.floor, "rejected": [r.hex() for r in p.bcb.rejected],
-            "boot_control": p.bcb.to_dict(), "update": self.transfer.public_state(), "health": None,
-            "link_faults": self.link.faults,
-        }
+        out = self.p.status()
+        out.update({"mode": "recovery", "recovery_reason": self.why, "trial": False, "register_wh": None,
+                    "register_mwh": None, "uptime_s": 0, "update": self.transfer.public_state(), "health": None,
+                    "link_faults": self.link.faults})
+        return out
 
     async def read_events(self, payload):
         return self.p.events.page(payload, _EVENT_PAGE)

@@ -2,6 +2,7 @@
 import asyncio
 import hashlib
 from bootloader import image
+from bootloader.api import VERSION as API
 from bootloader.bootctl import slot_path
 
 _CHUNK = 1024
@@ -36,6 +37,8 @@ async def check_async(slot, board_name, floor):
             m = image.parse_manifest(raw)
             if m["board"] != board_name:
                 raise ValueError("image is for board %s" % m["board"])
+            if m["api"] > API:
+                raise ValueError("image needs platform API %d, this bootloader provides %d" % (m["api"], API))
             if image.below_floor(m, floor):
                 raise ValueError("security version %d is below the floor %d" % (m["security_version"], floor))
             f.seek(0, 2)

@@ -22,8 +22,8 @@ import time
 from micropython import const
 from bootloader import eventlog, image, slots, update_state
 from bootloader.bootctl import slot_path
-from bootloader.protocol import CommandError
-from bootloader.update_state import INITIATED, VERIFYING, VERIFIED, VERIFY_FAILED, ACTIVATING, load, summary
+from bootloader.protocol import INITIATED, VERIFYING, VERIFIED, VERIFY_FAILED, ACTIVATING, CommandError
+from bootloader.update_state import load, summary
 
 # 2 KiB blocks: a block's frame type, seq, CRC, number, session trailer and SLIP escapes cost
 # ~48 bytes on the line, 2.3% at this size (3.9% at 1 KiB).

@@ -3,19 +3,9 @@
 # application can read and settle it (status, the boot after a switch, a revert) without loading
 # the transfer, which it holds only while an update runs.
 import json
-from micropython import const
+from bootloader.protocol import NOT_INITIATED, ACTIVATING, ACTIVATED, ACTIVATION_FAILED
 
 PATH = "/data/update.json"
-NOTICE_PATH = "/data/notice.json"  # the last upgrade-available notice (FR33), apart from the payload
-
-NOT_INITIATED = const(0)
-INITIATED = const(1)
-VERIFYING = const(2)
-VERIFIED = const(3)
-VERIFY_FAILED = const(4)
-ACTIVATING = const(5)
-ACTIVATED = const(6)
-ACTIVATION_FAILED = const(7)
 
 
 def load():
@@ -24,14 +14,6 @@ def load():
             return json.load(f)
     except (OSError, ValueError):
         return {"status": NOT_INITIATED}
-
-
-def load_notice():
-    try:
-        with open(NOTICE_PATH) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def store(s):

@@ -8,11 +8,9 @@
 #     registers preserve|reset (FR3) and failure acknowledgement immediate|next-read (FR16).
 import asyncio
 from micropython import const
-from bootloader.protocol import U32_MAX, CommandError, choice, field, query
-from bootloader.update_state import VERIFIED
+from bootloader.api import U32_MAX, VERIFIED, CommandError, choice, field, query
+from event_codes import ACTIVATION_DEFERRED
 
-# Event code (bootloader/eventlog.py names it); defined here for the reason update_agent.py gives.
-ACTIVATION_DEFERRED = const(131)  # value: seconds later than asked, for a pricing event (FR30)
 _REPLY_MS = const(50)  # let the activate reply leave before the reset
 _TICK_MS = const(1000)  # waits re-read the clock at least this often, so a clock set is seen
 # A reboot this close before a pricing event would still be going on when the event starts.

@@ -5,10 +5,9 @@ import gc
 import sys
 import time
 from micropython import const
-from bootloader import forget
-from bootloader.protocol import CommandError
+import event_codes
+from bootloader.api import CommandError, LinkServer, admit, forget
 from metering import Metering
-from bootloader.link import LinkServer
 from display import Notices
 from meter_state import MeterState
 from outbox import Outbox
@@ -101,19 +100,14 @@ class Meter:
         await asyncio.sleep_ms(0)  # each step below takes tens of ms on a Pico: metering goes between
         await _load("bootloader.admission")
         await asyncio.sleep_ms(0)
-        from bootloader import admission
-        try:
-            admitted = await admission.admit(self.p, head)
-        finally:
-            admission = None  # noqa: F841 - its code leaves the heap before the agent's arrives
-            forget("admission")
+        admitted = await admit(self.p, head)  # its code leaves the heap before the agent's arrives
         return await (await self.updates()).initiate(head, admitted)
 
     async def ping(self, payload):
         return payload
 
     async def read_events(self, payload):
-        return self.p.events.page(payload, _EVENT_PAGE)
+        return self.p.events.page(payload, _EVENT_PAGE, event_codes.names)
 
     async def post_boot(self):
         rt = await _load("boot_tasks")

@@ -2,9 +2,12 @@
 # read the relay's latched position (never moving it, FR2), post the customer notice a switch
 # calls for, run and report the post-boot health check, confirm or revert, and apply what the
 # activation asked of the new image. Loaded for it and dropped after (app.py).
-import codes
-from bootloader import update_state
+import commands as C
+import event_codes
+from bootloader import api as P
 from intervals import FIRMWARE_CHANGE
+
+update_state = P.update_state()  # dropped with this module (app.py)
 
 
 def _pos(closed):
@@ -14,8 +17,6 @@ def _pos(closed):
 def commands(m):
     """The link's command table for the meter `m`: (open commands, privileged commands). A
     handler is a method, or (method, argument) for one method serving many commands."""
-    from bootloader import protocol as P
-
     run, upd = m._run, m._update  # one bound method each, for all their commands
     return {
         P.PING: m.ping,
@@ -25,26 +26,26 @@ def commands(m):
         # The runtime's commands load their code for each request and drop it after: the heap
         # holds none of it while the meter meters and downloads.
         P.STATUS: (run, ("cmd_status", "status")),
-        P.READ_INTERVALS: (run, ("cmd_status", "intervals")),
-        P.READ_REGISTERS: (run, ("cmd_read", "registers")),
-        P.READ_STATE: (run, ("cmd_read", "state")),
-        P.HEALTH: (run, ("cmd_read", "health")),
-        P.TIME_GET: (run, ("cmd_read", "time_get")),
-        P.READ_ALARMS: (run, ("cmd_read", "alarms")),
-        P.READ_DISPLAY: (run, ("cmd_read", "display")),
+        C.READ_INTERVALS: (run, ("cmd_status", "intervals")),
+        C.READ_REGISTERS: (run, ("cmd_read", "registers")),
+        C.READ_STATE: (run, ("cmd_read", "state")),
+        C.HEALTH: (run, ("cmd_read", "health")),
+        C.TIME_GET: (run, ("cmd_read", "time_get")),
+        C.READ_ALARMS: (run, ("cmd_read", "alarms")),
+        C.READ_DISPLAY: (run, ("cmd_read", "display")),
     }, {
-        P.UPD_NOTICE: (upd, "notice_received"),
+        C.UPD_NOTICE: (upd, "notice_received"),
         P.UPD_INITIATE: m.initiate,
         P.UPD_BLOCK: (upd, "block"),
         P.UPD_VERIFY: (upd, "verify"),
         P.UPD_ACTIVATE: (upd, "activate"),
         P.REVERT: (run, ("cmd_change", "revert")),
         P.UNREJECT: (run, ("cmd_change", "unreject")),
-        P.SET_STATE: (run, ("cmd_change", "set_state")),
-        P.TIME_SET: (run, ("cmd_change", "time_set")),
-        P.RELAY: (run, ("cmd_change", "relay")),
-        P.ACK_ALARMS: (run, ("cmd_change", "ack")),
-        P.RESET_REGISTERS: (run, ("cmd_change", "reset_registers")),
+        C.SET_STATE: (run, ("cmd_change", "set_state")),
+        C.TIME_SET: (run, ("cmd_change", "time_set")),
+        C.RELAY: (run, ("cmd_change", "relay")),
+        C.ACK_ALARMS: (run, ("cmd_change", "ack")),
+        C.RESET_REGISTERS: (run, ("cmd_change", "reset_registers")),
     }
 
 
@@ -52,19 +53,19 @@ def at_start(m):
     """At boot: report a meter state that had to be recovered, read the relay's latched
     position against the meter state (no coil is pulsed), and load the update agent when an
     activation may be waiting for its time."""
-    if update_state.load()["status"] == update_state.VERIFIED:
+    if update_state.load()["status"] == P.VERIFIED:
         m.updates_now()
     why = m.state.recovered
     if why:
-        m.p.events.log(codes.STATE_RECOVERED, 0 if why == "unrenamed copy" else 1)
-        m.outbox.post(codes.STATE_RECOVERED, 0 if why == "unrenamed copy" else 1, "meter state: " + why)
+        m.p.events.log(event_codes.STATE_RECOVERED, 0 if why == "unrenamed copy" else 1)
+        m.outbox.post(event_codes.STATE_RECOVERED, 0 if why == "unrenamed copy" else 1, "meter state: " + why)
     hw = getattr(m.board, "relay", None)
     if hw is None:
         return
     closed = hw.closed()
     if closed != m.state.relay_connected:
-        m.p.events.log(codes.RELAY_MISMATCH, 1 if closed else 0)
-        m.outbox.post(codes.RELAY_MISMATCH, 1 if closed else 0,
+        m.p.events.log(event_codes.RELAY_MISMATCH, 1 if closed else 0)
+        m.outbox.post(event_codes.RELAY_MISMATCH, 1 if closed else 0,
                       "relay is %s; meter state says %s" % (_pos(closed), _pos(m.state.relay_connected)))
 
 
@@ -92,21 +93,20 @@ def after_health(m, results):
     outbox (a connected host has it within seconds), and the result into the event log.
     Returns the critical failures, as "item: message"."""
     import health
-    from bootloader import eventlog
     from meter_state import HEALTH_ITEMS
     failed = [(n, s, msg or "failed") for n, s, st, msg, _ in results if st == health.FAIL and s != health.INFO]
     now = report_now(m)
     for n, s, msg in failed:
-        m.outbox.post(codes.HEALTH_CRITICAL if s == health.CRITICAL else codes.HEALTH_IMPORTANT,
+        m.outbox.post(event_codes.HEALTH_CRITICAL if s == health.CRITICAL else event_codes.HEALTH_IMPORTANT,
                       HEALTH_ITEMS.index(n) if n in HEALTH_ITEMS else 255, n + ": " + msg, now)
     for n, _, _ in failed:  # the DLMS standard event log has codes of its own for these two
         if n in ("data", "metrology"):
-            m.p.events.log(codes.NV_MEMORY_ERROR if n == "data" else codes.MEASUREMENT_ERROR, 0)
+            m.p.events.log(event_codes.NV_MEMORY_ERROR if n == "data" else event_codes.MEASUREMENT_ERROR, 0)
     critical = [n + ": " + msg for n, s, msg in failed if s == health.CRITICAL]
     if failed:
-        m.p.events.log(eventlog.HEALTH_FAILED, 1 if critical else 2)
+        m.p.events.log(event_codes.HEALTH_FAILED, 1 if critical else 2)
     else:
-        m.p.events.log(codes.HEALTH_PASSED, len(results))
+        m.p.events.log(event_codes.HEALTH_PASSED, len(results))
     return critical
 
 
@@ -132,8 +132,8 @@ async def post_boot(m, load):
         _reload_update_state(m)
     boot_notice(m)
     if not m.metering.clock_valid(m.board.clock.time_ms() // 1000):
-        p.events.log(codes.CLOCK_INVALID, 0)
-        m.outbox.post(codes.CLOCK_INVALID, 0, "clock invalid at start-up")
+        p.events.log(event_codes.CLOCK_INVALID, 0)
+        m.outbox.post(event_codes.CLOCK_INVALID, 0, "clock invalid at start-up")
     results = await (await load("health")).run(m, at_boot=True)
     # An absent interface is ok here but keeps its message; `meterfw health` shows its status.
     m.health = [{"check": n, "severity": s, "ok": st != "fail", "message": msg} for n, s, st, msg, _ in results]
@@ -142,7 +142,7 @@ async def post_boot(m, load):
         p.revert(reject=True, why="critical health check failed: " + "; ".join(critical))
     if critical:
         return  # a confirmed image stays; the failure is reported and the boot counts as failed
-    p.healthy()
+    p.mark_healthy()
     trial = p.in_trial
     if trial:
         p.confirm()

@@ -3,8 +3,8 @@
 # registers them privileged). Loaded for each request and dropped after it, like cmd_read.
 import asyncio
 from micropython import const
-from bootloader.protocol import CommandError, choice, field, query
-import codes
+from bootloader.api import CommandError, choice, field, query
+import event_codes
 
 _VALID_FROM_S = const(1704067200)  # 2024-01-01
 _VALID_UNTIL_S = const(0xFFFFFFFF)
@@ -28,10 +28,10 @@ async def time_set(m, payload):
     clock = m.board.clock
     old_ms = clock.time_ms()
     delta_s = max(-0x7FFFFFFF, min(0x7FFFFFFF, (t_ms - old_ms) // 1000))
-    m.p.events.log(codes.CLOCK_ADJUSTED_OLD, delta_s)
+    m.p.events.log(event_codes.CLOCK_ADJUSTED_OLD, delta_s)
     clock.set_time_ms(t_ms)
     split = m.metering.clock_set(old_ms, t_ms)
-    m.p.events.log(codes.CLOCK_ADJUSTED_NEW, delta_s)
+    m.p.events.log(event_codes.CLOCK_ADJUSTED_NEW, delta_s)
     return {"old_ms": old_ms, "new_ms": t_ms, "delta_ms": t_ms - old_ms, "interval_split": split}
 
 
@@ -54,7 +54,7 @@ async def relay(m, payload):
     state_edit.set_relay(m.state, connect)
     if moved:
         hw.actuate(connect)
-        m.p.events.log(codes.RELAY_CONNECTED if connect else codes.RELAY_DISCONNECTED, 0)
+        m.p.events.log(event_codes.RELAY_CONNECTED if connect else event_codes.RELAY_DISCONNECTED, 0)
         m.notices.show("Supply reconnected" if connect else "Supply disconnected by your utility")
     return {"fitted": True, "latched": "connected" if hw.closed() else "disconnected",
             "commanded": "connected" if m.state.relay_connected else "disconnected", "agrees": True,

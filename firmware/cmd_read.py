@@ -3,7 +3,7 @@
 # link. Loaded for each request and dropped after it (app.py), so the heap carries none of it
 # while the meter meters; kept small because the image reader loads a module in one piece.
 from micropython import const
-from bootloader.protocol import field, query
+from bootloader.api import field, query
 
 # meter_state.FIXED indexes read here
 _MULT = const(11)

@@ -7,7 +7,7 @@ import gc
 import os
 import time
 from micropython import const
-from bootloader import framing
+from bootloader.api import framing
 from meter_state import HEALTH_ITEMS
 
 CRITICAL = "critical"

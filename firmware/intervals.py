@@ -6,7 +6,7 @@ import os
 import struct
 from binascii import crc32
 from micropython import const
-import codes
+import event_codes
 
 DIR = "/data/iv"
 # seq start_s duration_s flags energy_mwh received_mwh register_mwh register_received_mwh
@@ -142,7 +142,7 @@ class IntervalLog:
             self._total -= n
             dropped += n
         if dropped and self._events:
-            self._events.log(codes.INTERVALS_DROPPED, dropped)
+            self._events.log(event_codes.INTERVALS_DROPPED, dropped)
 
     @property
     def quota_records(self):

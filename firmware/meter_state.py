@@ -15,7 +15,7 @@ import hashlib
 import struct
 from binascii import hexlify
 from micropython import const
-import codes
+import event_codes
 import store
 
 _MAGIC = b"MST1"
@@ -43,9 +43,9 @@ HEALTH_ITEMS = ("metrology", "clock", "storage", "data", "registers", "meter_sta
 SEVERITIES = ("default", "critical", "important", "info")
 # Alarm codes the reporting policy covers, in the order of the report mask's bits; a set bit
 # pushes that alarm at once, a clear one lets it wait for the next scheduled read.
-ALARM_CODES = (codes.HEALTH_CRITICAL, codes.HEALTH_IMPORTANT, codes.RELAY_MISMATCH, codes.NV_MEMORY_ERROR,
-               codes.MEASUREMENT_ERROR, codes.CLOCK_INVALID, codes.STATE_RECOVERED,
-               codes.LOAD_LIMIT_EXCEEDED, codes.INTERVALS_DROPPED, codes.FRONTEND_RESTARTED)
+ALARM_CODES = (event_codes.HEALTH_CRITICAL, event_codes.HEALTH_IMPORTANT, event_codes.RELAY_MISMATCH, event_codes.NV_MEMORY_ERROR,
+               event_codes.MEASUREMENT_ERROR, event_codes.CLOCK_INVALID, event_codes.STATE_RECOVERED,
+               event_codes.LOAD_LIMIT_EXCEEDED, event_codes.INTERVALS_DROPPED, event_codes.FRONTEND_RESTARTED)
 
 
 def factory():

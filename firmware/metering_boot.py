@@ -5,7 +5,7 @@ import asyncio
 import struct
 from binascii import crc32
 from micropython import const
-import codes
+import event_codes
 from intervals import (POWER_DOWN, PARTIAL, ESTIMATED, SEQ, START, DURATION, REGISTER, REGISTER_RX, FRONTEND,
                        FRONTEND_RX)
 from metering import OPEN_BODY, OPEN_FMT
@@ -77,6 +77,6 @@ async def close_overdue(mt, now_ms):
     mt._save_open()
     mt.outage = False
     if mt._events:
-        mt._events.log(codes.INTERVAL_GAP, n)
+        mt._events.log(event_codes.INTERVAL_GAP, n)
     mt.closed.set()
     mt.closed.clear()

@@ -2,7 +2,7 @@
 # restarted, a register reset, the pre-switch snapshot, load limiting. Part of metering.py (it
 # works on a Metering's insides), loaded for each use and dropped after, so the heap carries
 # only the close path while the meter meters.
-import codes
+import event_codes
 from intervals import CLOCK_SET, PARTIAL, ESTIMATED, REGISTER_RESET, SEQ
 
 
@@ -32,16 +32,16 @@ def check_limit(mt, e_mwh, duration_s):
     avg_w = e_mwh * 36 // (10 * duration_s)  # mWh over s -> W
     over = avg_w > limit_w
     if over and not mt.over_limit:
-        _log(mt, codes.LOAD_LIMIT_EXCEEDED, avg_w)
-        _alarm(mt, codes.LOAD_LIMIT_EXCEEDED, avg_w, "load %d W over the %d W limit" % (avg_w, limit_w))
+        _log(mt, event_codes.LOAD_LIMIT_EXCEEDED, avg_w)
+        _alarm(mt, event_codes.LOAD_LIMIT_EXCEEDED, avg_w, "load %d W over the %d W limit" % (avg_w, limit_w))
     mt.over_limit = over
 
 
 def clock_leapt(mt, now_ms):
     """Further ahead than the interval log holds: no outage shows in it as more than its quota,
     so this is a clock that jumped. Close once, flagged, and open at the new time."""
-    _log(mt, codes.CLOCK_INVALID, 2)
-    _alarm(mt, codes.CLOCK_INVALID, 2, "clock leapt ahead by %d s" % (now_ms // 1000 - mt.open_end_s))
+    _log(mt, event_codes.CLOCK_INVALID, 2)
+    _alarm(mt, event_codes.CLOCK_INVALID, 2, "clock leapt ahead by %d s" % (now_ms // 1000 - mt.open_end_s))
     fe, fe_rx = mt._reading()
     mt._record(mt.open_end_s - mt.open_start_s, mt.open_flags | CLOCK_SET | ESTIMATED, fe, fe_rx, now_ms)
     mt._set_open(now_ms // 1000, fe, fe_rx, mt.open_reg, mt.open_reg_rx, CLOCK_SET | PARTIAL | ESTIMATED)
@@ -70,8 +70,8 @@ def clock_set(mt, old_ms, new_ms):
 def front_end_restarted(mt, fe):
     # The front-end lost its own power, and what it counted before is gone: the open interval
     # gets what it counted since, and says it is estimated.
-    _log(mt, codes.FRONTEND_RESTARTED, min(fe, 0x7FFFFFFF))
-    _alarm(mt, codes.FRONTEND_RESTARTED, fe, "metrology front-end restarted")
+    _log(mt, event_codes.FRONTEND_RESTARTED, min(fe, 0x7FFFFFFF))
+    _alarm(mt, event_codes.FRONTEND_RESTARTED, fe, "metrology front-end restarted")
     mt.open_fe = mt.open_fe_rx = 0
     mt.open_flags |= ESTIMATED
     mt._save_open()
@@ -87,8 +87,8 @@ def reset_registers(mt, tag=None):
     reg, reg_rx, _, _ = mt.registers()
     # Logged before the reset is stored: a power cut in between repeats the reset (and the log
     # entry) at the next request, but never resets without a record of what was there.
-    _log(mt, codes.REGISTERS_RESET, _wh(reg))
-    _log(mt, codes.REGISTERS_RESET_RECEIVED, _wh(reg_rx))
+    _log(mt, event_codes.REGISTERS_RESET, _wh(reg))
+    _log(mt, event_codes.REGISTERS_RESET_RECEIVED, _wh(reg_rx))
     mt.open_reg -= reg
     mt.open_reg_rx -= reg_rx
     mt.reset_mwh += reg

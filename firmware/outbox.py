@@ -6,9 +6,9 @@ import asyncio
 import json
 import time
 from micropython import const
-import codes
+import event_codes
 import store
-from bootloader.eventlog import names
+from event_codes import names
 
 PATH = "/data/outbox"
 CAPACITY = const(16)
@@ -60,7 +60,7 @@ class Outbox:
         if len(self.pending) >= CAPACITY:
             dropped = self.pending.pop(0)
             if self._events:
-                self._events.log(codes.OUTBOX_OVERFLOW, dropped[_SEQ])
+                self._events.log(event_codes.OUTBOX_OVERFLOW, dropped[_SEQ])
         self.pending.append([seq, self._clock.time_ms() // 1000, code, value, message[:_MESSAGE_CHARS], 1 if now else 0])
         self._save()
         if now:
@@ -76,7 +76,7 @@ class Outbox:
             self.pending = keep
             self._save()
             if self._events:
-                self._events.log(codes.ALARMS_ACKED, n)
+                self._events.log(event_codes.ALARMS_ACKED, n)
         return n
 
     @staticmethod

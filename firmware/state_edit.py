@@ -1,8 +1,8 @@
 # Authenticated changes to the meter state, validated whole before anything is stored (all or
 # nothing), and the relay bit the relay command sets. Loaded for those commands only.
 from micropython import const
-from bootloader.protocol import CommandError
-import codes
+from bootloader.api import CommandError
+import event_codes
 from state_json import FIELDS
 
 # Fixed-field indexes (meter_state.FIXED).
@@ -81,7 +81,7 @@ def commit(st, f, pricing, grid):
         st.fixed, st.pricing, st.grid, st.body, st.seq = old
         raise CommandError("storage", "meter state not saved: %s" % e)
     if st.events:
-        st.events.log(codes.STATE_CHANGED, st.seq)
+        st.events.log(event_codes.STATE_CHANGED, st.seq)
     return st.hash()
 
 

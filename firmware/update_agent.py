@@ -6,15 +6,11 @@
 #   - when and how to activate (activation.py, loaded for an activation only).
 # The application loads the agent at the first update command of a boot (app.py).
 import asyncio
-import json
+import upgrade_notice
 from micropython import const
-from bootloader.protocol import U32_MAX, CommandError, field, query
-from bootloader.transfer import Transfer
-from bootloader.update_state import NOTICE_PATH, VERIFIED, load_notice
+from bootloader.api import U32_MAX, VERIFIED, CommandError, field, query, transfer
+from event_codes import UPGRADE_NOTICE
 
-# Event code (bootloader/eventlog.py names it). Defined here: the bootloader in the field is
-# never upgraded, so the application may not rely on names an older one lacks.
-UPGRADE_NOTICE = const(130)  # value: image size (FR33)
 _TEXT_MAX = const(32)  # a notice's version and time, as the display shows them
 
 
@@ -29,9 +25,9 @@ class UpdateAgent:
         # () -> [(start_s, end_s)] of scheduled pricing events; the meter state provides it.
         self.pricing_events = pricing_events or _no_events
         self.closed = metering.closed  # set as each interval closes (and the transfer's schedule)
-        self.transfer = t = Transfer(platform, self)
+        self.transfer = t = transfer(platform, self)
         self.block, self.verify = t.block, t.verify  # the transfer's link commands, beside ours
-        self.notice = load_notice()
+        self.notice = upgrade_notice.load()
         self._pending = None  # the task waiting to activate
         self.show = platform.board.display  # the customer display; the app routes it via its notices
         s = t.state
@@ -64,8 +60,7 @@ class UpdateAgent:
         if len(notice["version"]) > _TEXT_MAX or len(notice["image_id"]) > 64 or len(notice["when"]) > _TEXT_MAX:
             raise CommandError("bad_request", "notice fields too long")
         await self.transfer.clear_of_app_flash()
-        with open(NOTICE_PATH, "w") as f:
-            json.dump(notice, f)
+        upgrade_notice.store(notice)
         self.notice = notice
         self.platform.events.log(UPGRADE_NOTICE, notice["size"])
         self.show("Firmware %s available" % notice["version"])  # FR32

@@ -237,7 +237,7 @@ def make_image(keys: Path, manifest_bytes: bytes | None = None, version: str = "
         manifest_bytes = canonical_json({
             "format": 1, "board": "sim", "version": version, "security_version": 0, "payload_size": len(payload),
             "payload_sha256": hashlib.sha256(payload).hexdigest(), "min_bootloader": "0.1.0", "entry": "app",
-            "build_time": 1700000000, "mpy": "6.3"})
+            "build_time": 1700000000, "mpy": "6.3", "kind": "firmware", "api": 1})
     return assemble(manifest_bytes, sign_manifest(manifest_bytes, load_keys(keys)), payload)
 
 

@@ -17,6 +17,7 @@ from meterfw.image import (
     signed_message,
     ImageError,
     approve_image,
+    platform_api,
     assemble,
     build_image,
     canonical_json,
@@ -162,6 +163,8 @@ def test_build_parse_round_trip(image, src, keys):
         "entry": "app",
         "build_time": BUILD_TIME,
         "mpy": "6.3",
+        "kind": "firmware",
+        "api": platform_api(),
     }
     assert img.manifest_bytes == canonical_json(img.manifest)
     assert [(r, k) for r, k, _ in img.signatures] == [

@@ -33,6 +33,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .keys import Keys, key_id
+from .paths import BOOTLOADER
 
 MAGIC = b"MFW1"
 FORMAT = 1
@@ -240,6 +241,18 @@ def assemble(manifest_bytes: bytes, signatures: list, payload: bytes) -> bytes:
     return b"".join(parts)
 
 
+# What an image carries: the meter application (run from a slot), or the bootloader (installed as
+# the first stage's other copy). "api" is the platform API the application needs, or the one the
+# bootloader provides.
+KINDS = ("firmware", "bootloader")
+
+
+def platform_api() -> int:
+    """The platform API version of this tree's bootloader (bootloader/api.py)."""
+    m = re.search(r"^VERSION = const\((\d+)\)", (BOOTLOADER / "api.py").read_text(), re.M)
+    return int(m.group(1))
+
+
 def build_image(
     src: Path,
     board: str,
@@ -251,6 +264,8 @@ def build_image(
     entry: str = "app",
     build_time: int | None = None,
     approve: bool = True,
+    kind: str = "firmware",
+    api: int | None = None,
 ) -> bytes:
     """Compile src into a signed image. approve=True adds the utility approval when the key is present."""
     src = Path(src)
@@ -261,6 +276,10 @@ def build_image(
         raise ImageError(f"bad min_bootloader {min_bootloader!r}: expected X.Y.Z") from None
     if board not in BOARDS:
         raise ImageError(f"unknown board {board!r}: expected one of {', '.join(BOARDS)}")
+    if kind not in KINDS:
+        raise ImageError(f"unknown image kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if api is not None and not _is_u32(api):
+        raise ImageError(f"bad platform API {api!r}: expected an integer from 0 to {_U32_MAX}")
     if not _is_u32(security_version):
         raise ImageError(f"bad security version {security_version!r}: expected an integer from 0 to {_U32_MAX}"
                          " (the meter stores it in 32 bits)")
@@ -289,6 +308,8 @@ def build_image(
         "entry": entry,
         "build_time": int(build_time),
         "mpy": mpy_version(),
+        "kind": kind,
+        "api": platform_api() if api is None else api,
     }
     manifest_bytes = canonical_json(manifest)
     return assemble(manifest_bytes, sign_manifest(manifest_bytes, keys, approve=approve), payload)
@@ -336,6 +357,8 @@ def _check_manifest(m) -> None:
         "entry": (lambda v: isinstance(v, str) and _MODULE_RE.fullmatch(v), "a module name"),
         "build_time": (_is_u32, f"an integer from 0 to {_U32_MAX}"),
         "mpy": (lambda v: isinstance(v, str) and _MPY_RE.fullmatch(v), 'a string like "6.3"'),
+        "kind": (lambda v: v in KINDS, "one of " + ", ".join(KINDS)),
+        "api": (_is_u32, f"an integer from 0 to {_U32_MAX}"),
     }
     for field, (ok, expected) in checks.items():
         if field not in m:

@@ -1,4 +1,6 @@
-"""Command codes of the link protocol; mirrors bootloader/protocol.py on the device."""
+"""The link protocol's tables: command codes, the meter's error codes, and the update states. They
+mirror the device's: the platform's (bootloader/protocol.py) and the application's
+(firmware/commands.py); tests/test_protocol_tables.py keeps them in step."""
 PING = 0x00
 STATUS = 0x01
 READ_INTERVALS = 0x02
@@ -33,3 +35,11 @@ TRANSFER_STATUS = (
 )
 INITIATED = 1
 VERIFIED = 3
+
+# Every error code a meter's ERROR reply may carry.
+ERRORS = frozenset({
+    "already_active", "auth_failed", "auth_required", "auth_unavailable", "bad_block", "bad_frame",
+    "bad_image", "bad_request", "bootloader_too_old", "incomplete", "internal", "no_memory", "no_previous",
+    "no_relay", "no_space", "not_initiated", "not_verified", "on_trial", "platform_too_old", "pricing_event",
+    "rejected", "replay", "rollback", "storage", "unknown_command", "verify_failed", "wrong_board",
+})

@@ -310,16 +310,6 @@ print(json.dumps({"tail": tail_kept, "ver": ver2, "s3": s3.fixed[11], "s4": s4.f
     assert out["s4"] == 1 and out["rec"] and out["bad_kept"]
 
 
-def test_event_codes_match_the_bootloaders_table():
-    codes = (ROOT / "firmware" / "codes.py").read_text()
-    boot = (ROOT / "bootloader" / "eventlog.py").read_text()
-    ours = dict(re.findall(r"^(\w+) = const\((\d+)\)", codes, re.M))
-    theirs = dict(re.findall(r"^([A-Z]\w*) = const\((\d+)\)", boot, re.M))
-    assert ours and all(theirs.get(k) == v for k, v in ours.items()), "firmware/codes.py and bootloader/eventlog.py differ"
-    named = set(re.findall(r"(\d+): \"", (ROOT / "bootloader" / "event_names.py").read_text()))
-    assert set(ours.values()) | set(theirs.values()) <= named, "every event code has a name in event_names.py"
-
-
 def test_outbox_persists_pushes_at_once_or_waits_and_forgets_only_on_ack(run_mpy):
     out = run_mpy(_script("""
 import outbox

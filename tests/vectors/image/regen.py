@@ -10,7 +10,8 @@ from meterfw.image import build_image, parse_image, write_image
 from meterfw.keys import load_keys
 
 HERE = Path(__file__).resolve().parent
-BUILD = dict(board="sim", version="1.0.0", security_version=1, min_bootloader="0.1.0", build_time=1767225600)
+BUILD = dict(board="sim", version="1.0.0", security_version=1, min_bootloader="0.1.0", build_time=1767225600,
+             api=1)
 
 
 def build() -> bytes:

@@ -1,16 +1,17 @@
-# Event codes the application logs (FR14), beside the bootloader's own. DLMS standard event log
-# codes where one exists, ours from 140 to 159. bootloader/eventlog.py lists the same numbers
-# with their names (the names live there only, to spare the heap); a test keeps the two in step.
-# The numbers are defined here too because the bootloader is never upgraded in the field, and a
-# newer application must not depend on constants an older bootloader lacks.
+# The application's event codes (FR14), logged through the platform's event log beside the
+# platform's own (bootloader/eventlog.py): DLMS standard event log codes where one exists, ours
+# from 108 and 130 to 159. Their names are in event_names.py, loaded only to read the log out.
 from micropython import const
 
-INTERVAL_GAP = const(108)        # the bootloader's; value: intervals closed late after a restart
 CLOCK_ADJUSTED_OLD = const(4)    # DLMS; stamped with the time before; value: change in s
 CLOCK_ADJUSTED_NEW = const(5)    # DLMS; stamped with the time after; value: change in s
 CLOCK_INVALID = const(6)         # DLMS; value: 0 before 2024, 1 behind the last interval, 2 leapt ahead
 NV_MEMORY_ERROR = const(14)      # DLMS; value: damaged records found
 MEASUREMENT_ERROR = const(16)    # DLMS; value: 0
+INTERVAL_GAP = const(108)        # value: intervals closed late after a restart
+HEALTH_FAILED = const(111)       # value: 1 critical, 2 important
+UPGRADE_NOTICE = const(130)      # value: image size (FR33)
+ACTIVATION_DEFERRED = const(131)  # value: seconds later than asked, for a pricing event (FR30)
 INTERVALS_DROPPED = const(140)   # value: oldest interval records dropped to keep the quota
 REGISTERS_RESET = const(141)     # value: delivered register before the reset, Wh
 REGISTERS_RESET_RECEIVED = const(142)  # value: received register before the reset, Wh
@@ -27,3 +28,19 @@ STATE_RECOVERED = const(152)     # value: 0 from the unrenamed copy, 1 factory s
 ALARMS_ACKED = const(153)        # value: alarms acknowledged
 OUTBOX_OVERFLOW = const(154)     # value: seq of the alarm dropped unacknowledged
 
+
+def names(codes, default="event"):
+    """{code: name} for any of the meter's codes, the platform's included; event_names.py
+    loads for the call and leaves after."""
+    import sys
+    from bootloader.api import event_names
+
+    named = event_names(codes, default)
+    try:
+        ours = __import__("event_names").NAMES
+        for c in codes:
+            if c in ours:
+                named[c] = ours[c]
+    finally:
+        sys.modules.pop("event_names", None)
+    return named
