@@ -60,7 +60,7 @@ class Transfer:
         cfg = platform.board.config
         self._window_blocks = cfg["transfer_window_bytes"] // BLOCK_SIZE
         self._flush_ms = cfg["transfer_window_bytes"] // cfg["flash"]["block_size"] * _SECTOR_WRITE_MS + _FLUSH_MARGIN_MS
-        bps = getattr(platform.board, "link_bytes_per_s", None) or _ASSUMED_LINK_BPS
+        bps = platform.board.link_bytes_per_s or _ASSUMED_LINK_BPS
         self._block_ms = (BLOCK_SIZE + _BLOCK_WIRE_EXTRA) * 1000 // bps + 1
         self.state = load()
         self.changed = None  # fn(state), called after each stored change (the app's notices)

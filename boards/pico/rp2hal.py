@@ -368,13 +368,18 @@ class Board:
         self.config = config
         self.defaults = config["defaults"]
         self.clock = Clock(open_rtc(config.get("rtc")))
-        self.link_in = self.link_out = open_link(config["link"])
+        link = config["link"]
+        self.link_in = self.link_out = open_link(link)
+        # A UART paces the link (8N1: ten bits a byte); USB-CDC does not.
+        self.link_bytes_per_s = link["baud"] // 10 if link["kind"] == "uart" else None
+        self.heap_models = 0  # every part is silicon: none of the heap goes to models
         self.metrology = FrontEnd(open_regs(config["metrology"]), config["metrology"])
         self._led = machine.Pin(config["led"], machine.Pin.OUT, value=0)
         self.display_text = ""
         # The relay pins in config["relay"] are deliberately not claimed here: left in their
         # reset state (input, pulled down) the latching relay cannot move at boot (FR2). Its
         # driver, when added, pulses a coil only on an authenticated command.
+        self.relay = None
 
     def reset_cause(self):
         # rp2 reports only these two; machine.reset() also shows as WDT_RESET, which is why the
@@ -398,12 +403,20 @@ class Board:
     def energy_mwh(self):
         return self.metrology.energy_mwh()
 
+    def energies_mwh(self):
+        """(delivered, received): the front-end's one energy register counts delivered only."""
+        return self.metrology.energy_mwh(), 0
+
     def metrology_fault(self):
         return self.metrology.fault()
 
     def reset(self):
         import machine
         machine.reset()
+
+    def interface_checks(self):
+        """No HAN or NAN interface is fitted to a bare Pico."""
+        return {"han": None, "nan": None}
 
     def display(self, text):
         # A bare Pico has no meter display: keep the notice for status reads and light the LED

@@ -35,9 +35,8 @@ class Clock:
 
     def set_time_ms(self, t_ms):
         offset_ms = t_ms - time.time_ns() // 1000000
-        rtc = getattr(self._hw, "rtc", None)
-        if rtc is not None:  # the backed-up RTC keeps the setting through resets and power cuts
-            rtc.store(rtc.adjust_ms + offset_ms - self._hw.clock_offset_ms)
+        rtc = self._hw.rtc  # the backed-up RTC keeps the setting through resets and power cuts
+        rtc.store(rtc.adjust_ms + offset_ms - self._hw.clock_offset_ms)
         self._hw.clock_offset_ms = offset_ms
 
 
@@ -62,7 +61,7 @@ class Board:
         self.link_out = self._hw.stdout
         # The latching service relay: its driver reads the position and never pulses a coil on
         # its own (FR2); only the application's authenticated relay command does.
-        self.relay = getattr(self._hw, "relay", None)
+        self.relay = self._hw.relay
         # Heap the simulated parts take (a Pico has them in silicon and C): status reports it
         # so the rig can tell the application's own share.
         self.heap_models = self._hw.models_heap
