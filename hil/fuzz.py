@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from hil.supervisor import _heap_bytes
+from hil.supervisor.common import _heap_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "tests" / "vectors" / "image"

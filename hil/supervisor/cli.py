@@ -1,0 +1,127 @@
+"""The `meterfw-sim` command line (the console script's entry point is main)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .common import (
+    BOARDS, BOOTROM_NAME, DEFAULT_DEVICE_SCRIPT, PICO_EMULATOR, SIM_JSON, SimError, _device_script,
+    _read_json, _resolve_dir,
+)
+from .control import command
+from .startup import run, start, status, stop
+
+
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meterfw-sim",
+        description="Run a simulated Pico meter: power, reset, watchdog and a serial port.",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("start", help="start (provisioning first if needed) a sim meter in DIR")
+    s.add_argument("--dir", required=True, help="the sim meter's directory")
+    s.add_argument("--image", help="image to provision a new flash.img with")
+    s.add_argument("--keys", help="key directory for provisioning")
+    s.add_argument("--baud", type=int, help="pace the line at 8N1 for this baud rate")
+    s.add_argument("--interval-s", type=_number, help="metering interval (default: the board's)")
+    s.add_argument("--seed", type=int, help="metrology seed (default 1)")
+    s.add_argument("--load", metavar="PROFILE",
+                   help="the premises' load on the metrology front-end (default mixed, or what DIR "
+                        "had): mixed (0.7-2.2 kW with bursts of export), residential (night base "
+                        "load, morning and evening peaks), vacant (no energy at all), solar (a "
+                        "home with rooftop PV: export around midday), commercial (near the "
+                        "meter's 24 kW rating in business hours). Daily curves run on UTC, or "
+                        "on the premises' local time with PROFILE@+HH:MM")
+    s.add_argument("--serial", help="meter serial number")
+    s.add_argument("--uart-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="model an RP2040 UART: bytes arriving while flash is busy are lost beyond "
+                        "its 32-byte FIFO (default: a USB-CDC link, which loses nothing)")
+    s.add_argument("--tcp", type=int, metavar="PORT",
+                   help="also listen on 127.0.0.1:PORT and bridge one client at a time to the line "
+                        "(remote access; 0 picks a free port)")
+    s.add_argument("--board", choices=BOARDS, help="sim (the unix port, default) or pico (the stock "
+                   "MicroPython firmware on an emulated RP2040)")
+    s.add_argument("--firmware", help="pico: the MicroPython RPI_PICO UF2 (default $PICO_FIRMWARE)")
+    s.add_argument("--bootrom", help=f"pico: the RP2040 boot ROM (default $PICO_BOOTROM, or {BOOTROM_NAME} "
+                   "beside the firmware or $PICO_FIRMWARE)")
+    s.add_argument("--device-script", help=argparse.SUPPRESS)
+
+    for name, text in (
+        ("stop", "stop the supervisor and its device"),
+        ("status", "show whether the sim meter runs, its boots and watchdog"),
+        ("power-cycle", "cut the power now and switch it on again"),
+        ("reset", "press the reset button"),
+    ):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--dir", required=True)
+        c.add_argument("--json", action="store_true", help="print JSON")
+        if name == "power-cycle":
+            c.add_argument("--off-s", type=float, default=0.0, help="how long the power stays off")
+
+    r = sub.add_parser("run", help="run the supervisor in the foreground (what start detaches)")
+    r.add_argument("--dir", required=True)
+    r.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    r.add_argument("--device-script", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "start":
+            info = start(
+                args.dir, image=args.image, keys=args.keys, baud=args.baud,
+                interval_s=args.interval_s, seed=args.seed, serial=args.serial,
+                device_script=args.device_script, uart_loss=args.uart_loss, tcp_port=args.tcp,
+                board=args.board, firmware=args.firmware, bootrom=args.bootrom, load=args.load,
+            )
+            print(json.dumps(info), flush=True)
+        elif args.cmd == "stop":
+            stopped = stop(args.dir)
+            if args.json:
+                print(json.dumps({"dir": str(_resolve_dir(args.dir)), "stopped": stopped}))
+            elif not stopped:
+                print(f"meterfw-sim: {args.dir} is not running; nothing to stop")
+        elif args.cmd == "status":
+            st = status(args.dir)
+            if args.json:
+                print(json.dumps(st))
+            else:
+                wdt = f"armed ({st['watchdog_timeout_ms']} ms)" if st["watchdog_armed"] else "not armed"
+                print(f"{st['dir']}: {st['state']}")
+                print(f"  supervisor pid  {st['pid']}")
+                print(f"  board           {st['board']}")
+                print(f"  port            {st['port']}")
+                if st["usb_port"]:
+                    print(f"  usb port (REPL) {st['usb_port']}")
+                print(f"  boots           {st['boots']} (last cause: {st['last_cause']})")
+                print(f"  device pid      {st['device_pid']}")
+                print(f"  watchdog        {wdt}")
+        elif args.cmd in ("power-cycle", "reset"):
+            extra = (args.off_s,) if args.cmd == "power-cycle" else ()
+            st = command(args.dir, args.cmd, *extra)
+            if args.json:
+                print(json.dumps({k: st.get(k) for k in ("state", "boots", "last_cause", "device_pid")}))
+            else:
+                print(f"{args.cmd}: boot {st.get('boots')} (cause {st.get('last_cause')}), device pid {st.get('device_pid')}")
+        elif args.cmd == "run":
+            d = _resolve_dir(args.dir)
+            if not d.is_dir():
+                raise SimError(f"{args.dir} is not a directory")
+            board = (_read_json(d / SIM_JSON) or {}).get("board", "sim")
+            script = _device_script(args.device_script) or (PICO_EMULATOR if board == "pico" else DEFAULT_DEVICE_SCRIPT)
+            return run(d, script, args.ready_fd)
+    except SimError as e:
+        print(f"meterfw-sim: {e}", file=sys.stderr)
+        return e.code
+    return 0
