@@ -159,7 +159,7 @@ async def _load(name):
 
 # Modules loaded for a task and forgotten after it (their names stay interned; their code goes).
 _LAZY = ("activation", "boot_tasks", "cmd_status", "cmd_read", "cmd_change", "health", "health_data", "state_json",
-         "state_edit", "state_lists", "metering_boot", "metering_ops", "snapshot")
+         "state_edit", "state_lists", "state_schema", "metering_boot", "metering_ops", "snapshot")
 
 
 def _drop():

@@ -2,14 +2,7 @@
 # wait for it), the meter state, health, time, alarms and the display. Open to anyone on the
 # link. Loaded for each request and dropped after it (app.py), so the heap carries none of it
 # while the meter meters; kept small because the image reader loads a module in one piece.
-from micropython import const
 from bootloader.api import field, query
-
-# meter_state.FIXED indexes read here
-_MULT = const(11)
-_PP_ON = const(15)
-_PP_CREDIT = const(16)
-_PP_BASE = const(19)
 
 
 def lifetime_mwh(m):
@@ -18,13 +11,14 @@ def lifetime_mwh(m):
 
 
 def _prepayment(m):
-    f = m.state.fixed
-    if not f[_PP_ON]:
+    st = m.state
+    if not st.get("prepay_on"):
         return None
     # The credit counts down with delivered energy since it was set (its base), so the meter
     # state itself never changes with consumption: its hash stays put between commands.
-    used_wh = (lifetime_mwh(m) - f[_PP_BASE]) // 1000
-    return {"credit_wh": f[_PP_CREDIT], "used_wh": used_wh, "balance_wh": f[_PP_CREDIT] - used_wh}
+    used_wh = (lifetime_mwh(m) - st.get("credit_base_mwh")) // 1000
+    credit_wh = st.get("credit_wh")
+    return {"credit_wh": credit_wh, "used_wh": used_wh, "balance_wh": credit_wh - used_wh}
 
 
 async def registers(m, _payload):
@@ -35,7 +29,7 @@ async def registers(m, _payload):
     return {"time_s": m.board.clock.time_ms() // 1000,
             "delivered_mwh": reg, "received_mwh": reg_rx, "net_mwh": reg - reg_rx,
             "lifetime_delivered_mwh": reg + mt.reset_mwh, "lifetime_received_mwh": reg_rx + mt.reset_rx_mwh,
-            "resets": mt.resets, "multiplier": m.state.fixed[_MULT], "prepayment": _prepayment(m),
+            "resets": mt.resets, "multiplier": m.state.get("multiplier"), "prepayment": _prepayment(m),
             "last_interval_seq": last[0] if last else 0, "alarms": m.outbox.listing(deferred_only=True)}
 
 

@@ -5,53 +5,51 @@
 # authenticated command changes it, and its hash (over the body bytes) goes into status.
 #
 # Record: magic "MST1" | version u16 | body_len u16 | seq u32 | body | crc32 (store.py).
-# Body: the fixed fields (FIXED, indexes below), the pricing events, the grid events, then any
-# bytes a newer firmware appended. Versions only ever append, and a body from a newer version
-# keeps its tail when this one rewrites it, so a revert never loses what the newer image stored.
+# Body: the fixed fields (state_schema.FIELDS, in its order), the pricing events, the grid
+# events, then any bytes a newer firmware appended. Versions only ever append, and a body from a
+# newer version keeps its tail when this one rewrites it, so a revert never loses what the newer
+# image stored.
 #
 # This module is what the running meter needs; reading the record as JSON and validating
-# changes is state_edit.py, loaded only for those commands (it spares the heap).
+# changes is state_json.py and state_edit.py, loaded only for those commands (it spares the heap).
 import hashlib
 import struct
+import sys
 from binascii import hexlify
 from micropython import const
-import event_codes
 import store
 
 _MAGIC = b"MST1"
 VERSION = const(1)
 _HEAD = "<4sHHI"
 _HEAD_SIZE = const(12)
-FIXED = "<BBIBBBIBBBHHHBBBiIIqIIBB"
-FIXED_SIZE = const(55)
 PRICING = "<IIB"
 PRICING_SIZE = const(9)
 GRID = "<IIBB"
 GRID_SIZE = const(10)
 PATH = "/data/state"
 
-# Indexes into the fixed fields that the running meter reads (state_edit.py knows them all).
-_RELAY = const(0)
-_LIMIT_ON = const(1)
-_LIMIT_W = const(2)
-_REPORT = const(20)
-_SEVERITY = const(21)
 
-# Health items, in the order their severities are packed (2 bits each; 0 = the default).
-HEALTH_ITEMS = ("metrology", "clock", "storage", "data", "registers", "meter_state", "link",
-                "han", "nan", "heap", "flash")
-SEVERITIES = ("default", "critical", "important", "info")
-# Alarm codes the reporting policy covers, in the order of the report mask's bits; a set bit
-# pushes that alarm at once, a clear one lets it wait for the next scheduled read.
-ALARM_CODES = (event_codes.HEALTH_CRITICAL, event_codes.HEALTH_IMPORTANT, event_codes.RELAY_MISMATCH, event_codes.NV_MEMORY_ERROR,
-               event_codes.MEASUREMENT_ERROR, event_codes.CLOCK_INVALID, event_codes.STATE_RECOVERED,
-               event_codes.LOAD_LIMIT_EXCEEDED, event_codes.INTERVALS_DROPPED, event_codes.FRONTEND_RESTARTED)
+def _from_schema():
+    # What the running meter reads of the field table; the table itself leaves the heap.
+    import state_schema as s
+    sys.modules.pop("state_schema", None)
+    fmt, names, values = "<", [], []
+    for name, code, value, _, _, _, _ in s.FIELDS:
+        fmt += code
+        names.append(name)
+        values.append(value)
+    return fmt, tuple(names), tuple(values), s.HEALTH_ITEMS, s.SEVERITIES, s.ALARM_CODES
+
+
+# FIXED: the fixed fields' struct format; NAMES: their names, in the same order.
+FIXED, NAMES, _FACTORY, HEALTH_ITEMS, SEVERITIES, ALARM_CODES = _from_schema()
+FIXED_SIZE = struct.calcsize(FIXED)
+del _from_schema
 
 
 def factory():
-    # Supply connected, nothing limited or scheduled, delivered channel, 1 Wh per pulse, 230 V
-    # +-10 %, health and relay and memory and measurement and clock and state alarms at once.
-    return [1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 230, 10, 10, 0, 0, 0, 0, 0, 0x7F, 0, 0, 0]
+    return list(_FACTORY)
 
 
 class MeterState:
@@ -87,7 +85,7 @@ class MeterState:
         off = _HEAD_SIZE
         f = list(struct.unpack_from(FIXED, raw, off))
         off += FIXED_SIZE
-        n_p, n_g = f[-2], f[-1]
+        n_p, n_g = f[NAMES.index("n_pricing")], f[NAMES.index("n_grid")]
         end = off + n_p * PRICING_SIZE + n_g * GRID_SIZE
         if end > len(raw):
             return False
@@ -100,7 +98,7 @@ class MeterState:
 
     def encode(self):
         f = self.fixed
-        f[-2], f[-1] = len(self.pricing), len(self.grid)
+        f[NAMES.index("n_pricing")], f[NAMES.index("n_grid")] = len(self.pricing), len(self.grid)
         body = bytearray(FIXED_SIZE + len(self.pricing) * PRICING_SIZE + len(self.grid) * GRID_SIZE)
         struct.pack_into(FIXED, body, 0, *f)
         off = FIXED_SIZE
@@ -129,23 +127,27 @@ class MeterState:
     def hash(self):
         return hexlify(self.hash_bytes()).decode()
 
-    # -- what the running meter reads (state_edit.py reads and changes the rest) ----------------
+    # -- what the running meter reads (state_edit.py changes it) -----------------------------
+    def get(self, name):
+        """A fixed field's stored value, by its name in state_schema.FIELDS."""
+        return self.fixed[NAMES.index(name)]
+
     @property
     def relay_connected(self):
-        return bool(self.fixed[_RELAY])
+        return bool(self.get("relay"))
 
     def limit_w(self):
-        return self.fixed[_LIMIT_W] if self.fixed[_LIMIT_ON] else 0
+        return self.get("limit_w") if self.get("limit_on") else 0
 
     def reports_at_once(self, code):
         """True if alarm `code` is pushed at once; False if it waits for the next read."""
         for i, c in enumerate(ALARM_CODES):
             if c == code:
-                return bool(self.fixed[_REPORT] >> i & 1)
+                return bool(self.get("report_mask") >> i & 1)
         return True
 
     def severity(self, item, default):
-        s = self.fixed[_SEVERITY] >> (2 * HEALTH_ITEMS.index(item)) & 3
+        s = self.get("severities") >> (2 * HEALTH_ITEMS.index(item)) & 3
         return default if s == 0 else SEVERITIES[s]
 
     def pricing_events(self):

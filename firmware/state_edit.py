@@ -1,22 +1,10 @@
 # Authenticated changes to the meter state, validated whole before anything is stored (all or
-# nothing), and the relay bit the relay command sets. Loaded for those commands only.
-from micropython import const
+# nothing), and the relay bit the relay command sets. A field's section, key, kind and range come
+# from the table (state_schema.FIELDS). Loaded for those commands only.
 from bootloader.api import CommandError
 import event_codes
-from state_json import FIELDS
-
-# Fixed-field indexes (meter_state.FIXED).
-_RELAY = const(0)
-_MULT = const(11)
-_PP_CREDIT = const(16)
-_PP_BASE = const(19)
-_REPORT = const(20)
-_SEVERITY = const(21)
-
-# Allowed ranges of the integer settings, by fixed index (state_json.FIELDS names them).
-_RANGE = {2: (0, 1000000), 4: (0, 100), 6: (0, 1000000), 10: (1, 65535), 12: (50, 1000), 13: (1, 99),
-          14: (1, 99), _PP_CREDIT: (-2000000000, 2000000000), 17: (0, 2000000000), 18: (0, 2000000000)}
-_SECTIONS = ("limiting", "load_control", "dg_control", "pulse_output", "power_quality", "prepayment")
+from meter_state import NAMES
+from state_schema import BOOL, INT, ONE_OF, fields
 
 
 def _bad(msg):
@@ -39,30 +27,27 @@ def update(st, changes, lifetime_mwh=0):
     for section, value in changes.items():
         if section == "relay":
             raise _bad("the relay moves only by the relay command")
-        if section == "multiplier":
-            f[_MULT] = _int(value, 1, 65535, "multiplier")
-        elif section == "nem":
+        if section == "nem":
             state_lists.nem(f, value)
         elif section == "pricing_events":
             pricing = state_lists.events(value, "pricing event", state_lists.pricing_extra)
         elif section == "grid_events":
             grid = state_lists.events(value, "grid event", state_lists.grid_extra)
         elif section == "reporting":
-            f[_REPORT] = state_lists.report(value)
+            state_lists.report(f, value)
         elif section == "health_severity":
-            f[_SEVERITY] = state_lists.severities(f[_SEVERITY], value)
-        elif section in _SECTIONS:
+            state_lists.severities(f, value)
+        else:
             _section(f, section, value)
             if section == "prepayment" and "credit_wh" in value:
-                f[_PP_BASE] = lifetime_mwh  # consumption counts against the new credit from now
-        else:
-            raise _bad("unknown setting %r" % section)
+                # consumption counts against the new credit from now
+                f[NAMES.index("credit_base_mwh")] = lifetime_mwh
     return commit(st, f, pricing, grid)
 
 
 def set_relay(st, connected):
     f = list(st.fixed)
-    f[_RELAY] = 1 if connected else 0
+    f[NAMES.index("relay")] = 1 if connected else 0
     return commit(st, f, st.pricing, st.grid)
 
 
@@ -86,22 +71,32 @@ def commit(st, f, pricing, grid):
 
 
 def _section(f, section, value):
+    # A section of plain fields (BOOL, INT, ONE_OF), or one field that is its section (key None).
+    by_key = fields(section)
+    if not by_key:
+        raise _bad("unknown setting %r" % section)
+    if None in by_key:
+        _field(f, by_key[None], section, value)
+        return
     if not isinstance(value, dict):
         raise _bad("%s must be an object" % section)
     for key, v in value.items():
-        spec = [s for s in FIELDS if s[0] == section and s[1] == key]
-        if not spec:
+        if key not in by_key:
             raise _bad("unknown setting %s.%s" % (section, key))
-        _, _, idx, kind = spec[0]
-        if kind == "b":
-            if not isinstance(v, bool):
-                raise _bad("%s.%s must be true or false" % (section, key))
-            f[idx] = 1 if v else 0
-        elif kind == "i":
-            f[idx] = _int(v, _RANGE[idx][0], _RANGE[idx][1], section + "." + key)
-        elif v in kind:
-            f[idx] = kind.index(v)
-        else:
-            raise _bad("%s.%s must be one of %s" % (section, key, ", ".join(kind)))
+        _field(f, by_key[key], section + "." + key, v)
 
 
+def _field(f, spec, what, v):
+    idx, kind, arg = spec
+    if kind == BOOL:
+        if not isinstance(v, bool):
+            raise _bad("%s must be true or false" % what)
+        f[idx] = 1 if v else 0
+    elif kind == INT:
+        f[idx] = _int(v, arg[0], arg[1], what)
+    elif kind == ONE_OF and v in arg:
+        f[idx] = arg.index(v)
+    elif kind == ONE_OF:
+        raise _bad("%s must be one of %s" % (what, ", ".join(arg)))
+    else:  # a SET or EACH: its section has a check of its own (state_lists.py)
+        raise _bad("unknown setting %s" % what)

@@ -1,13 +1,11 @@
 # Meter state changes to the listed settings: NEM channels, pricing and grid events, the
 # reporting policy and health severities (see state_edit.py). Loaded with it, dropped after.
 from micropython import const
-from meter_state import ALARM_CODES, HEALTH_ITEMS, SEVERITIES
-from state_json import GRID_KINDS, NEM_CHANNELS
+from meter_state import NAMES
+from state_schema import ALARM_CODES, GRID_KINDS, HEALTH_ITEMS, NEM_CHANNELS, SEVERITIES
 from state_edit import _bad, _int  # always loaded first: only state_edit imports this module
 
 MAX_EVENTS = const(8)
-_NEM_ON = const(7)
-_NEM_CH = const(8)
 
 
 def nem(f, value):
@@ -15,9 +13,9 @@ def nem(f, value):
         raise _bad("nem must be an object")
     for key, v in value.items():
         if key == "enabled" and isinstance(v, bool):
-            f[_NEM_ON] = 1 if v else 0
+            f[NAMES.index("nem_on")] = 1 if v else 0
         elif key == "channels" and isinstance(v, list) and all(c in NEM_CHANNELS for c in v):
-            f[_NEM_CH] = sum(1 << NEM_CHANNELS.index(c) for c in set(v))
+            f[NAMES.index("nem_channels")] = sum(1 << NEM_CHANNELS.index(c) for c in set(v))
         else:
             raise _bad("nem takes enabled (true/false) and channels (of %s)" % ", ".join(NEM_CHANNELS))
 
@@ -49,19 +47,19 @@ def events(value, what, extra):
     return out
 
 
-def report(value):
+def report(f, value):
     codes = value.get("immediate") if isinstance(value, dict) else None
     if not isinstance(codes, list) or any(c not in ALARM_CODES for c in codes):
         raise _bad("reporting.immediate must list alarm codes among %s" % (ALARM_CODES,))
-    return sum(1 << ALARM_CODES.index(c) for c in set(codes))
+    f[NAMES.index("report_mask")] = sum(1 << ALARM_CODES.index(c) for c in set(codes))
 
 
-def severities(bits, value):
+def severities(f, value):
     if not isinstance(value, dict):
         raise _bad("health_severity must map health items to severities")
+    at = NAMES.index("severities")
     for item, sev in value.items():
         if item not in HEALTH_ITEMS or sev not in SEVERITIES:
             raise _bad("health_severity maps %s to %s" % ("/".join(HEALTH_ITEMS), "/".join(SEVERITIES)))
         i = HEALTH_ITEMS.index(item)
-        bits = bits & ~(3 << 2 * i) | SEVERITIES.index(sev) << 2 * i
-    return bits
+        f[at] = f[at] & ~(3 << 2 * i) | SEVERITIES.index(sev) << 2 * i

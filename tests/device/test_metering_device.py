@@ -302,7 +302,7 @@ s3 = MeterState("state", ev)
 open("state", "wb").write(b"\\x00" * 40)
 os.remove("state.new")
 s4 = MeterState("state", ev)
-print(json.dumps({"tail": tail_kept, "ver": ver2, "s3": s3.fixed[11], "s4": s4.fixed[11],
+print(json.dumps({"tail": tail_kept, "ver": ver2, "s3": s3.get("multiplier"), "s4": s4.get("multiplier"),
                   "rec": s4.recovered, "bad_kept": "state.bad" in os.listdir(".")}))
 """), ROOT, heap="512k")
     assert out["tail"] and out["ver"] == 2
