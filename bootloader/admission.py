@@ -10,7 +10,7 @@ import asyncio
 import io
 import hashlib
 import time
-from bootloader import VERSION, eventlog, image
+from bootloader import eventlog, image, slots
 from bootloader.api import VERSION as API
 from bootloader.protocol import CommandError
 
@@ -34,16 +34,10 @@ async def admit(p, head):
     img_id = hashlib.sha256(m_raw).digest()
     if m["board"] != p.board.name:
         raise CommandError("wrong_board", "image is for board %s, this meter is %s" % (m["board"], p.board.name))
-    if image.version_tuple(m["min_bootloader"]) > image.version_tuple(VERSION):
-        raise CommandError("bootloader_too_old", "image needs bootloader %s, meter has %s" % (m["min_bootloader"], VERSION))
-    if m["api"] > API:
-        raise CommandError("platform_too_old", "image needs platform API %d, this bootloader provides %d" % (m["api"], API))
-    if image.below_floor(m, p.bcb.floor):
-        raise CommandError("rollback", "security version %d is below the meter's floor %d" % (m["security_version"], p.bcb.floor))
-    if p.is_rejected(img_id):
-        raise CommandError("rejected", "image %s was rejected before" % m["version"])
-    if img_id == p.image_id:
-        raise CommandError("already_active", "version %s is already running" % m["version"])
+    if m["kind"] == "bootloader":
+        _bootloader(p, m)
+    else:
+        _firmware(p, m, img_id)
     await asyncio.sleep_ms(0)  # the checks above take tens of ms on a Pico
     t0_ms = time.ticks_ms()
     try:
@@ -52,6 +46,40 @@ async def admit(p, head):
         p.events.log(eventlog.FW_VERIFY_FAILED, p.inactive_slot)
         raise CommandError("verify_failed", "verification failed: %s" % e)
     return m, img_id, off, time.ticks_diff(time.ticks_ms(), t0_ms)
+
+
+def _firmware(p, m, img_id):
+    if p.record.trial:
+        raise CommandError("on_trial", "bootloader %s is on trial: wait for its verdict first" % p.bootloader_version)
+    if image.version_tuple(m["min_bootloader"]) > image.version_tuple(p.bootloader_version):
+        raise CommandError("bootloader_too_old", "image needs bootloader %s, meter has %s" % (m["min_bootloader"], p.bootloader_version))
+    if m["api"] > API:
+        raise CommandError("platform_too_old", "image needs platform API %d, this bootloader provides %d" % (m["api"], API))
+    if image.below_floor(m, p.bcb.floor):
+        raise CommandError("rollback", "security version %d is below the meter's floor %d" % (m["security_version"], p.bcb.floor))
+    if p.is_rejected(img_id):
+        raise CommandError("rejected", "image %s was rejected before" % m["version"])
+    if img_id == p.image_id:
+        raise CommandError("already_active", "version %s is already running" % m["version"])
+
+
+def _bootloader(p, m):
+    """A bootloader image: newer than the running bootloader, not below its security floor,
+    and providing the platform API the meter's image needs (else that image could not boot)."""
+    r = p.record
+    if r.trial or p.in_trial:
+        raise CommandError("on_trial", "a bootloader or an image is on trial: wait for its verdict first")
+    if image.below_floor(m, r.floor):
+        raise CommandError("rollback", "bootloader security version %d is below the meter's floor %d" % (m["security_version"], r.floor))
+    mine, theirs = image.version_tuple(p.bootloader_version), image.version_tuple(m["version"])
+    if theirs == mine:
+        raise CommandError("already_active", "bootloader %s is already running" % m["version"])
+    if theirs < mine:
+        raise CommandError("downgrade", "bootloader %s is older than the running %s" % (m["version"], p.bootloader_version))
+    app, _ = slots.manifest(p.slot)
+    if app is not None and app["api"] > m["api"]:
+        raise CommandError("platform_too_old", "bootloader %s provides platform API %d, the meter's image needs %d"
+                           % (m["version"], m["api"], app["api"]))
 
 
 def _public_key(role):

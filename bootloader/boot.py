@@ -1,10 +1,13 @@
-# The boot flow:
-#  1. read boot control (newest valid copy) and arm the watchdog;
+# The boot flow, once the first stage (/main.py) has armed the watchdog and chosen this copy of
+# the bootloader:
+#  1. read boot control (newest valid copy);
 #  2. count a trial attempt *before* the image runs; when attempts are exhausted, revert;
 #     an image that failed to come up healthy too many boots in a row gets no more tries;
 #  3. check the active slot (size and SHA-256), mount it read-only at /app, import its entry;
 #  4. a crash of an image on trial reverts at once; any other failure ends in the recovery
-#     console rather than switching slots again, so reversion never ping-pongs (FR13).
+#     console rather than switching slots again, so reversion never ping-pongs (FR13);
+#  5. a bootloader on trial that cannot bring up an application is the failure: the first stage's
+#     record falls back to the other copy, and the meter resets into it.
 # Steps 1-3 up to the mount are selection.py, loaded for the decision and dropped before the
 # application is imported.
 import gc
@@ -25,28 +28,36 @@ def _say(msg):
     print("boot:", msg, file=sys.stderr)
 
 
-def start(board):
+def start(board, wdt, record):
+    """Run the meter: `wdt` is the watchdog the first stage armed, `record` its choice of this
+    copy (on trial or not)."""
     # Collect every 8 KB allocated rather than when the heap is full: loading the image leaves
     # KBs of garbage between long-lived objects, and a collection that comes only when the heap
     # is exhausted leaves them strewn across all of it. Verify then finds 90 KB free in pieces
     # of 6 KB and cannot import Ed25519; with the threshold the free heap stays in one piece.
     gc.threshold(_GC_EVERY)
     events = eventlog.EventLog(board.clock)
-    from bootloader import selection
+    from bootloader import copies, selection
 
-    wdt = selection.watchdog(board)  # armed before anything reads flash
+    record.version, record.security = copies.running(record)
+    copies.settle(record, events)
+    del copies
+    forget("copies")
     try:
-        bcb, chosen, why = selection.choose(board, events, wdt)
+        bcb, chosen, why = selection.choose(board, events, record.trial)
     except Exception as e:  # a defect of ours, or flash no reader expected: never the REPL
         sys.print_exception(e, sys.stderr)
         bcb, chosen, why = BootControl.load() or BootControl(), None, "boot selection failed: %r" % e
     del selection
     forget("selection")
+    forget("slots")  # the slot checks are done: switching.py loads it again when it needs it
     if chosen is None:
-        _recover(board, bcb, events, wdt, why)
+        if record.trial:
+            Platform(board, bcb, events, wdt, record, None, None).bootloader_failed(why)
+        _recover(board, bcb, events, wdt, record, why)
         return
     manifest, image_id = chosen
-    platform = Platform(board, bcb, events, wdt, manifest, image_id)
+    platform = Platform(board, bcb, events, wdt, record, manifest, image_id)
     try:
         # The slot's file table is read here: a malformed one is a failed boot like a crash.
         vfs.mount(ImageVfs(slot_path(bcb.active)), "/app")
@@ -58,13 +69,15 @@ def start(board):
         events.log(eventlog.APP_CRASH, bcb.active)
         if platform.in_trial and platform.can_revert():
             platform.revert(reject=True, why="image on trial crashed: %s" % e)
+        if record.trial:
+            platform.bootloader_failed("the application crashed: %s" % e)
         board.reset()  # counted as a failed boot; enough of them open the recovery console
 
 
-def _recover(board, bcb, events, wdt, why):
+def _recover(board, bcb, events, wdt, record, why):
     from bootloader.recovery import RecoveryConsole
 
     _say("recovery console: " + why)
     bcb.reason = _RECOVERY
     events.log(eventlog.RECOVERY, bcb.active)
-    RecoveryConsole(board, bcb, events, wdt, why).run()
+    RecoveryConsole(Platform(board, bcb, events, wdt, record, None, None), why).run()

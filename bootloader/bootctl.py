@@ -18,10 +18,11 @@ NONE = const(0xFF)
 # Boot reasons, stored as their index.
 REASONS = ("power-on", "watchdog", "reset", "activate", "revert", "recovery")
 SLOT_NAMES = ("a", "b")
+STAGING = const(2)  # where a bootloader image is downloaded and verified before it is installed
 
 
 def slot_path(slot):
-    return "/slots/%s.mfw" % SLOT_NAMES[slot]
+    return "/boot/bootloader.mfw" if slot == STAGING else "/slots/%s.mfw" % SLOT_NAMES[slot]
 
 
 class BootControl:

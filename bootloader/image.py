@@ -143,7 +143,7 @@ class ImageVfs:
     def __init__(self, path):
         f = open(path, "rb")
         try:
-            self._files, self._dirs, self._size = _read_table(f)
+            self._files, self._dirs, self._size = read_table(f)
         except (OSError, ValueError):
             f.close()
             raise
@@ -233,7 +233,7 @@ class ImageVfs:
     remove = rename = mkdir = rmdir = _rofs
 
 
-def _read_table(f):
+def read_table(f):
     # -> ({name: (absolute offset, length)}, {directory names}, file size). Bounds are checked
     # against the file here so open() can trust its entries.
     _, _, payload_off = read_header(f)

@@ -1,23 +1,23 @@
 # The bootloader's services to the application: boot control, slot information, activation,
-# confirm and revert. The application never writes the boot control block itself.
+# confirm and revert, and the trial of a new bootloader. The application never writes the boot
+# control block, nor the first stage's record, itself.
 import json
-from micropython import const
-from bootloader import VERSION, eventlog, image, slots
-from bootloader.bootctl import NONE, SLOT_NAMES, REASONS
-
-_ACTIVATE = const(3)
-_REVERT = const(4)
+from bootloader import eventlog
+from bootloader.bootctl import NONE, REASONS
 
 
 class Platform:
-    def __init__(self, board, bcb, events, watchdog, manifest, image_id):
+    def __init__(self, board, bcb, events, watchdog, record, manifest, image_id):
         self.board = board
         self.bcb = bcb
         self.events = events
         self.watchdog = watchdog
+        # The first stage's record: which bootloader copy runs, on trial or not, the bootloader
+        # security floor; boot.py adds the running copy's version and security version.
+        self.record = record
         self.manifest = manifest
         self.image_id = image_id
-        self.bootloader_version = VERSION
+        self.bootloader_version = record.version
         # fn() the application sets to store what the next image checks itself against (its
         # pre-switch snapshot). Not called when the running image is rejected: its view of
         # the meter is not to be trusted.
@@ -44,26 +44,6 @@ class Platform:
     def in_trial(self):
         return self.bcb.trial == self.bcb.active
 
-    def status(self):
-        """The platform's part of the meter's status: slots, boot control, bootloader."""
-        b = self.bcb
-        slots = self.slot_versions()
-        return {
-            "board": self.board.name, "serial": self.identity.get("serial"),
-            "active_slot": SLOT_NAMES[b.active], "active_version": slots[SLOT_NAMES[b.active]]["version"],
-            "confirmed": b.confirmed, "trial": self.in_trial, "slots": slots,
-            "boot_reason": self.boot_reason, "bootloader_version": self.bootloader_version,
-            "security_floor": b.floor, "can_revert": self.can_revert(),
-            "rejected": [r.hex() for r in b.rejected], "boot_control": b.to_dict(),
-        }
-
-    def slot_versions(self):
-        out = {}
-        for s in (0, 1):
-            m, _ = slots.manifest(s)
-            out[SLOT_NAMES[s]] = {"version": m["version"] if m else None}
-        return out
-
     def begin_download(self, slot):
         # The slot is about to be overwritten: it can no longer be a revert target.
         if self.bcb.previous == slot:
@@ -73,81 +53,56 @@ class Platform:
     def is_rejected(self, image_id):
         return image_id in self.bcb.rejected
 
-    def activate(self, slot):
-        """Start a trial of slot and reset into it. Does not return."""
-        if self.before_switch:
-            self.before_switch()
-        b = self.bcb
-        b.previous = b.active
-        b.active = slot
-        b.trial = slot
-        b.attempts_left = self.board.defaults.get("trial_attempts", 3)
-        b.confirmed = False
-        b.pending = _ACTIVATE
-        b.save()
-        self.events.log(eventlog.FW_ACTIVATED, slot)
-        self.board.reset()
-
-    def confirm(self):
-        b = self.bcb
-        if b.confirmed and b.trial == NONE:
-            return False
-        b.trial = NONE
-        b.confirmed = True
-        b.failures = 0
-        b.floor = max(b.floor, self.manifest["security_version"])
-        # A revert target below the floor just raised could never run again (anti-rollback):
-        # it stops being one, and the event log says so.
-        dropped = None
-        if b.previous != NONE:
-            m, _ = slots.manifest(b.previous)
-            if m is not None and image.below_floor(m, b.floor):
-                b.previous, dropped = NONE, m["security_version"]
-        b.save()
-        self.events.log(eventlog.CONFIRMED, b.floor)
-        if dropped is not None:
-            self.events.log(eventlog.REVERT_TARGET_DROPPED, dropped)
-        return True
-
-    def can_revert(self):
-        """A previous image that reads and is not below the security floor."""
-        b = self.bcb
-        if b.previous == NONE:
-            return False
-        m, _ = slots.manifest(b.previous)
-        return m is not None and not image.below_floor(m, b.floor)
-
     def mark_healthy(self):
-        """The application is up and its critical checks pass: this boot did not fail."""
+        """The application is up and its critical checks pass: this boot did not fail, and a
+        bootloader on trial has booted a healthy application, which confirms it."""
         if self.bcb.failures:
             self.bcb.failures = 0
             self.bcb.save()
+        r = self.record
+        if r.trial:
+            r.trial = 0
+            r.floor = max(r.floor, r.security)
+            r.save()
+            self.events.log(eventlog.BOOTLOADER_CONFIRMED, r.security)
 
-    def unreject(self, image_id):
-        """An operator's authenticated decision to allow a rejected image again."""
-        if self.bcb.unreject(image_id):
-            self.bcb.save()
-            self.events.log(eventlog.UNREJECTED, 0)
-            return True
-        return False
+    def mark_unhealthy(self, why):
+        """A critical check failed this boot: an image on trial is reverted, a bootloader on
+        trial falls back (neither returns); otherwise the application reports it and stays."""
+        _seldom().mark_unhealthy(self, why)
+
+    # The seldom-run operations are switching.py's, loaded when first asked for: each runs once
+    # a boot, on an operator's request, or resets the meter.
+    def status(self):
+        """The platform's part of the meter's status: slots, boot control, bootloader."""
+        return _seldom().status(self)
+
+    def can_revert(self):
+        """A previous image that reads and is not below the security floor."""
+        return _seldom().can_revert(self)
+
+    def activate(self, slot):
+        """Start a trial of the verified update in `slot` and reset into it. Does not return."""
+        _seldom().activate(self, slot)
+
+    def confirm(self):
+        """Confirm the image on trial and raise the security floor; False if none was."""
+        return _seldom().confirm(self)
 
     def revert(self, reject=False, why=None):
         """Go back to the previous slot and reset. Does not return. Raises ValueError if none."""
-        b = self.bcb
-        if not self.can_revert():
-            raise ValueError("no previous image to revert to")
-        if not reject and self.before_switch:
-            self.before_switch()
-        if reject and self.image_id is not None:
-            b.reject(self.image_id)
-            if why:
-                from bootloader.update_state import record_failure
-                record_failure(why)
-        b.active, b.previous = b.previous, b.active
-        b.trial = NONE
-        b.confirmed = True
-        b.failures = 0
-        b.pending = _REVERT
-        b.save()
-        self.events.log(eventlog.REVERTED, b.active)
-        self.board.reset()
+        _seldom().revert(self, reject, why)
+
+    def unreject(self, image_id):
+        """An operator's authenticated decision to allow a rejected image again."""
+        return _seldom().unreject(self, image_id)
+
+    def bootloader_failed(self, why):
+        """This bootloader, on trial, did not bring up a healthy application. Does not return."""
+        _seldom().bootloader_failed(self, why)
+
+
+def _seldom():
+    from bootloader import switching
+
+    return switching

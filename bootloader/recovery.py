@@ -6,7 +6,6 @@ import json
 from micropython import const
 from bootloader import protocol as P
 from bootloader.link import LinkServer
-from bootloader.platform import Platform
 from bootloader.protocol import VERIFIED, CommandError
 from bootloader.transfer import Transfer
 
@@ -15,11 +14,11 @@ _EVENT_PAGE = const(30)
 
 
 class RecoveryConsole:
-    def __init__(self, board, bcb, events, wdt, why):
+    def __init__(self, platform, why):
         self.why = why
-        self.p = Platform(board, bcb, events, wdt, None, None)
+        self.p = platform
         self.transfer = Transfer(self.p)
-        self.link = LinkServer(board)
+        self.link = LinkServer(platform.board)
         self.link.add({P.PING: self.ping, P.STATUS: self.status, P.READ_EVENTS: self.read_events,
                        P.UPD_STATE: self.update_state})
         t = self.transfer

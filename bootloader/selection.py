@@ -1,14 +1,14 @@
 # The boot decision, made once per boot and then forgotten (boot.py drops this module before
 # the application is imported, so its code is not on the heap while the meter runs):
-# read boot control, arm the watchdog, count a trial attempt before the image runs, revert
-# an image whose attempts are spent or that does not verify, and check the slot that runs.
+# read boot control, count a trial attempt before the image runs, revert an image whose attempts
+# are spent or that does not verify, and check the slot that runs. The first stage armed the
+# watchdog before any of this reads flash.
 import os
 from micropython import const
 from bootloader import bootctl, eventlog, image, slots
 from bootloader.bootctl import BootControl, NONE, REASONS
 from bootloader.boot import _say
 
-_WATCHDOG_MS = const(8000)
 _REVERT = const(4)
 
 
@@ -72,9 +72,10 @@ def _revert_now(bcb, events, why):
         pass  # the verdict still shows in the boot control and the event log
 
 
-def _select(board, bcb, events):
+def _select(board, bcb, events, bootloader_trial):
     """Decide which slot runs, persisting the decision before anything runs. Returns
-    (manifest, image id) of a verified image, or raises NoBootableImage."""
+    (manifest, image id) of a verified image, or raises NoBootableImage. A boot under a
+    bootloader on trial counts against the bootloader (the first stage's record), not the image."""
     limit = board.defaults.get("trial_attempts", 3)
     events.log(eventlog.BOOT, bcb.reason)
     if bcb.trial == bcb.active:
@@ -86,7 +87,8 @@ def _select(board, bcb, events):
     elif bcb.failures >= limit:
         bcb.save()
         raise NoBootableImage("image failed to come up healthy %d boots in a row" % bcb.failures)
-    bcb.failures += 1  # cleared by the application once it is healthy
+    if not bootloader_trial:
+        bcb.failures += 1  # cleared by the application once it is healthy
     bcb.save()  # the attempt counts before the image runs
     try:
         return slots.check(bcb.active, board.name, bcb.floor)
@@ -101,17 +103,12 @@ def _select(board, bcb, events):
         raise NoBootableImage("previous image does not verify either: %s" % e)
 
 
-def watchdog(board):
-    return board.watchdog(board.defaults.get("watchdog_ms", _WATCHDOG_MS))
-
-
-def choose(board, events, wdt):
-    """(boot control, (manifest, image id) of the image to run or None, why not). The watchdog
-    is armed before: nothing here parses flash without it."""
+def choose(board, events, bootloader_trial):
+    """(boot control, (manifest, image id) of the image to run or None, why not)."""
     bcb = BootControl.load() or _rebuild(board, events)
     bcb.reason = _reason_index(board, bcb)
     bcb.pending = NONE
     try:
-        return bcb, _select(board, bcb, events), None
+        return bcb, _select(board, bcb, events, bootloader_trial), None
     except NoBootableImage as e:
         return bcb, None, str(e)

@@ -19,16 +19,16 @@ def manifest(slot):
         return None, None
 
 
-def check(slot, board_name, floor):
+def check(slot, board_name, floor, kind="firmware"):
     """Full check of a slot: header, board, security version against the floor, size and
     payload hash.
 
     Returns (manifest, image id) or raises ValueError saying what is wrong.
     """
-    return asyncio.run(check_async(slot, board_name, floor))
+    return asyncio.run(check_async(slot, board_name, floor, kind))
 
 
-async def check_async(slot, board_name, floor):
+async def check_async(slot, board_name, floor, kind="firmware"):
     """Yields to other tasks between chunks, so metering stays on time while it hashes."""
     buf = bytearray(_CHUNK)
     try:
@@ -37,7 +37,9 @@ async def check_async(slot, board_name, floor):
             m = image.parse_manifest(raw)
             if m["board"] != board_name:
                 raise ValueError("image is for board %s" % m["board"])
-            if m["api"] > API:
+            if m["kind"] != kind:
+                raise ValueError("image is a %s, not a %s" % (m["kind"], kind))
+            if kind == "firmware" and m["api"] > API:
                 raise ValueError("image needs platform API %d, this bootloader provides %d" % (m["api"], API))
             if image.below_floor(m, floor):
                 raise ValueError("security version %d is below the floor %d" % (m["security_version"], floor))

@@ -21,7 +21,7 @@ import struct
 import time
 from micropython import const
 from bootloader import eventlog, image, slots, update_state
-from bootloader.bootctl import slot_path
+from bootloader.bootctl import STAGING, slot_path
 from bootloader.protocol import INITIATED, VERIFYING, VERIFIED, VERIFY_FAILED, ACTIVATING, CommandError
 from bootloader.update_state import load, summary
 
@@ -116,17 +116,19 @@ class Transfer:
         m, img_id, off, signature_ms = admitted
         p = self._p
         size = off + m["payload_size"]
-        slot = p.inactive_slot
+        # A bootloader downloads beside the slots: the revert target stays what it was.
+        slot = STAGING if m["kind"] == "bootloader" else p.inactive_slot
         st = os.statvfs("/")
         old = self._slot_size(slot)
         free = st[0] * st[3] + old - 8 * st[0]  # keep a few blocks for littlefs metadata and meter data
         if size > free:
             raise CommandError("no_space", "image needs %d bytes, %d free" % (size, free))
         await self.clear_of_app_flash()
-        p.begin_download(slot)
+        if slot != STAGING:
+            p.begin_download(slot)
         self._close()
         open(slot_path(slot), "wb").close()
-        self.state = {"status": INITIATED, "slot": slot, "size": size, "id": img_id.hex(),
+        self.state = {"status": INITIATED, "kind": m["kind"], "slot": slot, "size": size, "id": img_id.hex(),
                       "version": m["version"], "result": None, "reason": None}
         self.save()
         p.events.log(eventlog.DOWNLOAD_STARTED, size)
@@ -305,7 +307,7 @@ class Transfer:
             # The slot's payload against its manifest's hash, and that manifest against the one
             # whose signatures the initiate checked (its hash is the image id): the same bytes,
             # so the signatures hold for it without a second Ed25519 check.
-            m, img_id = await slots.check_async(s["slot"], self._p.board.name, self._p.bcb.floor)
+            m, img_id = await slots.check_async(s["slot"], self._p.board.name, self._floor(), s.get("kind", "firmware"))
             if img_id.hex() != s["id"]:
                 raise ValueError("image differs from the one initiated")
         except ValueError as e:
@@ -323,11 +325,15 @@ class Transfer:
         self._p.events.log(eventlog.FW_READY, s["slot"])
         return {"status": VERIFIED, "version": m["version"], "verify_ms": verify_ms}
 
+    def _floor(self):
+        """The security floor of what this transfer carries: the images', or the bootloader's."""
+        return self._p.record.floor if self.state.get("kind") == "bootloader" else self._p.bcb.floor
+
     def above_floor(self):
         """Refuse to activate an image below the security floor (raised since its verify, say)."""
         m, _ = slots.manifest(self.state["slot"])
-        if m is None or image.below_floor(m, self._p.bcb.floor):
-            raise CommandError("rollback", "the image is below the meter's security floor %d" % self._p.bcb.floor)
+        if m is None or image.below_floor(m, self._floor()):
+            raise CommandError("rollback", "the image is below the meter's security floor %d" % self._floor())
 
     def activating(self):
         if self.state["status"] != VERIFIED:

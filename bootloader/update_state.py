@@ -23,7 +23,7 @@ def store(s):
 
 def summary(s):
     """What the host sees of a stored state (the transfer adds its grant while one runs)."""
-    out = {"status": s["status"], "version": s.get("version"), "image_id": s.get("id"),
+    out = {"status": s["status"], "kind": s.get("kind", "firmware"), "version": s.get("version"), "image_id": s.get("id"),
            "result": s.get("result"), "reason": s.get("reason")}
     for key in ("registers", "ack", "activate_at_s"):
         if key in s:
@@ -32,7 +32,9 @@ def summary(s):
 
 
 def _open_activation(s):
-    return s.get("status") in (ACTIVATING, ACTIVATED) and s.get("result") in (None, "trial")
+    """An image's activation without its verdict yet (a bootloader's is copies.settle's)."""
+    return s.get("status") in (ACTIVATING, ACTIVATED) and s.get("result") in (None, "trial") \
+        and s.get("kind", "firmware") == "firmware"
 
 
 def settle(running_image_id):

@@ -138,10 +138,11 @@ async def post_boot(m, load):
     # An absent interface is ok here but keeps its message; `meterfw health` shows its status.
     m.health = [{"check": n, "severity": s, "ok": st != "fail", "message": msg} for n, s, st, msg, _ in results]
     critical = after_health(m, results)
-    if critical and p.in_trial:
-        p.revert(reject=True, why="critical health check failed: " + "; ".join(critical))
     if critical:
-        return  # a confirmed image stays; the failure is reported and the boot counts as failed
+        # An image on trial is reverted, a bootloader on trial falls back (neither returns); a
+        # confirmed image stays, the failure reported and the boot counted as failed.
+        p.mark_unhealthy("critical health check failed: " + "; ".join(critical))
+        return
     p.mark_healthy()
     trial = p.in_trial
     if trial:

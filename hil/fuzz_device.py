@@ -267,8 +267,10 @@ class _Platform:
     # What admission reads of the meter; its signature check (board.defaults) ends the case.
     def __init__(self):
         self.board = _Board()
-        self.bcb = self
-        self.floor = 0
+        self.bcb = self.record = self  # boot control and the first stage's record: floors 0, no trial
+        self.floor = self.trial = self.slot = 0
+        self.in_trial = False
+        self.bootloader_version = "0.1.0"
         self.image_id = b""
 
     def is_rejected(self, image_id):

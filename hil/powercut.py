@@ -16,6 +16,11 @@ own end:
   revert           a revert of the confirmed v2, to the old image booted, healthy and resting
   recovery-upload  v2 through the bootloader's recovery console (the active slot's image fails at
                    import), to the last block's reply; after the cut the host resumes
+  bootloader-download  a new bootloader (0.2.0) into its staging file, to the last block's
+                   reply; after the cut the host resumes
+  bootloader-activate  its activation "now": the install into the other copy, the first stage's
+                   trial boot of it, the health check and the bootloader's confirmation, until the
+                   meter reports it and its flash rests
 
 No interval closes inside a phase: the meter meters 900 s intervals, and every point powers on at
 the template's next interval boundary plus a few seconds (its RTC is set so while it is off), so
@@ -28,7 +33,9 @@ violation, with the meter's console.
 
 Invariants checked after each cut: the meter boots a verified image (not the recovery console,
 but for recovery-upload, which must come back to it); boot control is settled (confirmed, no
-trial left hanging); no good image was rejected; every interval closed before the phase is still
+trial left hanging, for the images and for the bootloader); no good image was rejected; the
+running bootloader copy is whole (the factory copy as it was, or the new one file for file as its
+image has it); every interval closed before the phase is still
 there, unchanged; intervals are continuous with an exact register chain. A download (and a
 recovery upload) resumes from the first block not yet transferred: not before the last 64 KiB
 commit the host saw acknowledged, not past what the meter had acknowledged plus the window it was
@@ -64,17 +71,24 @@ from meterfw import protocol as P
 from meterfw.errors import MeterfwError, TransportError
 from meterfw.image import Image, build_image
 from meterfw.keys import init_keys, load_keys
-from meterfw.paths import FIRMWARE
+from meterfw.paths import BOOTLOADER, FIRMWARE
 from meterfw.provision import LFS_CONFIG, flash_geometry
 from meterfw.session import Meter
 from meterfw.transport import Link
 from meterfw.upgrade import continuity
 
-PHASES = ("download", "verify", "activate", "trial", "confirm", "revert", "recovery-upload")
+PHASES = ("download", "verify", "activate", "trial", "confirm", "revert", "recovery-upload", "bootloader-download",
+          "bootloader-activate")
 CHAIN = ("activate", "trial", "confirm")  # one run, cut into three by its reboot and its pause
 TEMPLATE = {"download": "download", "verify": "verify", "activate": "activate", "trial": "activate",
-            "confirm": "activate", "revert": "revert", "recovery-upload": "recovery"}
-UPLOADS = ("download", "recovery-upload")
+            "confirm": "activate", "revert": "revert", "recovery-upload": "recovery",
+            "bootloader-download": "download", "bootloader-activate": "bootloader"}
+UPLOADS = ("download", "recovery-upload", "bootloader-download")
+SWITCHES = ("revert", "bootloader-activate")  # one operation, then a reboot and a settle
+# Where an upload lands on the meter.
+_UPLOAD_PATH = {"download": "/slots/b.mfw", "recovery-upload": "/slots/b.mfw",
+                "bootloader-download": "/boot/bootloader.mfw"}
+NEW_BOOTLOADER = "0.2.0"
 BOARDS = ("sim", "pico")
 INTERVAL_S = 900  # longer than any phase: none closes inside one
 _START_AFTER_BOUNDARY_MS = 3000
@@ -109,6 +123,7 @@ class Outcome:
     violations: list[str] = field(default_factory=list)
     console: str = ""  # the meter's debug console during the point, kept for a violation
     resumed_from_block: int | None = None  # an upload's resume point after the cut
+    bootloader: dict | None = None  # the bootloader the meter runs after it (status' "bootloader")
     seconds: float = 0.0
 
 
@@ -179,7 +194,10 @@ class Sweep:
         self.v2.write_bytes(build_image(FIRMWARE, board, "1.1.0", k, build_time=1))
         self.v2_image = Image.read(self.v2)  # parsed once; every upload of it takes this object
         self.v2_bytes = self.v2_image.data
-        self.v2_id = self.v2_image.image_id.hex()
+        bootloader = work / "bootloader.mfw"
+        bootloader.write_bytes(build_image(BOOTLOADER, board, NEW_BOOTLOADER, k, kind="bootloader", build_time=1))
+        self.bootloader_image = Image.read(bootloader)
+        self.factory_copy: dict[str, bytes] | None = None  # /bl/a as provisioning wrote it
         self.window_bytes = json.loads((REPO / "boards" / board / "board.json").read_text())[
             "transfer_window_bytes"]
         self.secret = k.utility_secret
@@ -305,6 +323,13 @@ class Sweep:
             if self._settle(meter) is None:
                 raise SimError(f"the template meter did not confirm v2:\n{_tail(board.dir / 'console.log')}")
             self._snapshot(board, meter, "revert")
+            # A new bootloader downloaded and verified, from the download template.
+            self._restore(board, "download")
+            self._up(meter, board)
+            meter.upload(self.bootloader_image)
+            meter.verify()
+            self._snapshot(board, meter, "bootloader")
+            self.factory_copy = _read_tree(self.templates["bootloader"].dir / "flash.img", self.board, "/bl/a")
             meter.link.close()
         finally:
             second.join()
@@ -372,6 +397,7 @@ class Sweep:
             try:
                 s = meter.status(timeout_s=1.0, retries=self.resends)
                 if s.get("mode") == "recovery" or (not s["trial"] and s["update"].get("result") != "trial"
+                                                   and not (s.get("bootloader") or {}).get("trial")
                                                    and s.get("health") is not None):
                     return s
             except TransportError:
@@ -382,6 +408,9 @@ class Sweep:
             time.sleep(0.2)
         return None
 
+    def _upload(self, phase: str) -> Image:
+        return self.bootloader_image if phase == "bootloader-download" else self.v2_image
+
     def _operate(self, meter: Meter, board: SimBoard, phase: str, cut: bool = True) -> int | None:
         """Run the phase's operation and, for one that reboots the meter, wait for the reboot; for
         an upload, the bytes the meter had acknowledged when the power went (None: not even the
@@ -390,14 +419,14 @@ class Sweep:
         boots = board.state().get("boots", 0)
         try:
             if phase in UPLOADS:
-                meter.upload(self.v2_image, progress=lambda done, total: acked.__setitem__(0, done))
+                meter.upload(self._upload(phase), progress=lambda done, total: acked.__setitem__(0, done))
             elif phase == "verify":
                 meter.verify()
-            elif phase in CHAIN:
+            elif phase in CHAIN or phase == "bootloader-activate":
                 meter.activate("now")
             else:
                 meter.revert()
-            if phase in CHAIN or phase == "revert":
+            if phase in CHAIN or phase in SWITCHES:
                 _wait(lambda: board.state().get("boots", 0) > boots, _SETTLE_S * self.slower, "the switch")
         except (MeterfwError, _Cut):
             if not cut:
@@ -418,7 +447,7 @@ class Sweep:
                 self._up(meter, board)
                 before = board.flash_ops()
                 self._operate(meter, board, phase, cut=False)
-                if phase in CHAIN or phase == "revert":
+                if phase in CHAIN or phase in SWITCHES:
                     if self._settle(meter) is None:
                         raise SimError(f"{phase}: the meter did not settle:\n{_tail(board.dir / 'console.log')}")
                     self._up(meter, board)
@@ -485,6 +514,7 @@ class Sweep:
                 meter.verify()
             st = self._settle(meter)
             out.version = st.get("active_version") if st else None
+            out.bootloader = (st or {}).get("bootloader")
             out.violations += self._check(meter, st, records_before, phase)
         except Exception as e:  # noqa: BLE001 - a point that fails to run is an outcome too
             out.violations.append(f"the point did not complete: {type(e).__name__}: {e}")
@@ -502,9 +532,11 @@ class Sweep:
         else:
             board.power_off()
             if phase in UPLOADS and not out.violations:
-                slot = _read_slot(board.dir / "flash.img", self.board, "/slots/b.mfw")
-                if slot != self.v2_bytes:
+                slot = _read_slot(board.dir / "flash.img", self.board, _UPLOAD_PATH[phase])
+                if slot != self._upload(phase).data:
                     out.violations.append(f"the slot is not the image: {len(slot)} bytes, differing")
+            if not out.violations and out.bootloader is not None:
+                out.violations += self._check_copy(board.dir / "flash.img", out.bootloader)
         if out.violations:
             out.console = _tail(board.dir / "console.log", since=self._console_at.get(board.dir, 0))
         out.seconds = round(time.monotonic() - t0, 2)
@@ -514,8 +546,9 @@ class Sweep:
         """After a cut in an upload: where the meter says to go on from, then the rest of it."""
         bad = []
         st = meter.update_state()
-        size = len(self.v2_bytes)
-        if st.get("status") == P.INITIATED and st.get("image_id") == self.v2_id:
+        image = self._upload(out.phase)
+        size = len(image.data)
+        if st.get("status") == P.INITIATED and st.get("image_id") == image.image_id.hex():
             bs = st["block_size"]
             resume = min(st["first_not_transferred_block"] * bs, size)
             out.resumed_from_block = st["first_not_transferred_block"]
@@ -528,14 +561,29 @@ class Sweep:
                                f"a window of {self.window_bytes})")
         elif acked is not None:
             bad.append(f"the transfer was lost: update state {st.get('status')} after {acked} bytes acknowledged")
-        r = meter.upload(self.v2_image)
+        r = meter.upload(image)
         if out.resumed_from_block is not None and r["resumed_from_block"] != out.resumed_from_block:
             bad.append(f"the host resumed from block {r['resumed_from_block']}, the meter said "
                        f"{out.resumed_from_block}")
         v = meter.verify()
-        if v.get("version", "1.1.0") != "1.1.0":
+        if v.get("version", image.manifest["version"]) != image.manifest["version"]:
             bad.append(f"verify: {v}")
         return bad
+
+    def _check_copy(self, flash: Path, bootloader: dict) -> list[str]:
+        """The running bootloader copy is whole: the factory copy as provisioning wrote it, or the
+        new bootloader's files as its image has them."""
+        copy = bootloader["copy"]
+        got = _read_tree(flash, self.board, f"/bl/{copy}")
+        if bootloader["version"] == NEW_BOOTLOADER:
+            want = {f"/{name}": data for name, data in self.bootloader_image.files.items()}
+            want["/manifest.json"] = self.bootloader_image.manifest_bytes
+        else:
+            want = self.factory_copy
+        if got != want:
+            differ = sorted(n for n in set(got) | set(want) if got.get(n) != want.get(n))
+            return [f"bootloader copy {copy} ({bootloader['version']}) is not whole: {differ[:5]}"]
+        return []
 
     def _check(self, meter: Meter, st: dict | None, records_before: list[dict], phase: str) -> list[str]:
         if st is None:
@@ -554,7 +602,15 @@ class Sweep:
             bad.append("boot control not settled: confirmed=%s trial=%s" % (st["confirmed"], st["trial"]))
         if st["rejected"]:
             bad.append(f"a good image was rejected: {st['rejected']}")
-        if st["slots"] != {"a": {"version": "1.0.0"}, "b": {"version": "1.1.0"}}:
+        bl = st.get("bootloader") or {}
+        if bl.get("trial") or bl.get("version") not in ("0.1.0", NEW_BOOTLOADER):
+            bad.append(f"bootloader not settled: {bl}")
+        if phase.startswith("bootloader-"):
+            if phase == "bootloader-download" and bl.get("version") != "0.1.0":
+                bad.append(f"a download changed the bootloader: {bl}")
+            if st["slots"] != {"a": {"version": "1.0.0"}, "b": {"version": None}}:
+                bad.append(f"slots changed: {st['slots']}")
+        elif st["slots"] != {"a": {"version": "1.0.0"}, "b": {"version": "1.1.0"}}:
             bad.append(f"slots changed: {st['slots']}")
         after = meter.read_intervals()
         if after[:len(records_before)] != records_before:
@@ -596,6 +652,18 @@ def _read_slot(flash: Path, board: str, path: str) -> bytes:
                 return f.read()
         except Exception:  # noqa: BLE001 - littlefs-python's error for a missing file varies
             return b""
+
+
+def _read_tree(flash: Path, board: str, top: str) -> dict[str, bytes]:
+    """Every file below `top`, by its path below it ("/bootloader/boot.mpy")."""
+    out = {}
+    with _fs(flash, board) as fs:
+        for root, _dirs, names in fs.walk(top):
+            for name in names:
+                path = f"{root.rstrip('/')}/{name}"
+                with fs.open(path, "rb") as f:
+                    out[path[len(top):]] = f.read()
+    return out
 
 
 def _write_slot(flash: Path, board: str, path: str, data: bytes) -> None:

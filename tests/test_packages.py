@@ -1,10 +1,10 @@
 """The micropython-lib packages (package.json for mip, manifest.py for freezing) list exactly
 what provisioning lays out on a device, and what an image carries.
 
-bootloader/package.json: /main.py and /bootloader/; boards/<board>/package.json: /board/ with
-board.json. Provisioning compiles the modules to .mpy; mip installs the sources, which MicroPython
-imports the same way. boards/pico/manifest.py (and pico2's, which includes it) freezes the
-bootloader. A bootloader/manifest.py or a firmware/package.json would itself ship to every meter
+bootloader/package.json: /main.py (the first stage) and the factory bootloader copy /bl/a/bootloader/;
+boards/<board>/package.json: /board/ with board.json. Provisioning compiles the modules to .mpy;
+mip installs the sources, which MicroPython imports the same way. boards/pico/manifest.py (and
+pico2's, which includes it) freezes the first stage and the factory bootloader. A bootloader/manifest.py or a firmware/package.json would itself ship to every meter
 (provisioning compiles every bootloader/*.py, an image packs every file under firmware/): the
 tests below would then fail.
 """
@@ -83,7 +83,7 @@ def test_package_json_is_mip_shaped_and_points_at_repo_files(name):
 def test_bootloader_package_installs_what_provisioning_lays_out(provisioned):
     installed = {_device_path(t) for t, _ in _package(BOOTLOADER)["urls"]}
     for board, files in provisioned.items():
-        assert installed == _laid_out(files, ("/main.py", "/bootloader/")), board
+        assert installed == _laid_out(files, ("/main.py", "/bl/a/bootloader/")), board
 
 
 @pytest.mark.parametrize("board", BOARD_NAMES)
@@ -152,7 +152,8 @@ def test_manifest_freezes_the_bootloader_provisioning_lays_out(path, provisioned
     m.run(path, monkeypatch)
     targets = [t for t, _ in m.frozen]
     assert len(targets) == len(set(targets))
-    assert {_device_path(t) for t in targets} == _laid_out(provisioned["pico"], ("/main.py", "/bootloader/"))
+    frozen = {_device_path(t).replace("/bootloader/", "/bl/a/bootloader/") for t in targets}
+    assert frozen == _laid_out(provisioned["pico"], ("/main.py", "/bl/a/bootloader/"))
     assert all(src == BOOTLOADER / Path(t).name for t, src in m.frozen)
     assert all(c[2] == 3 for c in m.calls if c[0] in ("module", "package")), "-O3, as provisioning"
     # The port's own frozen modules stay (asyncio among them): FROZEN_MANIFEST replaces them.

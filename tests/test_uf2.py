@@ -85,8 +85,8 @@ def test_meter_uf2_holds_the_firmware_and_a_filesystem_that_mounts(tmp_path, cap
     assert files == expected
     assert files["/slots/a.mfw"] == images["pico"].read_bytes()
     assert files["/main.py"].startswith(b"# /main.py")
-    assert any(p.startswith("/bootloader/") and p.endswith(".mpy") for p in files)
-    assert {"/data", "/boot", "/slots", "/bootloader", "/board", "/keys"} <= set(dirs)
+    assert any(p.startswith("/bl/a/bootloader/") and p.endswith(".mpy") for p in files)
+    assert {"/data", "/boot", "/slots", "/bl", "/bl/a", "/bl/a/bootloader", "/board", "/keys"} <= set(dirs)
     assert json.loads(files["/identity.json"]) == {"serial": "MF0001", "board": "pico"}
 
 

@@ -16,8 +16,11 @@ from .errors import TransportError
 TAG = 16
 TRAILER = 4 + TAG
 # Errors the meter gives before a request passes its session check, so unsealed: none of them is
-# a verdict, each only makes the host authenticate again, wait, or stop.
-SESSION_ERRORS = frozenset({"auth_required", "auth_failed", "replay", "auth_unavailable", "no_memory"})
+# a verdict, each only makes the host authenticate again, wait, or stop. unknown_command is one: a
+# meter that has no such command (its recovery console has no upgrade notice) cannot tell that
+# the request was a privileged one.
+SESSION_ERRORS = frozenset({"auth_required", "auth_failed", "replay", "auth_unavailable", "no_memory",
+                            "unknown_command"})
 
 
 def meter_key(utility_secret: bytes, serial: str) -> bytes:

@@ -13,7 +13,7 @@ from .errors import (EXIT_ERROR, EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, E
                      EXIT_REVERTED, EXIT_SERIAL_MISMATCH, EXIT_UNHEALTHY, EXIT_USAGE, CommandError, MeterfwError)
 from .image import Image, ImageError, build_image, inspect, parse_image, write_image
 from .keys import KeysError, init_keys, load_keys
-from .paths import BOARD_NAMES, FIRMWARE
+from .paths import BOARD_NAMES, BOOTLOADER, FIRMWARE
 from .session import Meter
 from .transport import DEFAULT_BAUD, Link
 from .upgrade import parse_time, parse_when, upgrade
@@ -86,7 +86,8 @@ def cmd_image_build(args) -> int:
     if not (args.keys_dir or args.keys):
         raise CommandError("signing needs keys: give --keys KEYDIR (made by `meterfw keys init`)")
     keys = load_keys(Path(args.keys_dir or args.keys))
-    data = build_image(Path(args.src), args.board, args.version, keys,
+    src = args.src or (BOOTLOADER if args.kind == "bootloader" else FIRMWARE)
+    data = build_image(Path(src), args.board, args.version, keys, kind=args.kind,
                        security_version=args.security_version, build_time=args.build_time)
     _write_file(args.output, lambda p: write_image(p, data))
     info = inspect(data, keys)
@@ -482,7 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--board", required=True, choices=BOARD_NAMES)
     c.add_argument("--version", required=True)
     c.add_argument("--keys", dest="keys_dir")
-    c.add_argument("--src", default=str(FIRMWARE))
+    c.add_argument("--kind", choices=("firmware", "bootloader"), default="firmware",
+                   help="the meter application (the default), or the bootloader (installed beside the running one)")
+    c.add_argument("--src", help="the sources (default: firmware/, or bootloader/ for --kind bootloader)")
     c.add_argument("--security-version", type=int, default=0)
     c.add_argument("--build-time", type=int)
     c.add_argument("-o", "--output", required=True)

@@ -172,13 +172,13 @@ def _sources(src: Path) -> list:
 APP_MOUNT = "/app/"  # where the bootloader mounts the active image (bootloader/boot.py)
 
 
-def _collect_files(src: Path) -> dict:
+def _collect_files(src: Path, mount: str = APP_MOUNT) -> dict:
     files, origin = {}, {}
     with tempfile.TemporaryDirectory(prefix="meterfw-mpy-") as tmp:
         for path, rel in _sources(src):
             if rel.endswith(".py"):
                 name = rel[:-3] + ".mpy"
-                data = _compile(path, APP_MOUNT + name, Path(tmp))
+                data = _compile(path, mount + name, Path(tmp))
             else:
                 name, data = rel, path.read_bytes()
             if name in files:
@@ -253,6 +253,13 @@ def platform_api() -> int:
     return int(m.group(1))
 
 
+def _bootloader_files(src: Path) -> dict:
+    """A bootloader image's files: the package's modules as a copy holds them (bootloader/*.mpy),
+    without the first stage (main.py), which is never updated in the field, or its package.json."""
+    return {"bootloader/" + name: data for name, data in _collect_files(src, "bootloader/").items()
+            if name.endswith(".mpy") and name != "main.mpy"}
+
+
 def build_image(
     src: Path,
     board: str,
@@ -261,7 +268,7 @@ def build_image(
     *,
     security_version: int = 0,
     min_bootloader: str = "0.1.0",
-    entry: str = "app",
+    entry: str | None = None,
     build_time: int | None = None,
     approve: bool = True,
     kind: str = "firmware",
@@ -278,6 +285,8 @@ def build_image(
         raise ImageError(f"unknown board {board!r}: expected one of {', '.join(BOARDS)}")
     if kind not in KINDS:
         raise ImageError(f"unknown image kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if entry is None:
+        entry = "boot" if kind == "bootloader" else "app"
     if api is not None and not _is_u32(api):
         raise ImageError(f"bad platform API {api!r}: expected an integer from 0 to {_U32_MAX}")
     if not _is_u32(security_version):
@@ -296,7 +305,7 @@ def build_image(
     if not _is_u32(build_time):
         raise ImageError(f"bad build time {build_time!r}: expected epoch seconds from 0 to {_U32_MAX}")
 
-    payload = pack_payload(_collect_files(src))
+    payload = pack_payload(_bootloader_files(src) if kind == "bootloader" else _collect_files(src))
     manifest = {
         "format": FORMAT,
         "board": board,

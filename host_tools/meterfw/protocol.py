@@ -39,7 +39,7 @@ VERIFIED = 3
 # Every error code a meter's ERROR reply may carry.
 ERRORS = frozenset({
     "already_active", "auth_failed", "auth_required", "auth_unavailable", "bad_block", "bad_frame",
-    "bad_image", "bad_request", "bootloader_too_old", "incomplete", "internal", "no_memory", "no_previous",
+    "bad_image", "bad_request", "bootloader_too_old", "downgrade", "incomplete", "internal", "no_memory", "no_previous",
     "no_relay", "no_space", "not_initiated", "not_verified", "on_trial", "platform_too_old", "pricing_event",
     "rejected", "replay", "rollback", "storage", "unknown_command", "verify_failed", "wrong_board",
 })

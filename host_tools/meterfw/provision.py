@@ -36,6 +36,11 @@ HAL_SOURCES = {
 }
 
 
+# The bootloader copy a fresh device runs: the first stage (/main.py) runs copy a while its record
+# (/boot/blr0, /boot/blr1) says nothing else; a bootloader update installs into the other.
+FACTORY_COPY = "/bl/a"
+
+
 def flash_geometry(board: str) -> dict:
     return json.loads((board_dir(board) / "board.json").read_text())["flash"]
 
@@ -64,7 +69,7 @@ def device_files(image: Image | bytes, keys_dir: Path, board: str, serial: str) 
     with tempfile.TemporaryDirectory() as tmp:
         for src in sorted(BOOTLOADER.glob("*.py")):
             if src.name != "main.py":
-                files[f"/bootloader/{src.stem}.mpy"] = _compile(src, f"bootloader/{src.stem}.mpy", Path(tmp))
+                files[f"{FACTORY_COPY}/bootloader/{src.stem}.mpy"] = _compile(src, f"bootloader/{src.stem}.mpy", Path(tmp))
         for src in HAL_SOURCES[board]:
             files[f"/board/{src.stem}.mpy"] = _compile(src, f"board/{src.stem}.mpy", Path(tmp))
     files["/board/board.json"] = (board_dir(board) / "board.json").read_bytes()

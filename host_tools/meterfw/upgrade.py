@@ -19,8 +19,8 @@ from .transport import DEFAULT_TIMEOUT_S
 
 # Meter refusals that mean "this image will not go on this meter (now)": the result is
 # `rejected` and the meter keeps what it had. Anything else is a failure.
-REFUSALS = {"wrong_board", "bootloader_too_old", "rollback", "rejected", "verify_failed",
-            "already_active", "no_space", "pricing_event"}
+REFUSALS = {"wrong_board", "bootloader_too_old", "platform_too_old", "rollback", "downgrade", "rejected",
+            "verify_failed", "already_active", "no_space", "pricing_event", "on_trial"}
 _BOOT_S = 30  # boot, slot check and post-boot health check, with margin for a slow host
 _WATCHDOG_S = 9
 _CLOCK_TOLERANCE_S = 2
@@ -212,9 +212,15 @@ def upgrade(meter: Meter, img: Image, *, when: str = "boundary", at_s: int | Non
     ui = Stage(stage, progress)
     t0 = time.monotonic()
     m = img.manifest
+    # A bootloader image changes the bootloader the meter runs; its application stays as it was.
+    bootloader = m.get("kind") == "bootloader"
+
+    def running(s: dict) -> str | None:
+        return (s.get("bootloader") or {}).get("version") if bootloader else s.get("active_version")
+
     image_id = img.image_id.hex()
     st0 = meter.status()
-    report = {"result": None, "reason": None, "from_version": st0.get("active_version"),
+    report = {"result": None, "reason": None, "kind": m.get("kind", "firmware"), "from_version": running(st0),
               "to_version": m["version"], "image_id": image_id, "payload_bytes": m["payload_size"],
               "image_bytes": len(img.data), "board": st0.get("board"), "serial": st0.get("serial"),
               "when": when, "at_s": at_s, "registers": registers, "ack": ack}
@@ -271,7 +277,7 @@ def upgrade(meter: Meter, img: Image, *, when: str = "boundary", at_s: int | Non
     seen = {}
 
     def verdict(s: dict) -> bool:
-        if "first_read" not in seen and s.get("active_version") == m["version"] and s.get("boot_reason") == "activate":
+        if "first_read" not in seen and running(s) == m["version"] and s.get("boot_reason") == "activate":
             seen["first_read"] = time.monotonic()
         return s.get("update", {}).get("result") in ("confirmed", "reverted")
 
@@ -291,6 +297,7 @@ def upgrade(meter: Meter, img: Image, *, when: str = "boundary", at_s: int | Non
     report["after"] = summary(after)
     report["boot_reason"] = sa.get("boot_reason")
     report["active_version"] = sa.get("active_version")
+    report["bootloader_version"] = (sa.get("bootloader") or {}).get("version")
     report["health"] = sa.get("health")
     records = [r for r in after["intervals"] if r["seq"] > first_seq]
     report["intervals_after"] = len(records)
@@ -298,7 +305,9 @@ def upgrade(meter: Meter, img: Image, *, when: str = "boundary", at_s: int | Non
     report.update(energy_check(records, register_before))
     reverted = after_st["update"]["result"] == "reverted"
     report["discrepancies"] = compare(before, after, registers=registers,
-                                      expect_version=report["from_version"] if reverted else m["version"])
+                                      expect_version=st0.get("active_version") if reverted or bootloader else m["version"])
+    if bootloader and not reverted and running(sa) != m["version"]:
+        report["discrepancies"].append(f"meter runs bootloader {running(sa)}, expected {m['version']}")
     if reverted:
         return finish("reverted", after_st["update"].get("reason") or "the meter went back to the previous image")
     return finish("confirmed")

@@ -53,7 +53,7 @@ def test_provision_fresh_pico_over_its_repl(sim_factory, pico_dut, capsys, image
         "bytes": sum(map(len, expected.values()))}
     files, dirs = read_fs(flash[FS_OFFSET:], "pico")
     assert files == expected
-    assert {"/data", "/boot", "/slots", "/bootloader", "/board", "/keys"} <= set(dirs)
+    assert {"/data", "/boot", "/slots", "/bl", "/bl/a", "/bl/a/bootloader", "/board", "/keys"} <= set(dirs)
 
 
 def _old_meter_fs() -> bytes:
@@ -61,9 +61,9 @@ def _old_meter_fs() -> bytes:
     file of the owner's."""
     geo = flash_geometry("pico")
     fs = LittleFS(block_size=geo["block_size"], block_count=geo["block_count"], **LFS_CONFIG)
-    for d in ("/slots", "/data", "/data/iv", "/bootloader"):
+    for d in ("/slots", "/data", "/data/iv", "/bl", "/bl/a"):
         fs.mkdir(d)
-    for path, data in (("/slots/b.mfw", b"old image"), ("/data/iv/0", b"intervals"), ("/bootloader/x.mpy", b"old"),
+    for path, data in (("/slots/b.mfw", b"old image"), ("/data/iv/0", b"intervals"), ("/bl/a/x.mpy", b"old"),
                        ("/notes.txt", b"the owner's")):
         with fs.open(path, "wb") as f:
             f.write(data)

@@ -1,0 +1,117 @@
+# The bootloader's two copies (/bl/a, /bl/b) as the platform sees them: what the running copy
+# is (its image's manifest, kept beside it), installing a verified bootloader image into the
+# other copy for a trial, and the stored update's verdict after the boot that follows. The first
+# stage (/main.py) owns the record that chooses between the copies; the platform changes it only
+# through the record's own methods. Loaded for an install or a verdict, and forgotten after.
+import hashlib
+import os
+from micropython import const
+from bootloader import VERSION, eventlog, image, update_state
+from bootloader.bootctl import STAGING, slot_path
+from bootloader.protocol import ACTIVATING, ACTIVATED, ACTIVATION_FAILED
+
+_CHUNK = const(1024)
+_MANIFEST = "/manifest.json"
+
+
+def path(copy):
+    return "/bl/" + "ab"[copy]
+
+
+def running(record):
+    """(version, security version) of the running copy: its image's, or this code's own for
+    the copy put there at manufacture, which came in no image."""
+    try:
+        with open(path(record.active) + _MANIFEST) as f:
+            m = image.parse_manifest(f.read())
+        return m["version"], m["security_version"]
+    except (OSError, ValueError):
+        return VERSION, 0
+
+
+def _remove(p):
+    try:
+        entries = list(os.ilistdir(p))
+    except OSError:
+        return
+    for e in entries:
+        child = p + "/" + e[0]
+        if e[1] == 0x4000:
+            _remove(child)
+        else:
+            os.remove(child)
+    os.rmdir(p)
+
+
+def _makedirs(p):
+    cut = p.rfind("/")
+    if cut > 0:
+        _makedirs(p[:cut])
+    try:
+        os.mkdir(p)
+    except OSError:
+        pass  # there already
+
+
+def _digest(f, off, n, buf):
+    h = hashlib.sha256()
+    mv = memoryview(buf)
+    f.seek(off)
+    while n:
+        k = f.readinto(mv[:min(n, len(buf))])
+        if not k:
+            raise ValueError("bootloader image: truncated")
+        h.update(mv[:k])
+        n -= k
+    return h.digest()
+
+
+def install(record, attempts):
+    """Write the verified bootloader image in staging into the copy not running, check every
+    file against the image, and put it on trial. The running copy is not touched: a power cut
+    here leaves the record choosing it, and a failed trial falls back to it. Returns the copy."""
+    target = 1 - record.active
+    d = path(target)
+    _remove(d)
+    buf = bytearray(_CHUNK)
+    with open(slot_path(STAGING), "rb") as f:
+        raw, _, _ = image.read_header(f)
+        files, _, _ = image.read_table(f)
+        for name, (off, n) in files.items():
+            dest = d + "/" + name
+            _makedirs(dest[:dest.rfind("/")])
+            f.seek(off)
+            with open(dest, "wb") as out:
+                left = n
+                while left:
+                    k = f.readinto(memoryview(buf)[:min(left, _CHUNK)])
+                    out.write(memoryview(buf)[:k])
+                    left -= k
+        for name, (off, n) in files.items():
+            with open(d + "/" + name, "rb") as g:
+                if _digest(g, 0, n, buf) != _digest(f, off, n, buf):
+                    raise ValueError("bootloader copy of %s differs from the image" % name)
+    with open(d + _MANIFEST, "wb") as out:  # last: a copy with its manifest is a whole copy
+        out.write(raw)
+    record.active, record.trial, record.attempts = target, 1, attempts
+    record.save()
+    os.remove(slot_path(STAGING))  # installed: its flash goes back to meter data and the slots
+    return target
+
+
+def settle(record, events):
+    """After a boot: a bootloader activation either started the new copy (on trial) or fell
+    back to this one. True when that changed the stored state."""
+    s = update_state.load()
+    if s.get("kind") != "bootloader" or s.get("status") not in (ACTIVATING, ACTIVATED) \
+            or s.get("result") not in (None, "trial"):
+        return False
+    version, _ = running(record)
+    if version == s["version"]:
+        s["status"], s["result"] = ACTIVATED, "trial" if record.trial else "confirmed"
+    else:
+        s["status"], s["result"] = ACTIVATION_FAILED, "reverted"
+        s["reason"] = s.get("reason") or "bootloader %s did not come up; bootloader %s runs" % (s["version"], version)
+        events.log(eventlog.BOOTLOADER_FELL_BACK, record.active)
+    update_state.store(s)
+    return True

@@ -1,0 +1,148 @@
+# Switching what the meter runs, and the platform's status: activating an update (an image in a
+# slot, or a bootloader installed into the other copy), confirming, reverting, allowing a rejected
+# image again, and the verdicts on a bootloader's trial. Each runs once a boot, on an operator's
+# request, or resets the meter, so Platform loads this module when first asked (platform.py).
+from micropython import const
+from bootloader import eventlog, image, slots
+from bootloader.bootctl import NONE, SLOT_NAMES, STAGING
+
+_ACTIVATE = const(3)
+_REVERT = const(4)
+
+
+def status(p):
+    """The platform's part of the meter's status: slots, boot control, bootloader."""
+    b = p.bcb
+    slots = slot_versions(p)
+    return {
+        "board": p.board.name, "serial": p.identity.get("serial"),
+        "active_slot": SLOT_NAMES[b.active], "active_version": slots[SLOT_NAMES[b.active]]["version"],
+        "confirmed": b.confirmed, "trial": p.in_trial, "slots": slots,
+        "boot_reason": p.boot_reason, "bootloader_version": p.bootloader_version,
+        "bootloader": {"version": p.record.version, "copy": "ab"[p.record.active],
+                       "trial": bool(p.record.trial), "security_version": p.record.security,
+                       "floor": p.record.floor},
+        "security_floor": b.floor, "can_revert": can_revert(p),
+        "rejected": [r.hex() for r in b.rejected], "boot_control": b.to_dict(),
+    }
+
+
+def slot_versions(p):
+    out = {}
+    for s in (0, 1):
+        m, _ = slots.manifest(s)
+        out[SLOT_NAMES[s]] = {"version": m["version"] if m else None}
+    return out
+
+
+def activate(p, slot):
+    """Start a trial of the verified update in `slot` and reset into it: an image in a slot,
+    or a bootloader in staging, installed into the other copy. Does not return."""
+    if p.before_switch:
+        p.before_switch()
+    b = p.bcb
+    attempts = p.board.defaults.get("trial_attempts", 3)
+    if slot == STAGING:
+        from bootloader import copies
+        try:
+            p.events.log(eventlog.BOOTLOADER_TRIAL, copies.install(p.record, attempts))
+        except (OSError, ValueError) as e:  # the running copy and its record are as they were
+            _bootloader_reason("install failed: %s" % e)
+    else:
+        b.previous = b.active
+        b.active = slot
+        b.trial = slot
+        b.attempts_left = attempts
+        b.confirmed = False
+        p.events.log(eventlog.FW_ACTIVATED, slot)
+    b.pending = _ACTIVATE
+    b.save()
+    p.board.reset()
+
+
+def confirm(p):
+    b = p.bcb
+    if b.confirmed and b.trial == NONE:
+        return False
+    b.trial = NONE
+    b.confirmed = True
+    b.failures = 0
+    b.floor = max(b.floor, p.manifest["security_version"])
+    # A revert target below the floor just raised could never run again (anti-rollback):
+    # it stops being one, and the event log says so.
+    dropped = None
+    if b.previous != NONE:
+        m, _ = slots.manifest(b.previous)
+        if m is not None and image.below_floor(m, b.floor):
+            b.previous, dropped = NONE, m["security_version"]
+    b.save()
+    p.events.log(eventlog.CONFIRMED, b.floor)
+    if dropped is not None:
+        p.events.log(eventlog.REVERT_TARGET_DROPPED, dropped)
+    return True
+
+
+def can_revert(p):
+    """A previous image that reads and is not below the security floor."""
+    b = p.bcb
+    if b.previous == NONE:
+        return False
+    m, _ = slots.manifest(b.previous)
+    return m is not None and not image.below_floor(m, b.floor)
+
+
+def mark_unhealthy(p, why):
+    """A critical check failed this boot: an image on trial is reverted, a bootloader on
+    trial falls back (neither returns); otherwise the application reports it and stays."""
+    if p.in_trial and can_revert(p):
+        revert(p, True, why)
+    if p.record.trial:
+        bootloader_failed(p, why)
+
+
+def bootloader_failed(p, why):
+    """This bootloader, on trial, did not bring up a healthy application: the first stage
+    runs the other copy again, which it never touched. Does not return."""
+    _bootloader_reason("on trial: %s" % why)
+    p.record.fall_back()
+    p.board.reset()
+
+
+def _bootloader_reason(why):
+    from bootloader import update_state
+
+    s = update_state.load()
+    if s.get("kind") == "bootloader" and not s.get("reason"):
+        s["reason"] = "bootloader %s %s" % (s.get("version"), why)
+        update_state.store(s)
+
+
+def unreject(p, image_id):
+    """An operator's authenticated decision to allow a rejected image again."""
+    if p.bcb.unreject(image_id):
+        p.bcb.save()
+        p.events.log(eventlog.UNREJECTED, 0)
+        return True
+    return False
+
+
+def revert(p, reject=False, why=None):
+    """Go back to the previous slot and reset. Does not return. Raises ValueError if none."""
+    b = p.bcb
+    if not can_revert(p):
+        raise ValueError("no previous image to revert to")
+    if not reject and p.before_switch:
+        p.before_switch()
+    if reject and p.image_id is not None:
+        b.reject(p.image_id)
+        if why:
+            from bootloader.update_state import record_failure
+            record_failure(why)
+    b.active, b.previous = b.previous, b.active
+    b.trial = NONE
+    b.confirmed = True
+    b.failures = 0
+    b.pending = _REVERT
+    b.save()
+    p.events.log(eventlog.REVERTED, b.active)
+    p.board.reset()
