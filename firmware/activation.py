@@ -91,7 +91,7 @@ async def run_at(agent, t_s, when):
     while True:
         if when == "boundary":
             # Just after the interval ending at t_s has closed and been written.
-            while metering.open_start_s < t_s:
+            while metering.open.start_s < t_s:
                 try:
                     await asyncio.wait_for_ms(metering.closed.wait(), _TICK_MS)
                 except asyncio.TimeoutError:

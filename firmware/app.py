@@ -2,11 +2,11 @@
 # from the read-only image at /app and calls main(platform).
 import asyncio
 import gc
-import sys
 import time
 from micropython import const
 import event_codes
-from bootloader.api import CommandError, LinkServer, admit, forget
+import loader
+from bootloader.api import CommandError, LinkServer, admit
 from metering import Metering
 from display import Notices
 from meter_state import MeterState
@@ -16,11 +16,12 @@ _EVENT_PAGE = const(30)  # a page stays near 2 KiB: the host's frame limit, and 
 _GC_EVERY_BYTES = const(32768)
 _FEED_MS = const(100)
 _PROBE_EVERY = const(10)  # feeds between two probes of the live heap
-_LOAD_TRIES = const(5)
-_LOAD_RETRY_MS = const(200)
 
 
-class Meter:
+class MeterApp:
+    """The meter application on a board: metering, the meter state, the outbox, the link and,
+    while an update needs it, the update agent. Command handlers get it as `m`."""
+
     def __init__(self, platform):
         self.p = platform
         self.board = platform.board
@@ -35,35 +36,33 @@ class Meter:
         # Every switch the running image asks for (the update agent's activation, an operator's
         # revert) stores the pre-switch snapshot first, so the next image's health check has
         # registers and a meter state hash to compare with.
-        platform.before_switch = self.metering.pre_switch
+        platform.before_switch = self._before_switch
         self.health = None
         self.heap_peak = 0
         self.heap_peak_live = 0
-        rt = _lazy("boot_tasks")  # what runs once at boot: its code leaves the heap after
-        public, privileged = rt.commands(self)
+        public, privileged = loader.call("commands", "table", self)
         self.link = LinkServer(self.board, public)
         self.link.add(privileged, privileged=True)
         self.outbox.send = self.link.send_alarm
         self.outbox.activity = self._requests
-        rt.at_start(self)  # the relay's latched position is read, never moved (FR2)
-        rt = None
-        _drop()
+        loader.call("boot_tasks", "at_start", self)  # the relay's latched position is read, never moved (FR2)
 
     def _requests(self):
         return self.link.requests
 
-    async def _run(self, command, payload):
-        """A runtime command: `command` is (module, function), loaded for this request."""
-        try:  # a MemoryError reaches the host as "no_memory" (the link server)
-            return await getattr(await _load(command[0]), command[1])(self, payload)
-        finally:
-            _drop()
+    def _before_switch(self):
+        loader.call("snapshot", "take", self.metering)
+
+    async def serve(self, where, payload):
+        """A command served by code loaded for the request: `where` is (module, function)."""
+        # A MemoryError reaches the host as "no_memory" (the link server).
+        return await loader.run(where[0], where[1], self, payload)
 
     def updates_now(self):
         """The update agent, loaded at its first use in a boot. It and the transfer are ~11 KB
         of code that the heap holds only from then on, not while the meter just meters."""
         if self.agent is None:
-            a = _lazy("update_agent").UpdateAgent(self.p, self.metering, self.metering.pricing_events)
+            a = loader.call("update_agent", "UpdateAgent", self.p, self.metering, self.state.pricing_events)
             a.show = self.notices.show
             a.transfer.changed = self.notices.transfer_changed
             self.agent = a
@@ -72,19 +71,15 @@ class Meter:
     async def updates(self):
         """updates_now(), waiting a little for room to load it when the heap has none just now."""
         if self.agent is None:
-            await _load("update_agent")
+            await loader.room("update_agent")
         return self.updates_now()
-
-    async def _update(self, name, payload):
-        return await getattr(await self.updates(), name)(payload)
 
     def _drop_agent(self):
         # A plain function, not part of a coroutine: a coroutine's frame lives on the heap, and
         # a stale reference left in it would keep the agent there.
         if self.agent is not None and self.agent.release():
             self.agent = None
-            sys.modules.pop("update_agent", None)
-            forget("transfer")
+            loader.drop(loader.KEPT)
 
     async def initiate(self, head):
         # The head is admitted (manifest checks, Ed25519 signatures) before the update agent
@@ -98,7 +93,7 @@ class Meter:
         self._drop_agent()
         gc.collect()
         await asyncio.sleep_ms(0)  # each step below takes tens of ms on a Pico: metering goes between
-        await _load("bootloader.admission")
+        await loader.room("bootloader.admission")  # admit() loads it: here it may wait for room
         await asyncio.sleep_ms(0)
         admitted = await admit(self.p, head)  # its code leaves the heap before the agent's arrives
         return await (await self.updates()).initiate(head, admitted)
@@ -110,11 +105,7 @@ class Meter:
         return self.p.events.page(payload, _EVENT_PAGE, event_codes.names)
 
     async def post_boot(self):
-        rt = await _load("boot_tasks")
-        try:
-            await rt.post_boot(self, _load)
-        finally:
-            _drop()
+        await loader.run("boot_tasks", "post_boot", self)
 
     async def feed_watchdog(self):
         probed = 0
@@ -141,35 +132,6 @@ class Meter:
         await self.link.run()
 
 
-def _lazy(name):
-    return __import__(name)
-
-
-async def _load(name):
-    # A module is read in one piece: when the heap has no room that size just now, let other
-    # tasks finish what they hold and try again before giving up.
-    for _ in range(_LOAD_TRIES):
-        try:
-            return __import__(name)
-        except MemoryError:
-            gc.collect()
-            await asyncio.sleep_ms(_LOAD_RETRY_MS)
-    return __import__(name)
-
-
-# Modules loaded for a task and forgotten after it (their names stay interned; their code goes).
-_LAZY = ("activation", "boot_tasks", "cmd_status", "cmd_read", "cmd_change", "health", "health_data", "state_json",
-         "state_edit", "state_lists", "state_schema", "metering_boot", "metering_ops", "snapshot")
-
-
-def _drop():
-    # Forget the lazily loaded modules so their code leaves the heap once the last call into
-    # them returns.
-    for name in _LAZY:
-        sys.modules.pop(name, None)
-    forget("update_state")  # the update's stored state, which they read (the transfer has its own)
-
-
 def main(platform):
     # Collect after every 32 KiB allocated rather than when the heap is full: garbage goes
     # early, live objects pack low, and the contiguous room that importing a module or
@@ -177,4 +139,4 @@ def main(platform):
     # more often: a collection marks the whole live heap, ~20 ms on a Pico, and at 8 KiB a
     # signature check spent more time collecting than computing.
     gc.threshold(_GC_EVERY_BYTES)
-    asyncio.run(Meter(platform).run())
+    asyncio.run(MeterApp(platform).run())

@@ -1,52 +1,17 @@
 # What the application does once at boot, beside metering: report a recovered meter state,
 # read the relay's latched position (never moving it, FR2), post the customer notice a switch
 # calls for, run and report the post-boot health check, confirm or revert, and apply what the
-# activation asked of the new image. Loaded for it and dropped after (app.py).
-import commands as C
+# activation asked of the new image. Loaded for it and dropped after (loader.py).
 import event_codes
+import loader
 from bootloader import api as P
 from intervals import FIRMWARE_CHANGE
 
-update_state = P.update_state()  # dropped with this module (app.py)
+update_state = P.update_state()  # dropped with this module (loader.py)
 
 
 def _pos(closed):
     return "connected" if closed else "disconnected"
-
-
-def commands(m):
-    """The link's command table for the meter `m`: (open commands, privileged commands). A
-    handler is a method, or (method, argument) for one method serving many commands."""
-    run, upd = m._run, m._update  # one bound method each, for all their commands
-    return {
-        P.PING: m.ping,
-        P.READ_EVENTS: m.read_events,
-        # Read from flash, or from the agent while a download runs: a read loads no agent.
-        P.UPD_STATE: (run, ("cmd_status", "update_state")),
-        # The runtime's commands load their code for each request and drop it after: the heap
-        # holds none of it while the meter meters and downloads.
-        P.STATUS: (run, ("cmd_status", "status")),
-        C.READ_INTERVALS: (run, ("cmd_status", "intervals")),
-        C.READ_REGISTERS: (run, ("cmd_read", "registers")),
-        C.READ_STATE: (run, ("cmd_read", "state")),
-        C.HEALTH: (run, ("cmd_read", "health")),
-        C.TIME_GET: (run, ("cmd_read", "time_get")),
-        C.READ_ALARMS: (run, ("cmd_read", "alarms")),
-        C.READ_DISPLAY: (run, ("cmd_read", "display")),
-    }, {
-        C.UPD_NOTICE: (upd, "notice_received"),
-        P.UPD_INITIATE: m.initiate,
-        P.UPD_BLOCK: (upd, "block"),
-        P.UPD_VERIFY: (upd, "verify"),
-        P.UPD_ACTIVATE: (upd, "activate"),
-        P.REVERT: (run, ("cmd_change", "revert")),
-        P.UNREJECT: (run, ("cmd_change", "unreject")),
-        C.SET_STATE: (run, ("cmd_change", "set_state")),
-        C.TIME_SET: (run, ("cmd_change", "time_set")),
-        C.RELAY: (run, ("cmd_change", "relay")),
-        C.ACK_ALARMS: (run, ("cmd_change", "ack")),
-        C.RESET_REGISTERS: (run, ("cmd_change", "reset_registers")),
-    }
 
 
 def at_start(m):
@@ -59,7 +24,7 @@ def at_start(m):
     if why:
         m.p.events.log(event_codes.STATE_RECOVERED, 0 if why == "unrenamed copy" else 1)
         m.outbox.post(event_codes.STATE_RECOVERED, 0 if why == "unrenamed copy" else 1, "meter state: " + why)
-    hw = getattr(m.board, "relay", None)
+    hw = m.board.relay
     if hw is None:
         return
     closed = hw.closed()
@@ -92,17 +57,18 @@ def after_health(m, results):
     """Report the post-boot health check: each critical or important failure goes into the
     outbox (a connected host has it within seconds), and the result into the event log.
     Returns the critical failures, as "item: message"."""
-    import health
     from meter_state import HEALTH_ITEMS
-    failed = [(n, s, msg or "failed") for n, s, st, msg, _ in results if st == health.FAIL and s != health.INFO]
+    # The check's words (health.py's FAIL, INFO, CRITICAL), as the host reads them too: the
+    # check's code has left the heap by now.
+    failed = [(n, s, msg or "failed") for n, s, st, msg, _ in results if st == "fail" and s != "info"]
     now = report_now(m)
     for n, s, msg in failed:
-        m.outbox.post(event_codes.HEALTH_CRITICAL if s == health.CRITICAL else event_codes.HEALTH_IMPORTANT,
+        m.outbox.post(event_codes.HEALTH_CRITICAL if s == "critical" else event_codes.HEALTH_IMPORTANT,
                       HEALTH_ITEMS.index(n) if n in HEALTH_ITEMS else 255, n + ": " + msg, now)
     for n, _, _ in failed:  # the DLMS standard event log has codes of its own for these two
         if n in ("data", "metrology"):
             m.p.events.log(event_codes.NV_MEMORY_ERROR if n == "data" else event_codes.MEASUREMENT_ERROR, 0)
-    critical = [n + ": " + msg for n, s, msg in failed if s == health.CRITICAL]
+    critical = [n + ": " + msg for n, s, msg in failed if s == "critical"]
     if failed:
         m.p.events.log(event_codes.HEALTH_FAILED, 1 if critical else 2)
     else:
@@ -119,22 +85,24 @@ def after_confirm(m, confirmed_now):
         m.notices.show("Meter software updated to %s" % p.manifest["version"])
     if p.image_id and t.get("id") == p.image_id.hex():
         if t.get("registers") == "reset":
-            m.metering.reset_registers(p.image_id)
+            import metering_reset
+            metering_reset.reset(m.metering, p.image_id)
 
 
-async def post_boot(m, load):
+async def post_boot(m):
     """The post-boot health check and its verdict: confirm an image on trial that passes,
-    revert one that fails a critical check. `load` imports a module for the task (app.py)."""
+    revert one that fails a critical check."""
     p = m.p
     if p.boot_reason in ("activate", "revert"):
-        m.metering.mark(FIRMWARE_CHANGE)
+        m.metering.open.mark(FIRMWARE_CHANGE)
     if update_state.settle(p.image_id):
         _reload_update_state(m)
     boot_notice(m)
-    if not m.metering.clock_valid(m.board.clock.time_ms() // 1000):
+    import metering_clock
+    if not metering_clock.valid(m.metering, m.board.clock.time_ms() // 1000):
         p.events.log(event_codes.CLOCK_INVALID, 0)
         m.outbox.post(event_codes.CLOCK_INVALID, 0, "clock invalid at start-up")
-    results = await (await load("health")).run(m, at_boot=True)
+    results = await loader.run("health", "run", m, None, True)  # no host time; at boot
     # An absent interface is ok here but keeps its message; `meterfw health` shows its status.
     m.health = [{"check": n, "severity": s, "ok": st != "fail", "message": msg} for n, s, st, msg, _ in results]
     critical = after_health(m, results)

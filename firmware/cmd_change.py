@@ -1,6 +1,7 @@
 # The meter runtime's privileged commands: meter state changes, the register reset, time set,
-# the relay, alarm acknowledgements, revert and allowing a rejected image again. Each runs inside an authenticated session (app.py
-# registers them privileged). Loaded for each request and dropped after it, like cmd_read.
+# the relay, alarm acknowledgements, revert and allowing a rejected image again. Each runs inside
+# an authenticated session (commands.py registers them privileged). Loaded for each request and
+# dropped after it (loader.py).
 import asyncio
 from micropython import const
 from bootloader.api import CommandError, choice, field, query
@@ -12,25 +13,27 @@ _VALID_UNTIL_S = const(0xFFFFFFFF)
 
 async def set_state(m, payload):
     import state_edit
-    h = state_edit.update(m.state, query(payload), m.metering.registers()[0] + m.metering.reset_mwh)
+    h = state_edit.update(m.state, query(payload), m.metering.registers()[0] + m.metering.open.reset_mwh)
     return {"hash": h, "seq": m.state.seq}
 
 
 async def reset_registers(m, _payload):
-    return {"before": m.metering.reset_registers()}
+    import metering_reset
+    return {"before": metering_reset.reset(m.metering)}
 
 
 async def time_set(m, payload):
     """DLMS codes 4 and 5, stamped with the time before and after; the clock-set flag on the
-    interval(s) it touches (metering.clock_set). Synchronising is the host's: it reads our
+    interval(s) it touches (metering_clock.was_set). Synchronising is the host's: it reads our
     time against its own and sets it when the offset is beyond its tolerance."""
+    import metering_clock
     t_ms = field(query(payload), "time_ms", int, lo=_VALID_FROM_S * 1000, hi=_VALID_UNTIL_S * 1000)
     clock = m.board.clock
     old_ms = clock.time_ms()
     delta_s = max(-0x7FFFFFFF, min(0x7FFFFFFF, (t_ms - old_ms) // 1000))
     m.p.events.log(event_codes.CLOCK_ADJUSTED_OLD, delta_s)
     clock.set_time_ms(t_ms)
-    split = m.metering.clock_set(old_ms, t_ms)
+    split = metering_clock.was_set(m.metering, old_ms, t_ms)
     m.p.events.log(event_codes.CLOCK_ADJUSTED_NEW, delta_s)
     return {"old_ms": old_ms, "new_ms": t_ms, "delta_ms": t_ms - old_ms, "interval_split": split}
 
@@ -45,7 +48,7 @@ async def relay(m, payload):
     """Connect or disconnect the supply: the intent is stored first, then the coil pulsed, and
     only when the relay is not already there."""
     action = choice(query(payload), "action", ("connect", "disconnect"))
-    hw = getattr(m.board, "relay", None)
+    hw = m.board.relay
     if hw is None:
         raise CommandError("no_relay", "this meter has no service relay")
     connect = action == "connect"

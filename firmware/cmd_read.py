@@ -1,13 +1,12 @@
 # The meter runtime's read commands: registers (the billing read, which carries the alarms that
-# wait for it), the meter state, health, time, alarms and the display. Open to anyone on the
-# link. Loaded for each request and dropped after it (app.py), so the heap carries none of it
-# while the meter meters; kept small because the image reader loads a module in one piece.
-from bootloader.api import field, query
+# wait for it), the meter state, time, alarms and the display. Open to anyone on the link.
+# Loaded for each request and dropped after it (loader.py), so the heap carries none of it while
+# the meter meters; kept small because the image reader loads a module in one piece.
 
 
 def lifetime_mwh(m):
     """Delivered energy over the meter's life: the register plus what resets took away."""
-    return m.metering.registers()[0] + m.metering.reset_mwh
+    return m.metering.registers()[0] + m.metering.open.reset_mwh
 
 
 def _prepayment(m):
@@ -24,12 +23,13 @@ def _prepayment(m):
 async def registers(m, _payload):
     """The billing read: registers now, and the alarms that wait for it (FR16 next-read)."""
     mt = m.metering
+    o = mt.open
     reg, reg_rx, _, _ = mt.registers()
     last = mt.log.last
     return {"time_s": m.board.clock.time_ms() // 1000,
             "delivered_mwh": reg, "received_mwh": reg_rx, "net_mwh": reg - reg_rx,
-            "lifetime_delivered_mwh": reg + mt.reset_mwh, "lifetime_received_mwh": reg_rx + mt.reset_rx_mwh,
-            "resets": mt.resets, "multiplier": m.state.get("multiplier"), "prepayment": _prepayment(m),
+            "lifetime_delivered_mwh": reg + o.reset_mwh, "lifetime_received_mwh": reg_rx + o.reset_rx_mwh,
+            "resets": o.resets, "multiplier": m.state.get("multiplier"), "prepayment": _prepayment(m),
             "last_interval_seq": last[0] if last else 0, "alarms": m.outbox.listing(deferred_only=True)}
 
 
@@ -42,18 +42,10 @@ async def state(m, _payload):
     return out
 
 
-async def health(m, payload):
-    import health as h
-    host_ms = field(query(payload), "host_time_ms", int, None, lo=0)
-    results = await h.run(m, host_ms)
-    items = [{"check": n, "severity": s, "status": st, "ok": st != h.FAIL, "message": msg, "value": v}
-             for n, s, st, msg, v in results]
-    return {"items": items, "ok": all(i["ok"] for i in items if i["severity"] != h.INFO)}
-
-
 async def time_get(m, _payload):
+    import metering_clock
     now_ms = m.board.clock.time_ms()
-    return {"time_ms": now_ms, "valid": m.metering.clock_valid(now_ms // 1000)}
+    return {"time_ms": now_ms, "valid": metering_clock.valid(m.metering, now_ms // 1000)}
 
 
 def _pos(closed):
@@ -61,7 +53,7 @@ def _pos(closed):
 
 
 def relay_status(m):
-    hw = getattr(m.board, "relay", None)
+    hw = m.board.relay
     closed = hw.closed() if hw else None
     return {"fitted": hw is not None, "latched": None if hw is None else _pos(closed),
             "commanded": _pos(m.state.relay_connected), "agrees": hw is None or closed == m.state.relay_connected}

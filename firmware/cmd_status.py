@@ -1,18 +1,10 @@
-# Status and the interval read: the host's most frequent requests, yet no code the heap need
-# hold between them. Loaded for each request and dropped after it (app.py).
+# Status and the update's state: the host's most frequent requests, yet no code the heap need
+# hold between them. Loaded for each request and dropped after it (loader.py).
 import gc
 import sys
 import time
-from micropython import const
 from bootloader import api
-from bootloader.api import field, query
 import upgrade_notice
-from intervals import FLAG_NAMES
-
-# A page small enough that a reply stays near 2 KiB: the host's frame limit, and the heap's.
-_INTERVAL_PAGE = const(20)
-_IV_FIELDS = ("seq", "start", "duration_s", "flags", "energy_mwh", "received_mwh", "register_mwh",
-              "register_received_mwh")
 
 
 async def _update(m):
@@ -30,11 +22,12 @@ async def _update(m):
 
 async def status(m, _payload):
     p = m.p
+    reg, reg_rx, _, _ = m.metering.registers()
     out = p.status()
     out.update({
-        "register_wh": m.metering.live_register_mwh() / 1000,
-        "register_mwh": m.metering.live_register_mwh(),
-        "register_received_mwh": m.metering.registers()[1],
+        "register_wh": reg / 1000,
+        "register_mwh": reg,
+        "register_received_mwh": reg_rx,
         "state_hash": m.state.hash(),
         "alarms_pending": len(m.outbox.pending),
         "uptime_s": time.ticks_diff(time.ticks_ms(), m.started_ms) // 1000,
@@ -45,7 +38,7 @@ async def status(m, _payload):
         "metering": {"closes": m.metering.closes, "late_ms": m.metering.late_ms},
         "link_faults": m.link.faults,
         "heap": {"free": gc.mem_free(), "used": gc.mem_alloc(), "peak_used": m.heap_peak,
-                 "peak_live": m.heap_peak_live, "board_models": getattr(m.board, "heap_models", 0),
+                 "peak_live": m.heap_peak_live, "board_models": m.board.heap_models,
                  "modules": len(sys.modules)},  # code the heap holds: a read leaves it as it was
     })
     return out
@@ -57,12 +50,3 @@ async def update_state(m, _payload):
     out["notice"] = m.agent.notice if m.agent is not None else upgrade_notice.load()
     return out
 
-
-async def intervals(m, payload):
-    # Rows rather than objects: a page of 20 stays well inside one frame. `more` says
-    # whether records follow; the host pages on from the last seq it got.
-    q = query(payload)
-    limit = max(1, min(field(q, "limit", int, _INTERVAL_PAGE), _INTERVAL_PAGE))
-    recs, more = m.metering.log.read(field(q, "since_seq", int, 0), limit, field(q, "since_s", int, 0))
-    return {"fields": _IV_FIELDS, "flag_names": FLAG_NAMES, "more": more,
-            "rows": [r[:8] for r in recs], "first_seq": m.metering.log.first_seq}

@@ -1,5 +1,6 @@
 # The application's command codes, beside the platform's (bootloader/protocol.py, through
-# bootloader/api.py). host_tools/meterfw/protocol.py mirrors both; a test keeps them in step.
+# bootloader/api.py), and what serves each (table(), read once at boot). host_tools/meterfw/
+# protocol.py mirrors the codes; a test keeps them in step.
 from micropython import const
 
 READ_INTERVALS = const(0x02)
@@ -15,3 +16,41 @@ TIME_SET = const(0x51)
 RELAY = const(0x52)
 ACK_ALARMS = const(0x53)
 RESET_REGISTERS = const(0x54)
+
+
+def table(m):
+    """The link's command table for the application `m`: (open commands, privileged commands).
+    A handler is a method, or (m.serve, (module, function)): the function, loaded with its
+    module for each request and dropped after (loader.py), so the heap holds none of it while
+    the meter meters. Rows are data, not code of this module: it leaves the heap after boot."""
+    from bootloader import api as P
+
+    serve = m.serve  # one bound method for every row
+    return {
+        P.PING: m.ping,
+        P.READ_EVENTS: m.read_events,
+        P.STATUS: (serve, ("cmd_status", "status")),
+        # Read from flash, or from the agent while a download runs: a read loads no agent.
+        P.UPD_STATE: (serve, ("cmd_status", "update_state")),
+        READ_INTERVALS: (serve, ("interval_reads", "read_page")),
+        READ_REGISTERS: (serve, ("cmd_read", "registers")),
+        READ_STATE: (serve, ("cmd_read", "state")),
+        HEALTH: (serve, ("health", "request")),
+        TIME_GET: (serve, ("cmd_read", "time_get")),
+        READ_ALARMS: (serve, ("cmd_read", "alarms")),
+        READ_DISPLAY: (serve, ("cmd_read", "display")),
+    }, {
+        # The update agent's: it stays loaded from the first of them until an initiate.
+        UPD_NOTICE: (serve, ("update_agent", "notice")),
+        P.UPD_INITIATE: m.initiate,
+        P.UPD_BLOCK: (serve, ("update_agent", "block")),
+        P.UPD_VERIFY: (serve, ("update_agent", "verify")),
+        P.UPD_ACTIVATE: (serve, ("update_agent", "activate")),
+        P.REVERT: (serve, ("cmd_change", "revert")),
+        P.UNREJECT: (serve, ("cmd_change", "unreject")),
+        SET_STATE: (serve, ("cmd_change", "set_state")),
+        TIME_SET: (serve, ("cmd_change", "time_set")),
+        RELAY: (serve, ("cmd_change", "relay")),
+        ACK_ALARMS: (serve, ("cmd_change", "ack")),
+        RESET_REGISTERS: (serve, ("cmd_change", "reset_registers")),
+    }

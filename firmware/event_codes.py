@@ -31,16 +31,8 @@ OUTBOX_OVERFLOW = const(154)     # value: seq of the alarm dropped unacknowledge
 
 def names(codes, default="event"):
     """{code: name} for any of the meter's codes, the platform's included; event_names.py
-    loads for the call and leaves after."""
-    import sys
+    loads for the call and leaves after (loader.py)."""
+    import loader
     from bootloader.api import event_names
 
-    named = event_names(codes, default)
-    try:
-        ours = __import__("event_names").NAMES
-        for c in codes:
-            if c in ours:
-                named[c] = ours[c]
-    finally:
-        sys.modules.pop("event_names", None)
-    return named
+    return loader.call("event_names", "add", event_names(codes, default), codes)

@@ -1,5 +1,5 @@
 # Names of the application's event codes (event_codes.py). Loaded for a read and forgotten after it
-# (event_codes.names): the names stay out of the heap while the meter meters.
+# (event_codes.names, loader.py): the names stay out of the heap while the meter meters.
 NAMES = {
     4: "clock adjusted (old time)", 5: "clock adjusted (new time)", 6: "clock invalid",
     14: "non-volatile memory error", 16: "measurement system error",
@@ -13,3 +13,11 @@ NAMES = {
     151: "metrology front-end restarted", 152: "meter state recovered",
     153: "alarms acknowledged", 154: "alarm dropped: outbox full",
 }
+
+
+def add(named, codes):
+    """`named` ({code: name}, the platform's names) with ours for those of `codes` we have."""
+    for c in codes:
+        if c in NAMES:
+            named[c] = NAMES[c]
+    return named

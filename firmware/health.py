@@ -1,14 +1,16 @@
 # Health check (FR12): non-destructive, run after every boot and on request at any time.
 # Each item answers pass, fail or absent (an interface the board does not have: not a pass);
 # its severity, from the meter state's settings, decides what a failure does after a boot:
-# critical -> revert a trial image, important -> report and stay, info -> report only.
+# critical -> revert a trial image, important -> report and stay, info -> report only. Loaded
+# for the check, with the items about the data (health_data.py), and dropped after (loader.py).
 import asyncio
 import gc
 import os
 import time
 from micropython import const
-from bootloader.api import framing
+from bootloader.api import field, framing, query
 from meter_state import HEALTH_ITEMS
+import health_data
 
 CRITICAL = "critical"
 IMPORTANT = "important"
@@ -48,7 +50,7 @@ async def _metrology(m, ctx):
     fault = m.board.metrology_fault()
     if fault:
         return FAIL, fault, None
-    read = m.metering.read_frontend
+    read = m.board.energies_mwh
     a, a_rx = read()
     t0 = time.ticks_ms()
     await asyncio.sleep_ms(_SETTLE_MS)
@@ -96,8 +98,7 @@ async def _link(m, ctx):
 
 def _interface(name):
     async def check(m, ctx):
-        checks = m.board.interface_checks() if hasattr(m.board, "interface_checks") else {}
-        fn = checks.get(name)
+        fn = m.board.interface_checks().get(name)
         if fn is None:
             return ABSENT, "not fitted on this board", None
         msg = fn()
@@ -124,20 +125,13 @@ async def _flash(m, ctx):
     return PASS, None, free_kb
 
 
-def _data_item(name):
-    async def check(m, ctx):
-        data = ctx.get("data") or __import__("health_data")
-        return await getattr(data, name)(m, ctx)
-    return check
-
-
 # (item, default severity, check). A check is called as check(app, ctx) and answers
 # (status, message, value), or just a message (None when it passes). Items named in
 # meter_state.HEALTH_ITEMS take their severity from the meter state when it sets one.
 CHECKS = (
     ("metrology", CRITICAL, _metrology), ("clock", IMPORTANT, _clock), ("storage", CRITICAL, _storage),
-    ("data", IMPORTANT, _data_item("data")), ("registers", CRITICAL, _data_item("registers")),
-    ("meter_state", CRITICAL, _data_item("meter_state")), ("link", IMPORTANT, _link),
+    ("data", IMPORTANT, health_data.data), ("registers", CRITICAL, health_data.registers),
+    ("meter_state", CRITICAL, health_data.meter_state), ("link", IMPORTANT, _link),
     ("han", IMPORTANT, _interface("han")), ("nan", IMPORTANT, _interface("nan")),
     ("heap", IMPORTANT, _heap), ("flash", IMPORTANT, _flash),
 )
@@ -149,13 +143,6 @@ async def run(m, host_time_ms=None, at_boot=False):
     meter's time when the request arrived. Only the check at boot writes flash (the storage
     probe); on request, anyone may ask, and the check only reads."""
     ctx = {"now_ms": m.board.clock.time_ms(), "host_time_ms": host_time_ms, "at_boot": at_boot}
-    for _ in range(5):  # loaded before the checks: a heap short of room for it is not a data fault
-        try:
-            ctx["data"] = __import__("health_data")
-            break
-        except MemoryError:
-            gc.collect()
-            await asyncio.sleep_ms(200)
     results = []
     for name, severity, check in CHECKS:
         try:
@@ -168,3 +155,11 @@ async def run(m, host_time_ms=None, at_boot=False):
             severity = m.state.severity(name, severity)
         results.append((name, severity, r[0], r[1], r[2]))
     return results
+
+
+async def request(m, payload):
+    """HEALTH: the check on request, the clock's offset taken against host_time_ms if given."""
+    results = await run(m, field(query(payload), "host_time_ms", int, None, lo=0))
+    items = [{"check": n, "severity": s, "status": st, "ok": st != FAIL, "message": msg, "value": v}
+             for n, s, st, msg, v in results]
+    return {"items": items, "ok": all(i["ok"] for i in items if i["severity"] != INFO)}

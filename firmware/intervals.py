@@ -1,7 +1,9 @@
 # Interval records, appended to segment files under /data/iv within a quota (oldest segment
 # dropped first, and logged), so meter data can never take the space the firmware slots need.
 # Each record carries its own CRC. A segment file is named by the sequence number of its first
-# record, so a read from a sequence number opens the right file at once.
+# record, so a read from a sequence number opens the right file at once. This is what the close
+# path and the boot need; reading the log out (the READ_INTERVALS command, the CRC scan) is
+# interval_reads.py, loaded for a read.
 import os
 import struct
 from binascii import crc32
@@ -21,7 +23,6 @@ FIRMWARE_CHANGE = const(4)
 PARTIAL = const(8)
 ESTIMATED = const(16)
 REGISTER_RESET = const(32)
-FLAG_NAMES = ("power-down", "clock-set", "firmware-change", "partial", "estimated", "register-reset")
 
 # Record fields, by index.
 SEQ = const(0)
@@ -36,10 +37,6 @@ FRONTEND = const(8)
 FRONTEND_RX = const(9)
 
 
-def flag_names(flags):
-    return [n for i, n in enumerate(FLAG_NAMES) if flags & (1 << i)]
-
-
 class IntervalLog:
     def __init__(self, quota_records=2400, per_segment=100, events=None, path=DIR):
         self._dir = path
@@ -52,16 +49,17 @@ class IntervalLog:
             os.mkdir(path)
         except OSError:
             pass
-        self._segs = sorted(int(n) for n in os.listdir(path) if n.isdigit())
-        self._total = sum(self._size(n) // SIZE for n in self._segs)
+        # The segment files' first sequence numbers, oldest first.
+        self.segments = segs = sorted(int(n) for n in os.listdir(path) if n.isdigit())
+        self._total = sum(self._size(n) // SIZE for n in segs)
         self.last = None
         self._count = 0  # records in the newest segment
-        for i in range(len(self._segs) - 1, -1, -1):
-            recs, whole = self._read_segment(self._segs[i])
-            if i == len(self._segs) - 1:
+        for i in range(len(segs) - 1, -1, -1):
+            recs, whole = self.read_segment(segs[i])
+            if i == len(segs) - 1:
                 if not whole:
-                    self._repair(self._segs[i])
-                self._count = self._size(self._segs[i]) // SIZE
+                    self._repair(segs[i])
+                self._count = self._size(segs[i]) // SIZE
             if recs:
                 self.last = recs[-1]
                 break
@@ -75,8 +73,9 @@ class IntervalLog:
         except OSError:
             return 0
 
-    def _read_segment(self, first_seq, since_seq=0, limit=1 << 30):
-        """(records, whole): whole is False when the file ends in a torn record."""
+    def read_segment(self, first_seq, since_seq=0, limit=1 << 30):
+        """(records from since_seq, at most limit, of the segment that starts at first_seq,
+        whole): whole is False when the file ends in a torn record."""
         out = []
         whole = True
         try:
@@ -110,7 +109,7 @@ class IntervalLog:
                 src.readinto(self._buf)
                 dst.write(self._buf)
         os.rename(tmp, name)
-        self._total = sum(self._size(n) // SIZE for n in self._segs)
+        self._total = sum(self._size(n) // SIZE for n in self.segments)
 
     def _pack(self, rec):
         struct.pack_into(_REC, self._buf, 0, *rec)
@@ -122,10 +121,11 @@ class IntervalLog:
         rec = (seq, start_s, duration_s, flags, energy_mwh, received_mwh, register_mwh,
                register_received_mwh, frontend_mwh, frontend_received_mwh)
         self._pack(rec)
-        if not self._segs or self._count >= self._per:
-            self._segs.append(seq)
+        segs = self.segments
+        if not segs or self._count >= self._per:
+            segs.append(seq)
             self._count = 0
-        with open(self._name(self._segs[-1]), "ab") as f:
+        with open(self._name(segs[-1]), "ab") as f:
             f.write(self._buf)
         self.last = rec
         self._count += 1
@@ -136,9 +136,10 @@ class IntervalLog:
 
     def _keep_quota(self):
         dropped = 0
-        while len(self._segs) > 1 and self._total > self._quota:
-            n = self._size(self._segs[0]) // SIZE
-            os.remove(self._name(self._segs.pop(0)))
+        segs = self.segments
+        while len(segs) > 1 and self._total > self._quota:
+            n = self._size(segs[0]) // SIZE
+            os.remove(self._name(segs.pop(0)))
             self._total -= n
             dropped += n
         if dropped and self._events:
@@ -147,48 +148,3 @@ class IntervalLog:
     @property
     def quota_records(self):
         return self._quota
-
-    @property
-    def first_seq(self):
-        return self._segs[0] if self._segs else None
-
-    def _first_start(self, first_seq):
-        recs, _ = self._read_segment(first_seq, 0, 1)
-        return recs[0][START] if recs else None
-
-    def read(self, since_seq=0, limit=16, since_s=0):
-        """(records, more): up to `limit` records with seq >= since_seq and start >= since_s.
-
-        A time bound skips whole segments whose successor starts no later than it, which is
-        exact while records are in time order (a clock set backwards breaks that; the
-        sequence bound is always exact).
-        """
-        segs = self._segs
-        i = 0
-        for k in range(len(segs)):
-            if segs[k] <= since_seq:
-                i = k
-        if since_s:
-            while i + 1 < len(segs):
-                t = self._first_start(segs[i + 1])
-                if t is None or t > since_s:
-                    break
-                i += 1
-        out = []
-        for n in segs[i:]:
-            recs, _ = self._read_segment(n, since_seq, limit + 1 - len(out) if not since_s else 1 << 30)
-            for r in recs:
-                if r[START] >= since_s and len(out) <= limit:
-                    out.append(r)
-            if len(out) > limit:
-                break
-        return out[:limit], len(out) > limit
-
-    def scan(self):
-        """Check every record's CRC: (records read, damaged records)."""
-        bad0 = self.bad_records
-        total = 0
-        for n in self._segs:
-            recs, _ = self._read_segment(n)
-            total += len(recs)
-        return total, self.bad_records - bad0

@@ -4,8 +4,10 @@
 #   - when the transfer may expect the application to write flash (an interval close), so
 #     it grants no window that would still be arriving then;
 #   - when and how to activate (activation.py, loaded for an activation only).
-# The application loads the agent at the first update command of a boot (app.py).
+# The application loads the agent at the first update command of a boot and keeps it until an
+# initiate lets it go (app.py, loader.py); the commands below reach it through the application.
 import asyncio
+import loader
 import upgrade_notice
 from micropython import const
 from bootloader.api import U32_MAX, VERIFIED, CommandError, field, query, transfer
@@ -72,16 +74,35 @@ class UpdateAgent:
     def next_boundary_s(self, after_s=None):
         m = self.metering
         # The open interval ends on a wall-clock boundary (a first, partial one ends early).
-        t = getattr(m, "open_end_s", None) or m.open_start_s + m.interval_s
+        t = m.open.end_s
         if after_s is not None and t < after_s:
             t += (after_s - t + m.interval_s - 1) // m.interval_s * m.interval_s
         return t
 
     # -- activation (activation.py) ------------------------------------------------------------
     async def activate(self, payload):
-        return await __import__("activation").activate(self, payload)
+        return await loader.run("activation", "activate", self, payload)
 
     def schedule_activation(self, t_s, when):
         if self._pending is not None:
             self._pending.cancel()
-        self._pending = asyncio.create_task(__import__("activation").run_at(self, t_s, when))
+        # The task's coroutine holds activation's code until it switches; the module table does not.
+        self._pending = asyncio.create_task(loader.call("activation", "run_at", self, t_s, when))
+
+
+# -- the link's update commands (commands.py): each reaches the application's agent, loaded at
+# the first ---------------------------------------------------------------------------------------
+async def notice(m, payload):
+    return await (await m.updates()).notice_received(payload)
+
+
+async def block(m, payload):
+    return await (await m.updates()).block(payload)
+
+
+async def verify(m, payload):
+    return await (await m.updates()).verify(payload)
+
+
+async def activate(m, payload):
+    return await (await m.updates()).activate(payload)

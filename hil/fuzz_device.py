@@ -30,7 +30,7 @@ class _Parsed(Exception):
 
 class Probe:
     # Stands in for the meter behind a handler: any attribute is another probe, and the first
-    # call or subscript (the handler using the meter) ends the case as "parsed".
+    # call, subscript or length (the handler using the meter) ends the case as "parsed".
     def __getattr__(self, name):
         return Probe()
 
@@ -38,6 +38,9 @@ class Probe:
         raise _Parsed()
 
     def __getitem__(self, key):
+        raise _Parsed()
+
+    def __len__(self):
         raise _Parsed()
 
 
@@ -135,8 +138,12 @@ class _Meter(Probe):
         self.metering = _Metering()
 
 
-class _Metering(Probe):
+class _Open(Probe):
     reset_mwh = 0
+
+
+class _Metering(Probe):
+    open = _Open()  # the open interval: its reset bookkeeping
 
     def registers(self):
         return (0,)
@@ -147,14 +154,6 @@ class _Agent(Probe):
         return 0
 
 
-class _Health:
-    # cmd_read.health imports the health checks after it has parsed nothing; stand-in run().
-    FAIL = "fail"
-
-    def run(self, m, host_ms):
-        raise _Parsed()
-
-
 class Requests:
     def __init__(self, outdir, arg):
         from bootloader.auth import Hmac, Sessions
@@ -162,12 +161,11 @@ class Requests:
         from bootloader.protocol import CommandError
         import activation
         import cmd_change
-        import cmd_read
-        import cmd_status
+        import health
+        import interval_reads
         import meter_state
         import state_json
         import update_agent
-        sys.modules["health"] = _Health()
         key = b"fuzz-meter-key-0123456789abcdef!"
         with open(outdir + "/meter.key", "wb") as f:
             f.write(key)
@@ -198,9 +196,9 @@ class Requests:
             ("notice", 0x15, True, lambda p: update_agent.UpdateAgent.notice_received(agent, p),
              lambda r: {"version": "1.%d.0" % r.below(9), "image_id": "ab" * 32, "size": r.below(10 ** 6),
                         "when": "boundary"}),
-            ("health", 0x42, False, lambda p: cmd_read.health(Probe(), p),
+            ("health", 0x42, False, lambda p: health.request(Probe(), p),
              lambda r: {"host_time_ms": 1750000000000 + r.below(1000)}),
-            ("intervals", 0x02, False, lambda p: cmd_status.intervals(Probe(), p),
+            ("intervals", 0x02, False, lambda p: interval_reads.read_page(Probe(), p),
              lambda r: {"since_seq": r.below(100), "since_s": 0, "limit": 1 + r.below(20)}),
             ("events", 0x03, False, self._events, lambda r: {"since_seq": r.below(100), "limit": 1 + r.below(30)}),
         )

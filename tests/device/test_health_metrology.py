@@ -10,24 +10,22 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
 sys.path.insert(0, ARGS[0] + "/firmware")
 import asyncio, health
-class Metering:
-    def __init__(self, steps):
-        self.steps = list(steps)
-    def read_frontend(self):
-        return self.steps.pop(0)
 class App:
     pass
 class Board:
-    def __init__(self, fault):
+    def __init__(self, fault, steps):
         self.fault = fault
+        self.steps = list(steps)
     def metrology_fault(self):
         return self.fault
+    def energies_mwh(self):
+        return self.steps.pop(0)
 async def main():
     out = {}
     for name, steps in READINGS.items():
         app = App()
-        app.metering = Metering([tuple(s) for s in steps])
-        app.board = Board("front-end does not answer on its bus" if name == "no_chip" else None)
+        app.board = Board("front-end does not answer on its bus" if name == "no_chip" else None,
+                          [tuple(s) for s in steps])
         out[name] = list(await health._metrology(app, {}))
     return out
 print(json.dumps(asyncio.run(main())))

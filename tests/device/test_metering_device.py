@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PRELUDE = """
 sys.path.insert(0, ARGS[0] + "/firmware")
 import asyncio, os
-from intervals import IntervalLog, flag_names
+from intervals import IntervalLog
+from interval_reads import flag_names, read
 class Clock:
     t = 1800000000000
     def time_ms(self): return self.t
@@ -42,7 +43,7 @@ def advance(board, m, s, mwh_per_s=100, rx_per_s=0):
 def recs(m):
     out, since = [], 0
     while True:
-        page, more = m.log.read(since, 7)
+        page, more = read(m.log, since, 7)
         out += page
         if not more: return out
         since = page[-1][0] + 1
@@ -148,12 +149,13 @@ def test_clock_set_splits_the_interval_and_flags_both_halves(run_mpy):
 b, ev = Board(), Events()
 m = meter(b, ev, "reset")
 advance(b, m, 23)
+import metering_clock
 old = b.clock.t
 b.clock.t = old + 3600 * 1000 + 4000      # an hour and 4 s ahead
-m.clock_set(old, b.clock.t)
+metering_clock.was_set(m, old, b.clock.t)
 advance(b, m, 5)
 within = b.clock.t
-m.clock_set(within, within + 2000)        # inside the open interval: only flagged
+metering_clock.was_set(m, within, within + 2000)  # inside the open interval: only flagged
 b.clock.t = within + 2000
 advance(b, m, 10)
 rs = recs(m)
@@ -172,15 +174,16 @@ def test_register_reset_logs_values_first_and_happens_once_per_tag(run_mpy):
     out = run_mpy(_script("""
 b, ev = Board(), Events()
 m = meter(b, ev, "reset")
+import metering_reset
 advance(b, m, 25, 100, 10)
-first = m.reset_registers(b"image-id-aaaaaaaaaaaa")
-again = m.reset_registers(b"image-id-aaaaaaaaaaaa")
+first = metering_reset.reset(m, b"image-id-aaaaaaaaaaaa")
+again = metering_reset.reset(m, b"image-id-aaaaaaaaaaaa")
 after = m.registers()[:2]
 advance(b, m, 10, 100, 10)
 m2 = meter(b, ev, "reset")            # a reboot keeps the reset and its tag
-third = m2.reset_registers(b"image-id-aaaaaaaaaaaa")
+third = metering_reset.reset(m2, b"image-id-aaaaaaaaaaaa")
 rs = recs(m2)
-print(json.dumps({"first": first, "again": again, "third": third, "after": after, "life": m2.registers()[0] + m2.reset_mwh,
+print(json.dumps({"first": first, "again": again, "third": third, "after": after, "life": m2.registers()[0] + m2.open.reset_mwh,
                   "fe": b.fe, "live": m2.registers()[0], "logged": [e for e in ev.logged if e[0] in (141, 142)],
                   "flags": [flag_names(r[3]) for r in rs], "sum": sum(r[4] for r in rs), "last_fe": rs[-1][8]}))
 """), ROOT, heap="512k")
@@ -200,7 +203,7 @@ b, ev = Board(interval_s=1, interval_quota_records=6, interval_segment_records=3
 m = meter(b, ev, "reset")
 advance(b, m, 20)
 rs = recs(m)
-later, more = m.log.read(0, 50, rs[2][1])
+later, more = read(m.log, 0, 50, rs[2][1])
 print(json.dumps({"seqs": [r[0] for r in rs], "files": sorted(os.listdir("iv")), "dropped": [e for e in ev.logged if e[0] == 140],
                   "since_time": [r[0] for r in later], "third_start": rs[2][1]}))
 """), ROOT, heap="512k")
@@ -224,7 +227,8 @@ open(seg, "wb").write(raw)
 m = meter(b, ev, "reset")
 advance(b, m, 20)
 rs = recs(m)
-n, bad = m.log.scan()
+from health_data import scan
+n, bad = scan(m.log)
 print(json.dumps({"seqs": [r[0] for r in rs], "bad": bad, "n": n, "size": os.stat(seg)[6] % 56}))
 """), ROOT, heap="512k")
     assert out["size"] == 0
@@ -378,12 +382,12 @@ def check(host_ms=None):
     return {n: [st, msg] for n, sev, st, msg, v in r}
 advance(b, app.metering, 15)
 none = check()
-app.metering.pre_switch()            # what an activation stores before its reset
+snapshot.take(app.metering)          # what an activation stores before its reset
 advance(b, app.metering, 12)
 same = check(b.clock.t - 5000)       # the host's clock is 5 s behind ours
-app.metering.open_reg += 7           # an image that miscounts
+app.metering.open.register_mwh += 7  # an image that miscounts
 bad_reg = check()
-app.metering.open_reg -= 7
+app.metering.open.register_mwh -= 7
 good = app.state.body
 app.state.body = good[:-1] + b"x"    # other bytes, and no command changed it
 bad_state = check()
