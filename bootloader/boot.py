@@ -16,7 +16,7 @@ import vfs
 from micropython import const
 from bootloader import eventlog, forget
 from bootloader.bootctl import BootControl, slot_path
-from bootloader.image import ImageVfs
+from bootloader.slotfs import ImageVfs
 from bootloader.platform import Platform
 
 _GC_EVERY = const(8192)
@@ -43,6 +43,7 @@ def start(board, wdt, record):
     copies.settle(record, events)
     del copies
     forget("copies")
+    forget("update_state")
     try:
         bcb, chosen, why = selection.choose(board, events, record.trial)
     except Exception as e:  # a defect of ours, or flash no reader expected: never the REPL
@@ -50,7 +51,8 @@ def start(board, wdt, record):
         bcb, chosen, why = BootControl.load() or BootControl(), None, "boot selection failed: %r" % e
     del selection
     forget("selection")
-    forget("slots")  # the slot checks are done: switching.py loads it again when it needs it
+    forget("slots")  # the slot checks are done: what needs them later loads them again
+    forget("image")
     if chosen is None:
         if record.trial:
             Platform(board, bcb, events, wdt, record, None, None).bootloader_failed(why)

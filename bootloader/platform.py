@@ -2,7 +2,7 @@
 # confirm and revert, and the trial of a new bootloader. The application never writes the boot
 # control block, nor the first stage's record, itself.
 import json
-from bootloader import eventlog
+from bootloader import eventlog, forget
 from bootloader.bootctl import NONE, REASONS
 
 
@@ -66,43 +66,67 @@ class Platform:
             r.save()
             self.events.log(eventlog.BOOTLOADER_CONFIRMED, r.security)
 
+    # The seldom-run operations are switching.py's, loaded for the call and dropped after it (with
+    # the image format and slot checks it loads): each runs once a boot, on an operator's
+    # request, or resets the meter.
     def mark_unhealthy(self, why):
         """A critical check failed this boot: an image on trial is reverted, a bootloader on
         trial falls back (neither returns); otherwise the application reports it and stays."""
-        _seldom().mark_unhealthy(self, why)
+        try:
+            _switching().mark_unhealthy(self, why)
+        finally:
+            _dropped()
 
-    # The seldom-run operations are switching.py's, loaded when first asked for: each runs once
-    # a boot, on an operator's request, or resets the meter.
     def status(self):
         """The platform's part of the meter's status: slots, boot control, bootloader."""
-        return _seldom().status(self)
+        try:
+            return _switching().status(self)
+        finally:
+            _dropped()
 
     def can_revert(self):
         """A previous image that reads and is not below the security floor."""
-        return _seldom().can_revert(self)
-
-    def activate(self, slot):
-        """Start a trial of the verified update in `slot` and reset into it. Does not return."""
-        _seldom().activate(self, slot)
+        try:
+            return _switching().can_revert(self)
+        finally:
+            _dropped()
 
     def confirm(self):
         """Confirm the image on trial and raise the security floor; False if none was."""
-        return _seldom().confirm(self)
-
-    def revert(self, reject=False, why=None):
-        """Go back to the previous slot and reset. Does not return. Raises ValueError if none."""
-        _seldom().revert(self, reject, why)
+        try:
+            return _switching().confirm(self)
+        finally:
+            _dropped()
 
     def unreject(self, image_id):
         """An operator's authenticated decision to allow a rejected image again."""
-        return _seldom().unreject(self, image_id)
+        try:
+            return _switching().unreject(self, image_id)
+        finally:
+            _dropped()
+
+    def activate(self, slot):
+        """Start a trial of the verified update in `slot` and reset into it. Does not return."""
+        _switching().activate(self, slot)
+
+    def revert(self, reject=False, why=None):
+        """Go back to the previous slot and reset. Does not return. Raises ValueError if none."""
+        try:
+            _switching().revert(self, reject, why)
+        finally:
+            _dropped()
 
     def bootloader_failed(self, why):
         """This bootloader, on trial, did not bring up a healthy application. Does not return."""
-        _seldom().bootloader_failed(self, why)
+        _switching().bootloader_failed(self, why)
 
 
-def _seldom():
+def _switching():
     from bootloader import switching
 
     return switching
+
+
+def _dropped():
+    for name in ("switching", "slots", "image"):
+        forget(name)

@@ -2,41 +2,15 @@
 simulated meter over the real link. Each image that fails does so in one injected way."""
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from hil.flashfs import mounted
+from hil.meter_cli import MFW, cli, events, status, upgrade
 from meterfw import protocol as P
 from meterfw.errors import CommandError
 from meterfw.image import parse_image
-
-MFW = str(Path(sys.executable).parent / "meterfw")
-
-
-def cli(board, *args):
-    proc = subprocess.run([MFW, "--port", board.port, "--keys", str(board.keys_dir), *args],
-                          capture_output=True, text=True, timeout=180)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def upgrade(board, image, *extra):
-    rc, out, err = cli(board, "upgrade", str(image), "--when", "now", "--json", *extra)
-    assert out, err
-    return rc, json.loads(out)
-
-
-def status(board):
-    rc, out, err = cli(board, "status", "--json")
-    assert rc == 0, err
-    return json.loads(out)
-
-
-def events(board):
-    rc, out, err = cli(board, "log", "--json")
-    assert rc == 0, err
-    return json.loads(out)
 
 
 def image_id(path):

@@ -2,51 +2,30 @@
 the new copy on trial and falls back to the old one when it does not come up or does not confirm;
 bad signatures, downgrades and bootloaders that cannot run the meter's image are refused before
 any transfer. Meter data comes through all of it."""
-import json
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from hil.flashfs import mounted
+from hil.meter_cli import MFW, events, status, upgrade
 from meterfw.image import build_image, parse_image
 from meterfw.keys import load_keys
 from meterfw.paths import BOOTLOADER
 
-MFW = str(Path(sys.executable).parent / "meterfw")
 
 # Bootloaders that fail in one way each, made from bootloader/ by a small patch.
 _BROKEN = {
     "crash_at_import": ("boot.py", lambda text: 'raise RuntimeError("broken bootloader (test image)")\n' + text),
+    # Hangs before it could feed the watchdog: the first stage counts each boot, then falls back.
+    "hang_at_import": ("boot.py", lambda text: "while True:\n    pass\n" + text),
     # Starts, but runs no application: it refuses every image as needing a newer platform.
     "no_healthy_app": ("api.py", lambda text: text.replace("VERSION = const(1)", "VERSION = const(0)")),
 }
 
 
-def cli(board, *args):
-    proc = subprocess.run([MFW, "--port", board.port, "--keys", str(board.keys_dir), *args],
-                          capture_output=True, text=True, timeout=240)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def upgrade(board, image, *extra):
-    rc, out, err = cli(board, "upgrade", str(image), "--when", "now", "--json", *extra)
-    assert out, err
-    return rc, json.loads(out)
-
-
-def status(board):
-    rc, out, err = cli(board, "status", "--json")
-    assert rc == 0, err
-    return json.loads(out)
-
-
 def event_names(board):
-    rc, out, err = cli(board, "log", "--json")
-    assert rc == 0, err
-    return [e["name"] for e in json.loads(out)]
+    return [e["name"] for e in events(board)]
 
 
 @pytest.fixture(scope="module")

@@ -133,3 +133,36 @@ def test_pico_transfer_resumes_after_a_power_cut(make_pico, pico_images):
     rc, report = cli_json(board, "upgrade", str(pico_images["big"]), "--when", "now")
     assert rc == 0 and report["result"] == "confirmed", report
     assert report["resumed_from_block"] == 65536 // st["update"]["block_size"]
+
+
+def test_pico_bootloader_update_falls_back_from_a_broken_one_then_confirms(make_pico, keys_dir, tmp_path):
+    """The first stage on silicon's own flash driver: a bootloader that fails to start runs the
+    old copy again (machine.reset into it); a good one is confirmed after a healthy boot."""
+    import shutil
+
+    from meterfw.image import build_image
+    from meterfw.keys import load_keys
+    from meterfw.paths import BOOTLOADER
+
+    keys = load_keys(keys_dir)
+    broken = tmp_path / "bootloader"
+    shutil.copytree(BOOTLOADER, broken, ignore=shutil.ignore_patterns("__pycache__"))
+    boot = broken / "boot.py"
+    boot.write_text('raise RuntimeError("broken bootloader (test image)")\n' + boot.read_text())
+    images = {}
+    for name, src in (("broken", broken), ("good", BOOTLOADER)):
+        images[name] = tmp_path / f"{name}.mfw"
+        images[name].write_bytes(build_image(src, "pico", "0.2.0", keys, kind="bootloader", build_time=1))
+    board = make_pico()
+    before = board.wait_intervals(1)
+    rc, report = cli_json(board, "upgrade", str(images["broken"]), "--when", "now")
+    assert rc == 3 and report["result"] == "reverted" and "bootloader 0.2.0" in report["reason"], report
+    assert status(board)["bootloader"] == {"version": "0.1.0", "copy": "a", "trial": False, "security_version": 0,
+                                           "floor": 0}
+    rc, report = cli_json(board, "upgrade", str(images["good"]), "--when", "now")
+    assert rc == 0 and report["result"] == "confirmed", report
+    st = status(board)
+    assert st["bootloader"]["version"] == "0.2.0" and st["bootloader"]["copy"] == "b" and st["confirmed"]
+    records = board.wait_intervals(len(intervals(board)) + 1)
+    assert records[:len(before)] == before
+    assert_every_interval_intact_and_true(records, board.seed)
