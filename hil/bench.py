@@ -1,8 +1,10 @@
 """`make bench`: the transfer and upgrade figures of DESIGN.md's performance table, measured in one
 run on the simulator (the unix port) and on the emulated Pico (the stock MicroPython firmware in
 rp2040js), printed as one table with a column per board and written to build/bench.json (one
-object per figure; see the README). Ratios are computed from figures measured in the same run;
-nothing here is asserted by a test.
+object per figure; see the README), then the platform's footprint (hil/footprint.py: the
+bootloader's lines and resident heap, now and before it could update itself), written to
+build/footprint.json. Ratios are computed from figures measured in the same run; nothing here is
+asserted by a test.
 
 On each board two meters run at 115200 baud (the sim with its UART-loss model on; the Pico with
 the RP2040's real 32-byte receive FIFO):
@@ -33,6 +35,7 @@ import time
 import traceback
 from pathlib import Path
 
+from hil import footprint
 from hil import supervisor as sup
 from hil.sim import SimBoard
 from meterfw import protocol as P
@@ -598,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs.values():
         for note in (r or {}).get("notes", []):
             print(note)
+    fp = footprint.measure()
+    (REPO / "build" / "footprint.json").write_text(json.dumps(fp, indent=1) + "\n")
+    print("\n" + footprint.table(fp))
     wall = {k: r["wall_s"] for k, r in runs.items() if r}
     print(f"\nhost time: {round(time.monotonic() - t0)} s ({', '.join(f'{k} {s} s' for k, s in wall.items())})")
     print(f"written to {REPO / 'build' / 'bench.json'}")
