@@ -11,8 +11,11 @@ from hil.powercut import Sweep
 # in the middle of each phase that writes the most through the chip's flash driver, clean and torn
 # in turn. The sim's sweep (make powercut) cuts at every operation of every phase; verify and the
 # trial write a few operations each (the update state, the boot record), as in the activate chain.
+# The bootloader's activation: its install into the other copy, torn half-way, through the chip's
+# own flash driver.
 TIMEOUT_S = 600
-POINTS = {"download": False, "activate": True, "confirm": False, "revert": True, "recovery-upload": False}
+POINTS = {"download": False, "activate": True, "confirm": False, "revert": True, "recovery-upload": False,
+          "bootloader-activate": True}
 
 
 @pytest.fixture(scope="module")
