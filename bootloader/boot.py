@@ -11,10 +11,11 @@
 # Steps 1-3 up to the mount are selection.py, loaded for the decision and dropped before the
 # application is imported.
 import gc
+import json
 import sys
 import vfs
 from micropython import const
-from bootloader import eventlog, forget
+from bootloader import VERSION, eventlog, forget
 from bootloader.bootctl import BootControl, slot_path
 from bootloader.slotfs import ImageVfs
 from bootloader.platform import Platform
@@ -37,13 +38,9 @@ def start(board, wdt, record):
     # of 6 KB and cannot import Ed25519; with the threshold the free heap stays in one piece.
     gc.threshold(_GC_EVERY)
     events = eventlog.EventLog(board.clock)
-    from bootloader import copies, selection
+    from bootloader import selection
 
-    record.version, record.security = copies.running(record)
-    copies.settle(record, events)
-    del copies
-    forget("copies")
-    forget("update_state")
+    record.version, record.security = _running(record)
     try:
         bcb, chosen, why = selection.choose(board, events, record.trial)
     except Exception as e:  # a defect of ours, or flash no reader expected: never the REPL
@@ -51,6 +48,12 @@ def start(board, wdt, record):
         bcb, chosen, why = BootControl.load() or BootControl(), None, "boot selection failed: %r" % e
     del selection
     forget("selection")
+    from bootloader import copies
+
+    copies.settle(record, events)  # after a bootloader's activation: its verdict
+    del copies
+    forget("copies")
+    forget("update_state")
     forget("slots")  # the slot checks are done: what needs them later loads them again
     forget("image")
     if chosen is None:
@@ -74,6 +77,17 @@ def start(board, wdt, record):
         if record.trial:
             platform.bootloader_failed("the application crashed: %s" % e)
         board.reset()  # counted as a failed boot; enough of them open the recovery console
+
+
+def _running(record):
+    """(version, security version) of this copy: its image's, kept beside it at install, or this
+    code's own for the copy put there at manufacture, which came in no image."""
+    try:
+        with open("/bl/%s/manifest.json" % "ab"[record.active]) as f:
+            m = json.load(f)
+        return str(m["version"]), int(m["security_version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return VERSION, 0
 
 
 def _recover(board, bcb, events, wdt, record, why):

@@ -1,12 +1,13 @@
-# The bootloader's two copies (/bl/a, /bl/b) as the platform sees them: what the running copy
-# is (its image's manifest, kept beside it), installing a verified bootloader image into the
-# other copy for a trial, and the stored update's verdict after the boot that follows. The first
+# The bootloader's two copies (/bl/a, /bl/b) as the platform sees them: installing a verified
+# bootloader image into the copy not running (its image's manifest kept beside it), for a trial,
+# and the stored update's verdict after the boot that follows. The first
 # stage (/main.py) owns the record that chooses between the copies; the platform changes it only
 # through the record's own methods. Loaded for an install or a verdict, and forgotten after.
 import hashlib
 import os
 from micropython import const
-from bootloader import VERSION, eventlog, image, update_state
+from bootloader import eventlog, update_state
+from bootloader.slotfs import read_header, read_table
 from bootloader.bootctl import STAGING, slot_path
 from bootloader.protocol import ACTIVATING, ACTIVATED, ACTIVATION_FAILED
 
@@ -16,17 +17,6 @@ _MANIFEST = "/manifest.json"
 
 def path(copy):
     return "/bl/" + "ab"[copy]
-
-
-def running(record):
-    """(version, security version) of the running copy: its image's, or this code's own for
-    the copy put there at manufacture, which came in no image."""
-    try:
-        with open(path(record.active) + _MANIFEST) as f:
-            m = image.parse_manifest(f.read())
-        return m["version"], m["security_version"]
-    except (OSError, ValueError):
-        return VERSION, 0
 
 
 def _remove(p):
@@ -75,8 +65,8 @@ def install(record, attempts):
     _remove(d)
     buf = bytearray(_CHUNK)
     with open(slot_path(STAGING), "rb") as f:
-        raw, _, _ = image.read_header(f)
-        files, _, _ = image.read_table(f)
+        raw, _, _ = read_header(f)
+        files, _, _ = read_table(f)
         for name, (off, n) in files.items():
             dest = d + "/" + name
             _makedirs(dest[:dest.rfind("/")])
@@ -106,7 +96,7 @@ def settle(record, events):
     if s.get("kind") != "bootloader" or s.get("status") not in (ACTIVATING, ACTIVATED) \
             or s.get("result") not in (None, "trial"):
         return False
-    version, _ = running(record)
+    version = record.version
     if version == s["version"]:
         s["status"], s["result"] = ACTIVATED, "trial" if record.trial else "confirmed"
     else:

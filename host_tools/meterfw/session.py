@@ -18,6 +18,7 @@ from .transport import Link
 _REAUTH = {"auth_required", "replay", "auth_failed"}
 _BUSY = {"no_memory"}  # the meter could not take a request just now; nothing changed
 _BUSY_WAIT_S = 0.2
+_BUSY_TRIES = 8  # waits of 0.2, 0.4, ... 1.6 s: 7 s in all, longer than a boot's busiest stretch
 _BATCH_TRIES = 6  # a window that gets no reply at all this often in a row: the link is gone
 _NO_CREDIT_WAIT_S = 0.1
 
@@ -78,17 +79,24 @@ class Meter:
 
     def privileged(self, cmd: int, body: bytes = b"", **kw) -> dict:
         """A privileged request inside an authenticated session, opened (again, once) when
-        needed; its reply is sealed by the meter and checked here."""
-        for attempt in (1, 2):
+        needed; its reply is sealed by the meter and checked here. A meter without room for the
+        request just now (it is busiest at boot) refused it having changed nothing: it is sealed
+        afresh and sent again, a little later each time."""
+        reauthenticated, busy = False, 0
+        while True:
             auth = self._auth or self._authenticate()
             request = auth.seal(cmd, body)
             try:
                 return self.link.request_json(cmd, raw=request, opener=auth.opener(cmd, request), **kw)
             except CommandError as e:
-                if e.code not in _REAUTH or attempt == 2:
+                if e.code in _BUSY and busy < _BUSY_TRIES:
+                    busy += 1
+                    time.sleep(_BUSY_WAIT_S * busy)
+                    continue
+                if e.code not in _REAUTH or reauthenticated:
                     raise
+                reauthenticated = True
                 self._auth = None
-        raise AssertionError("unreachable")
 
     def attested(self, cmd: int, args: dict | None = None) -> dict:
         """An open command's reply, sealed by the meter (ATTEST): a read a link cannot forge."""

@@ -130,3 +130,23 @@ def test_a_wrong_key_still_fails_after_one_retry(board):
         meter.revert()
     assert e.value.code == "auth_failed"
     meter.link.close()
+
+
+def test_a_request_the_meter_had_no_room_for_is_sealed_afresh_and_sent_again(tampered, images):
+    """A meter without heap for a request just now (at boot it is busiest) refuses it with
+    no_memory, having changed nothing: the host seals it again and sends it a little later,
+    rather than failing the upgrade."""
+    t, meter = tampered
+    busy = b'{"code": "no_memory", "message": "meter busy: no memory for this request now; try again"}'
+    left = [2]
+
+    def refuse_twice(f):
+        if f.type == P.UPD_INITIATE | framing.OK_BIT and left[0]:
+            left[0] -= 1
+            return framing.ERROR, busy
+        return None
+
+    t.rewrite = refuse_twice
+    up = meter.upload(images["v2"].read_bytes())
+    assert t.rewritten == 2 and up["bytes_sent"] == len(images["v2"].read_bytes())
+    assert meter.verify()["status"] == P.VERIFIED
