@@ -54,8 +54,6 @@ def start(board, wdt, record):
     del copies
     forget("copies")
     forget("update_state")
-    forget("slots")  # the slot checks are done: what needs them later loads them again
-    forget("image")
     if chosen is None:
         if record.trial:
             Platform(board, bcb, events, wdt, record, None, None).bootloader_failed(why)

@@ -128,5 +128,4 @@ def _switching():
 
 
 def _dropped():
-    for name in ("switching", "slots", "image"):
-        forget(name)
+    forget("switching")

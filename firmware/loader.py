@@ -21,10 +21,9 @@ TASKS = ("activation", "boot_tasks", "commands", "cmd_change", "cmd_read", "cmd_
          "health", "health_data", "interval_reads", "metering_clock", "metering_limit", "metering_reset",
          "metering_restart", "snapshot", "state_edit", "state_json", "state_lists", "state_schema",
          "upgrade_notice", "bootloader.update_state")
-# KEPT: the update agent holds a download across many requests, with the platform's transfer (and
-# the image format and slot checks it loads): kept from the first update command of a boot until
-# the application lets go of it (drop(KEPT)).
-KEPT = ("update_agent", "bootloader.transfer", "bootloader.image", "bootloader.slots")
+# KEPT: the update agent holds a download across many requests, with the platform's transfer:
+# kept from the first update command of a boot until the application lets go of it (drop(KEPT)).
+KEPT = ("update_agent", "bootloader.transfer")
 # The platform's api function that needs it loads and drops it; room() may load it first.
 API = ("bootloader.admission",)
 

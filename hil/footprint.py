@@ -5,9 +5,10 @@ commit before the platform became a versioned, self-updating one (issue #14), me
 Resident heap: the bootloader's modules compiled as provisioning compiles them (mpy-cross -O3),
 imported by the MicroPython unix port with the Pico's heap, counting what stays allocated after a
 collection. What stays loaded while the application meters is what the boot keeps (bootloader.boot
-and its imports) and what the application imports of the platform: before, the link server and the
-protocol tables directly; now, bootloader.api alone, with the first stage's record and its
-definitions (/main.py runs for as long as the meter does).
+and its imports, and the image format and slot checks its selection loads) and what the
+application imports of the platform: before, the link server and the protocol tables directly;
+now, bootloader.api alone, with the first stage's record and its definitions (/main.py runs for
+as long as the meter does).
 """
 from __future__ import annotations
 
@@ -88,7 +89,8 @@ def measure() -> dict:
     """{"before": {...} or None, "now": {...}}: lines, code lines, never-updated lines, resident bytes."""
     out = {}
     for key, commit, modules, staged in (("before", BASELINE, ("bootloader.boot", "bootloader.link"), False),
-                                         ("now", None, ("bootloader.boot", "bootloader.api"), True)):
+                                         ("now", None, ("bootloader.boot", "bootloader.api", "bootloader.image",
+                                                        "bootloader.slots"), True)):
         sources = _sources(commit)
         if sources is None:
             out[key] = None
