@@ -31,7 +31,8 @@ class RecoveryConsole:
 
     async def status(self, _payload):
         out = self.p.status()
-        out.update({"mode": "recovery", "recovery_reason": self.why, "trial": False, "register_wh": None,
+        out.update({"mode": "recovery", "recovery_reason": self.why, "trial": False, "boot_control": self.p.bcb.to_dict(),
+                    "register_wh": None,
                     "register_mwh": None, "uptime_s": 0, "update": self.transfer.public_state(), "health": None,
                     "link_faults": self.link.faults})
         return out

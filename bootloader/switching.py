@@ -23,7 +23,7 @@ def status(p):
                        "trial": bool(p.record.trial), "security_version": p.record.security,
                        "floor": p.record.floor},
         "security_floor": b.floor, "can_revert": can_revert(p),
-        "rejected": [r.hex() for r in b.rejected], "boot_control": b.to_dict(),
+        "rejected": [r.hex() for r in b.rejected],
     }
 
 

@@ -1,6 +1,6 @@
 // The emulated Pico: stock MicroPython firmware for the RP2040, unmodified, in rp2040js, with the
 // hardware around the chip played by the rig. One process is one power-on of the chip; the
-// supervisor (hil/supervisor.py) starts it the way it starts the unix-port simulator:
+// supervisor (hil/supervisor/) starts it the way it starts the unix-port simulator:
 //
 //   node emulator.mjs DIR CAUSE CTL_OUT_FD CTL_IN_FD [USB_FD]     CAUSE: power-on | watchdog | reset
 //

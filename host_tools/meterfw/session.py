@@ -11,14 +11,13 @@ from .auth import AuthSession, meter_key
 from . import reply
 from .errors import CommandError, MeterfwError, ReplyError, SerialMismatch, TransportError
 from .image import Image, as_image
-from .transport import Link
+from .transport import BUSY_TRIES, BUSY_WAIT_S, Link
 
 # The meter rebooted, or another client took the session (its challenge made ours stale, and our
 # tags fail): authenticate again, once.
 _REAUTH = {"auth_required", "replay", "auth_failed"}
 _BUSY = {"no_memory"}  # the meter could not take a request just now; nothing changed
-_BUSY_WAIT_S = 0.2
-_BUSY_TRIES = 8  # waits of 0.2, 0.4, ... 1.6 s: 7 s in all, longer than a boot's busiest stretch
+_BUSY_WAIT_S = BUSY_WAIT_S
 _BATCH_TRIES = 6  # a window that gets no reply at all this often in a row: the link is gone
 _NO_CREDIT_WAIT_S = 0.1
 
@@ -89,7 +88,7 @@ class Meter:
             try:
                 return self.link.request_json(cmd, raw=request, opener=auth.opener(cmd, request), **kw)
             except CommandError as e:
-                if e.code in _BUSY and busy < _BUSY_TRIES:
+                if e.code in _BUSY and busy < BUSY_TRIES:
                     busy += 1
                     time.sleep(_BUSY_WAIT_S * busy)
                     continue

@@ -12,6 +12,10 @@ from . import framing
 from .errors import CommandError, TransportError
 from .reply import parse_reply
 
+# A request the meter had no room for is sent again this many times, waiting 0.2, 0.4, ... s.
+BUSY_TRIES = 8
+BUSY_WAIT_S = 0.2
+
 DEFAULT_BAUD = 115200
 _RETRY_JITTER_S = 0.4
 
@@ -78,6 +82,20 @@ class Link:
 
     def request(self, cmd: int, payload: bytes = b"", timeout_s: float | None = None,
                 retries: int = 2, opener=None) -> bytes:
+        """_request(), sent again a little later each time the meter had no room for it just
+        now (`no_memory`: refused, nothing changed; it is busiest at boot). A sealed request is
+        the session's to seal afresh (session.Meter.privileged)."""
+        busy = 0
+        while True:
+            try:
+                return self._request(cmd, payload, timeout_s, retries, opener)
+            except CommandError as e:
+                if e.code != "no_memory" or opener is not None or busy >= BUSY_TRIES:
+                    raise
+                busy += 1
+                time.sleep(BUSY_WAIT_S * busy)
+
+    def _request(self, cmd: int, payload: bytes, timeout_s: float | None, retries: int, opener) -> bytes:
         """Send one request and return the payload of its reply.
 
         A lost frame in either direction is repaired by sending the same frame again: the
