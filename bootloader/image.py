@@ -1,7 +1,7 @@
 # Device side of the .mfw image format (see host_tools/meterfw/image.py for the layout): the
 # manifest's fields and their checks, versions and the security floor, and the payload's hash in
-# chunks. Loaded by the boot's selection, admission, the transfer and the switches, and not held
-# while the application runs; reading a header and mounting a slot are slotfs.py's, which is.
+# chunks. Loaded by the boot's selection and kept (dropping it left the heap too broken up for a
+# verify after a reboot); reading a header and mounting a slot are slotfs.py's.
 from micropython import const
 import hashlib
 import json

@@ -66,9 +66,8 @@ class Platform:
             r.save()
             self.events.log(eventlog.BOOTLOADER_CONFIRMED, r.security)
 
-    # The seldom-run operations are switching.py's, loaded for the call and dropped after it (with
-    # the image format and slot checks it loads): each runs once a boot, on an operator's
-    # request, or resets the meter.
+    # The seldom-run operations are switching.py's, loaded for the call and dropped after it: each
+    # runs once a boot, on an operator's request, or resets the meter.
     def mark_unhealthy(self, why):
         """A critical check failed this boot: an image on trial is reverted, a bootloader on
         trial falls back (neither returns); otherwise the application reports it and stays."""

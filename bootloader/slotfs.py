@@ -1,7 +1,7 @@
 # A slot file as the application sees it: its header read, and the image mounted read-only at
 # /app (vfs.mount(ImageVfs("/slots/a.mfw"), "/app")) so the application runs in place; the slot
-# file is never unpacked. Resident while the application runs, so it holds nothing else of the
-# image format (image.py).
+# file is never unpacked. Resident while the application runs; the rest of the image format is
+# image.py's.
 import io
 import struct
 from micropython import const
