@@ -50,9 +50,9 @@ async def admit(p, head):
 
 def _firmware(p, m, img_id):
     if p.record.trial:
-        raise CommandError("on_trial", "bootloader %s is on trial: wait for its verdict first" % p.bootloader_version)
-    if image.version_tuple(m["min_bootloader"]) > image.version_tuple(p.bootloader_version):
-        raise CommandError("bootloader_too_old", "image needs bootloader %s, meter has %s" % (m["min_bootloader"], p.bootloader_version))
+        raise CommandError("on_trial", "bootloader %s is on trial: wait for its verdict first" % p.record.version)
+    if image.version_tuple(m["min_bootloader"]) > image.version_tuple(p.record.version):
+        raise CommandError("bootloader_too_old", "image needs bootloader %s, meter has %s" % (m["min_bootloader"], p.record.version))
     if m["api"] > API:
         raise CommandError("platform_too_old", "image needs platform API %d, this bootloader provides %d" % (m["api"], API))
     if image.below_floor(m, p.bcb.floor):
@@ -71,11 +71,11 @@ def _bootloader(p, m):
         raise CommandError("on_trial", "a bootloader or an image is on trial: wait for its verdict first")
     if image.below_floor(m, r.floor):
         raise CommandError("rollback", "bootloader security version %d is below the meter's floor %d" % (m["security_version"], r.floor))
-    mine, theirs = image.version_tuple(p.bootloader_version), image.version_tuple(m["version"])
+    mine, theirs = image.version_tuple(r.version), image.version_tuple(m["version"])
     if theirs == mine:
         raise CommandError("already_active", "bootloader %s is already running" % m["version"])
     if theirs < mine:
-        raise CommandError("downgrade", "bootloader %s is older than the running %s" % (m["version"], p.bootloader_version))
+        raise CommandError("downgrade", "bootloader %s is older than the running %s" % (m["version"], r.version))
     app, _ = slots.manifest(p.slot)
     if app is not None and app["api"] > m["api"]:
         raise CommandError("platform_too_old", "bootloader %s provides platform API %d, the meter's image needs %d"

@@ -10,7 +10,6 @@
 #       events            the event log: log(code, value); page(request, most, named)
 #       watchdog          feed() at least every watchdog period
 #       manifest, image_id  the running image's manifest (a dict) and id (SHA-256 of the manifest)
-#       identity          /identity.json ({"serial": ...})
 #       boot_reason       "power-on", "watchdog", "reset", "activate", "revert" or "recovery"
 #       in_trial          the running image is on trial
 #       status()          the platform's part of the meter's status (slots, boot control, bootloader)

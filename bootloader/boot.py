@@ -11,17 +11,15 @@
 # Steps 1-3 up to the mount are selection.py, loaded for the decision and dropped before the
 # application is imported.
 import gc
-import json
 import sys
 import vfs
 from micropython import const
-from bootloader import VERSION, eventlog, forget
-from bootloader.bootctl import BootControl, slot_path
-from bootloader.slotfs import ImageVfs
+from bootloader import eventlog, forget
+from bootloader.bootctl import slot_path
+from bootloader.image import ImageVfs
 from bootloader.platform import Platform
 
 _GC_EVERY = const(8192)
-_RECOVERY = const(5)
 
 
 def _say(msg):
@@ -40,24 +38,14 @@ def start(board, wdt, record):
     events = eventlog.EventLog(board.clock)
     from bootloader import selection
 
-    record.version, record.security = _running(record)
-    try:
-        bcb, chosen, why = selection.choose(board, events, record.trial)
-    except Exception as e:  # a defect of ours, or flash no reader expected: never the REPL
-        sys.print_exception(e, sys.stderr)
-        bcb, chosen, why = BootControl.load() or BootControl(), None, "boot selection failed: %r" % e
+    bcb, chosen, why = selection.decide(board, events, record)
     del selection
-    forget("selection")
-    from bootloader import copies
-
-    copies.settle(record, events)  # after a bootloader's activation: its verdict
-    del copies
-    forget("copies")
-    forget("update_state")
+    for name in ("selection", "copies", "update_state"):
+        forget(name)
     if chosen is None:
-        if record.trial:
-            Platform(board, bcb, events, wdt, record, None, None).bootloader_failed(why)
-        _recover(board, bcb, events, wdt, record, why)
+        from bootloader import recovery
+
+        recovery.console(Platform(board, bcb, events, wdt, record, None, None), why)
         return
     manifest, image_id = chosen
     platform = Platform(board, bcb, events, wdt, record, manifest, image_id)
@@ -76,22 +64,3 @@ def start(board, wdt, record):
             platform.bootloader_failed("the application crashed: %s" % e)
         board.reset()  # counted as a failed boot; enough of them open the recovery console
 
-
-def _running(record):
-    """(version, security version) of this copy: its image's, kept beside it at install, or this
-    code's own for the copy put there at manufacture, which came in no image."""
-    try:
-        with open("/bl/%s/manifest.json" % "ab"[record.active]) as f:
-            m = json.load(f)
-        return str(m["version"]), int(m["security_version"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return VERSION, 0
-
-
-def _recover(board, bcb, events, wdt, record, why):
-    from bootloader.recovery import RecoveryConsole
-
-    _say("recovery console: " + why)
-    bcb.reason = _RECOVERY
-    events.log(eventlog.RECOVERY, bcb.active)
-    RecoveryConsole(Platform(board, bcb, events, wdt, record, None, None), why).run()

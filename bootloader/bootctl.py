@@ -17,6 +17,9 @@ NONE = const(0xFF)
 
 # Boot reasons, stored as their index.
 REASONS = ("power-on", "watchdog", "reset", "activate", "revert", "recovery")
+ACTIVATE = const(3)
+REVERT = const(4)
+RECOVERY = const(5)
 SLOT_NAMES = ("a", "b")
 STAGING = const(2)  # where a bootloader image is downloaded and verified before it is installed
 
@@ -85,6 +88,13 @@ class BootControl:
             f.write(self.pack())
         self.copy = target
 
+    def back(self):
+        """The previous image runs next, confirmed; the one that ran becomes the previous."""
+        self.active, self.previous = self.previous, self.active
+        self.trial = NONE
+        self.confirmed = True
+        self.failures = 0
+
     def unreject(self, img_id):
         if img_id in self.rejected:
             self.rejected.remove(img_id)
@@ -95,13 +105,3 @@ class BootControl:
         if img_id not in self.rejected:
             self.rejected.append(img_id)
             del self.rejected[:-_MAX_REJECTED]
-
-    def to_dict(self):
-        return {
-            "seq": self.seq, "active": SLOT_NAMES[self.active],
-            "previous": SLOT_NAMES[self.previous] if self.previous != NONE else None,
-            "trial": SLOT_NAMES[self.trial] if self.trial != NONE else None,
-            "attempts_left": self.attempts_left, "confirmed": self.confirmed,
-            "reason": REASONS[self.reason], "floor": self.floor, "failures": self.failures,
-            "rejected": [r.hex() for r in self.rejected],
-        }

@@ -3,11 +3,11 @@
 # and the stored update's verdict after the boot that follows. The first
 # stage (/main.py) owns the record that chooses between the copies; the platform changes it only
 # through the record's own methods. Loaded for an install or a verdict, and forgotten after.
-import hashlib
+import json
 import os
 from micropython import const
-from bootloader import eventlog, update_state
-from bootloader.slotfs import read_header, read_table
+from bootloader import VERSION, eventlog, update_state
+from bootloader.image import payload_sha256, read_header, read_table
 from bootloader.bootctl import STAGING, slot_path
 from bootloader.protocol import ACTIVATING, ACTIVATED, ACTIVATION_FAILED
 
@@ -43,19 +43,6 @@ def _makedirs(p):
         pass  # there already
 
 
-def _digest(f, off, n, buf):
-    h = hashlib.sha256()
-    mv = memoryview(buf)
-    f.seek(off)
-    while n:
-        k = f.readinto(mv[:min(n, len(buf))])
-        if not k:
-            raise ValueError("bootloader image: truncated")
-        h.update(mv[:k])
-        n -= k
-    return h.digest()
-
-
 def install(record, attempts):
     """Write the verified bootloader image in staging into the copy not running, check every
     file against the image, and put it on trial. The running copy is not touched: a power cut
@@ -79,7 +66,7 @@ def install(record, attempts):
                     left -= k
         for name, (off, n) in files.items():
             with open(d + "/" + name, "rb") as g:
-                if _digest(g, 0, n, buf) != _digest(f, off, n, buf):
+                if payload_sha256(g, 0, n, buf) != payload_sha256(f, off, n, buf):
                     raise ValueError("bootloader copy of %s differs from the image" % name)
     with open(d + _MANIFEST, "wb") as out:  # last: a copy with its manifest is a whole copy
         out.write(raw)
@@ -89,9 +76,22 @@ def install(record, attempts):
     return target
 
 
+def _running(record):
+    """(version, security version) of the running copy: its image's, kept beside it at install,
+    or this code's own for the copy put there at manufacture, which came in no image."""
+    try:
+        with open(path(record.active) + _MANIFEST) as f:
+            m = json.load(f)
+        return str(m["version"]), int(m["security_version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return VERSION, 0
+
+
 def settle(record, events):
-    """After a boot: a bootloader activation either started the new copy (on trial) or fell
-    back to this one. True when that changed the stored state."""
+    """After a boot: the running copy's version and security version go on the record; a
+    bootloader activation either started the new copy (on trial) or fell back to this one. True
+    when that changed the stored state."""
+    record.version, record.security = _running(record)
     s = update_state.load()
     if s.get("kind") != "bootloader" or s.get("status") not in (ACTIVATING, ACTIVATED) \
             or s.get("result") not in (None, "trial"):

@@ -1,11 +1,12 @@
 # Event log (FR14): timestamped, sequence-numbered records appended to two files in turn,
 # so the log stays bounded and one file is always whole. The platform's codes are here (DLMS
 # codes where one exists, ours from 100); the application logs codes of its own through the same
-# log (firmware/event_codes.py). Names are in event_names.py, loaded only to read the log out.
+# log (firmware/event_codes.py). Reading it out for the link, and the names of its codes, are
+# event_names.py's, loaded for a read.
 import struct
 from binascii import crc32
 from micropython import const
-from bootloader.protocol import field, query
+from bootloader import forget
 
 _REC = "<IIHHi"  # seq time_s code reserved value, then crc32
 _REC_SIZE = const(16)
@@ -33,11 +34,15 @@ BOOTLOADER_FELL_BACK = const(115)  # value: the bootloader copy running again
 
 
 def names(codes, default="event"):
-    """{code: name} of the platform's codes among `codes`; event_names.py loads for the call."""
-    from bootloader import event_names, forget
+    """{code: name} of the platform's codes among `codes`."""
+    return _reading("names", codes, default)
+
+
+def _reading(op, *args):
+    from bootloader import event_names
 
     try:
-        return {c: event_names.NAMES.get(c, default) for c in codes}
+        return getattr(event_names, op)(*args)
     finally:
         forget("event_names")
 
@@ -87,13 +92,7 @@ class EventLog:
         out.sort()
         return out
 
-    def page(self, request, most, named=names):
-        """A page of the log for the link (READ_EVENTS): the events from the request's
-        since_seq, at most its limit and `most`, the names of their codes (`named`: the
-        application's names, which cover the platform's), and whether more follow."""
-        q = query(request)
-        limit = max(1, min(field(q, "limit", int, most), most))
-        evs = self.read(field(q, "since_seq", int, 0), limit + 1)
-        rows = evs[:limit]
-        return {"fields": ("seq", "time", "code", "value"), "rows": rows, "names": named({e[2] for e in rows}),
-                "more": len(evs) > limit}
+    def page(self, request, most, named=None):
+        """A page of the log for the link (READ_EVENTS), the names of its codes by `named` (the
+        application's) or the platform's; see event_names.page."""
+        return _reading("page", self, request, most, named)

@@ -14,24 +14,8 @@ _FMT = "<4sIBBBI"  # magic seq active trial attempts_left floor, then the CRC-32
 
 
 class Record:
-    def __init__(self):
-        self.seq = self.active = self.trial = self.attempts = self.floor = 0
-        self.copy = -1  # the file it was read from; -1: neither was valid (copy a, confirmed)
-
-    @classmethod
-    def load(cls):
-        r = cls()
-        for i in (0, 1):
-            try:
-                with open("/boot/blr%d" % i, "rb") as f:
-                    b = f.read()
-                v = unpack(_FMT + "I", b)
-            except (OSError, ValueError):
-                continue
-            if v[0] == b"MBR1" and v[6] == crc32(b[:-4]) and v[1] >= r.seq:
-                _, r.seq, r.active, r.trial, r.attempts, r.floor, _ = v
-                r.copy = i
-        return r
+    seq = active = trial = attempts = floor = 0
+    copy = -1  # the file it was read from; -1: neither was valid (copy a, confirmed)
 
     def save(self):
         self.seq += 1
@@ -50,7 +34,17 @@ class Record:
 def main():
     board = Board()
     wdt = board.watchdog(board.defaults.get("watchdog_ms", 8000))
-    r = Record.load()
+    r = Record()
+    for i in (0, 1):
+        try:
+            with open("/boot/blr%d" % i, "rb") as f:
+                b = f.read()
+            v = unpack(_FMT + "I", b)
+        except (OSError, ValueError):
+            continue
+        if v[0] == b"MBR1" and v[6] == crc32(b[:-4]) and v[1] >= r.seq:
+            _, r.seq, r.active, r.trial, r.attempts, r.floor, _ = v
+            r.copy = i
     if r.trial:
         if r.attempts:
             r.attempts -= 1

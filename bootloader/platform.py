@@ -1,7 +1,6 @@
 # The bootloader's services to the application: boot control, slot information, activation,
 # confirm and revert, and the trial of a new bootloader. The application never writes the boot
 # control block, nor the first stage's record, itself.
-import json
 from bootloader import eventlog, forget
 from bootloader.bootctl import NONE, REASONS
 
@@ -17,28 +16,14 @@ class Platform:
         self.record = record
         self.manifest = manifest
         self.image_id = image_id
-        self.bootloader_version = record.version
+        # Fixed for the boot: only a reset (activate, revert) changes the active slot.
+        self.slot = bcb.active
+        self.inactive_slot = 1 - bcb.active
+        self.boot_reason = REASONS[bcb.reason]
         # fn() the application sets to store what the next image checks itself against (its
         # pre-switch snapshot). Not called when the running image is rejected: its view of
         # the meter is not to be trusted.
         self.before_switch = None
-        try:
-            with open("/identity.json") as f:
-                self.identity = json.load(f)
-        except (OSError, ValueError):
-            self.identity = {"serial": None}
-
-    @property
-    def slot(self):
-        return self.bcb.active
-
-    @property
-    def inactive_slot(self):
-        return 1 - self.bcb.active
-
-    @property
-    def boot_reason(self):
-        return REASONS[self.bcb.reason]
 
     @property
     def in_trial(self):
@@ -67,64 +52,46 @@ class Platform:
             self.events.log(eventlog.BOOTLOADER_CONFIRMED, r.security)
 
     # The seldom-run operations are switching.py's, loaded for the call and dropped after it: each
-    # runs once a boot, on an operator's request, or resets the meter.
+    # runs once a boot, on an operator's request, or resets the meter (activate, revert and
+    # bootloader_failed do not return).
     def mark_unhealthy(self, why):
         """A critical check failed this boot: an image on trial is reverted, a bootloader on
         trial falls back (neither returns); otherwise the application reports it and stays."""
-        try:
-            _switching().mark_unhealthy(self, why)
-        finally:
-            _dropped()
+        return _switching("mark_unhealthy", self, why)
 
     def status(self):
         """The platform's part of the meter's status: slots, boot control, bootloader."""
-        try:
-            return _switching().status(self)
-        finally:
-            _dropped()
+        return _switching("status", self)
 
     def can_revert(self):
         """A previous image that reads and is not below the security floor."""
-        try:
-            return _switching().can_revert(self)
-        finally:
-            _dropped()
+        return _switching("can_revert", self)
 
     def confirm(self):
         """Confirm the image on trial and raise the security floor; False if none was."""
-        try:
-            return _switching().confirm(self)
-        finally:
-            _dropped()
+        return _switching("confirm", self)
 
     def unreject(self, image_id):
         """An operator's authenticated decision to allow a rejected image again."""
-        try:
-            return _switching().unreject(self, image_id)
-        finally:
-            _dropped()
+        return _switching("unreject", self, image_id)
 
     def activate(self, slot):
-        """Start a trial of the verified update in `slot` and reset into it. Does not return."""
-        _switching().activate(self, slot)
+        """Start a trial of the verified update in `slot` and reset into it."""
+        _switching("activate", self, slot)
 
     def revert(self, reject=False, why=None):
-        """Go back to the previous slot and reset. Does not return. Raises ValueError if none."""
-        try:
-            _switching().revert(self, reject, why)
-        finally:
-            _dropped()
+        """Go back to the previous slot and reset. Raises ValueError if there is none."""
+        _switching("revert", self, reject, why)
 
     def bootloader_failed(self, why):
-        """This bootloader, on trial, did not bring up a healthy application. Does not return."""
-        _switching().bootloader_failed(self, why)
+        """This bootloader, on trial, did not bring up a healthy application."""
+        _switching("bootloader_failed", self, why)
 
 
-def _switching():
+def _switching(op, *args):
     from bootloader import switching
 
-    return switching
-
-
-def _dropped():
-    forget("switching")
+    try:
+        return getattr(switching, op)(*args)
+    finally:
+        forget("switching")

@@ -2,15 +2,28 @@
 # application can run (like MCUboot's serial recovery), so a meter with a broken application
 # never needs a site visit (BR11). Same link, framing and authentication as the application.
 import asyncio
-import json
 from micropython import const
-from bootloader import protocol as P
+from bootloader import eventlog, protocol as P
+from bootloader.boot import _say
+from bootloader.bootctl import NONE, REASONS, RECOVERY, SLOT_NAMES
 from bootloader.link import LinkServer
 from bootloader.protocol import VERIFIED, CommandError
 from bootloader.transfer import Transfer
 
 _FEED_MS = const(1000)
 _EVENT_PAGE = const(30)
+
+
+def console(platform, why):
+    """No application can run: a bootloader on trial is the failure (it falls back, and the
+    meter resets into the other copy); otherwise the console serves until a reset."""
+    if platform.record.trial:
+        platform.bootloader_failed(why)
+    _say("recovery console: " + why)
+    platform.bcb.reason = RECOVERY
+    platform.boot_reason = REASONS[RECOVERY]
+    platform.events.log(eventlog.RECOVERY, platform.bcb.active)
+    RecoveryConsole(platform, why).run()
 
 
 class RecoveryConsole:
@@ -31,7 +44,7 @@ class RecoveryConsole:
 
     async def status(self, _payload):
         out = self.p.status()
-        out.update({"mode": "recovery", "recovery_reason": self.why, "trial": False, "boot_control": self.p.bcb.to_dict(),
+        out.update({"mode": "recovery", "recovery_reason": self.why, "trial": False, "boot_control": _raw(self.p.bcb),
                     "register_wh": None,
                     "register_mwh": None, "uptime_s": 0, "update": self.transfer.public_state(), "health": None,
                     "link_faults": self.link.faults})
@@ -81,3 +94,12 @@ class RecoveryConsole:
             await self.link.run()
 
         asyncio.run(main())
+
+
+def _raw(b):
+    """The boot control block as stored, for whoever repairs the meter."""
+    return {"seq": b.seq, "active": SLOT_NAMES[b.active],
+            "previous": SLOT_NAMES[b.previous] if b.previous != NONE else None,
+            "trial": SLOT_NAMES[b.trial] if b.trial != NONE else None,
+            "attempts_left": b.attempts_left, "confirmed": b.confirmed, "reason": REASONS[b.reason],
+            "floor": b.floor, "failures": b.failures, "rejected": [r.hex() for r in b.rejected]}

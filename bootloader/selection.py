@@ -4,12 +4,10 @@
 # are spent or that does not verify, and check the slot that runs. The first stage armed the
 # watchdog before any of this reads flash.
 import os
-from micropython import const
+import sys
 from bootloader import bootctl, eventlog, image, slots
-from bootloader.bootctl import BootControl, NONE, REASONS
+from bootloader.bootctl import BootControl, NONE, REASONS, REVERT
 from bootloader.boot import _say
-
-_REVERT = const(4)
 
 
 class NoBootableImage(Exception):
@@ -57,12 +55,8 @@ def _revert_now(bcb, events, why):
     _, img_id = slots.manifest(bcb.active)
     if img_id is not None:
         bcb.reject(img_id)
-    failed = bcb.active
-    bcb.active, bcb.previous = bcb.previous, failed
-    bcb.trial = NONE
-    bcb.confirmed = True
-    bcb.failures = 0
-    bcb.reason = _REVERT
+    bcb.back()
+    bcb.reason = REVERT
     events.log(eventlog.REVERTED, bcb.active)
     _say("reverted to slot %s: %s" % (bcb.active, why))
     try:
@@ -101,6 +95,20 @@ def _select(board, bcb, events, bootloader_trial):
         return slots.check(bcb.active, board.name, bcb.floor)
     except ValueError as e:
         raise NoBootableImage("previous image does not verify either: %s" % e)
+
+
+def decide(board, events, record):
+    """(boot control, (manifest, image id) of the image to run or None, why not); and on the
+    first stage's `record`, this copy's version and a bootloader activation's verdict."""
+    try:
+        out = choose(board, events, record.trial)
+    except Exception as e:  # a defect of ours, or flash no reader expected: never the REPL
+        sys.print_exception(e, sys.stderr)
+        out = BootControl.load() or BootControl(), None, "boot selection failed: %r" % e
+    from bootloader import copies
+
+    copies.settle(record, events)
+    return out
 
 
 def choose(board, events, bootloader_trial):

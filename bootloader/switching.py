@@ -2,23 +2,25 @@
 # slot, or a bootloader installed into the other copy), confirming, reverting, allowing a rejected
 # image again, and the verdicts on a bootloader's trial. Each runs once a boot, on an operator's
 # request, or resets the meter, so Platform loads this module when first asked (platform.py).
-from micropython import const
+import json
 from bootloader import eventlog, image, slots
-from bootloader.bootctl import NONE, SLOT_NAMES, STAGING
-
-_ACTIVATE = const(3)
-_REVERT = const(4)
+from bootloader.bootctl import ACTIVATE, NONE, REVERT, SLOT_NAMES, STAGING
 
 
 def status(p):
     """The platform's part of the meter's status: slots, boot control, bootloader."""
     b = p.bcb
     slots = slot_versions(p)
+    try:
+        with open("/identity.json") as f:
+            serial = json.load(f).get("serial")
+    except (OSError, ValueError, AttributeError):
+        serial = None
     return {
-        "board": p.board.name, "serial": p.identity.get("serial"),
+        "board": p.board.name, "serial": serial,
         "active_slot": SLOT_NAMES[b.active], "active_version": slots[SLOT_NAMES[b.active]]["version"],
         "confirmed": b.confirmed, "trial": p.in_trial, "slots": slots,
-        "boot_reason": p.boot_reason, "bootloader_version": p.bootloader_version,
+        "boot_reason": p.boot_reason, "bootloader_version": p.record.version,
         "bootloader": {"version": p.record.version, "copy": "ab"[p.record.active],
                        "trial": bool(p.record.trial), "security_version": p.record.security,
                        "floor": p.record.floor},
@@ -55,7 +57,7 @@ def activate(p, slot):
         b.attempts_left = attempts
         b.confirmed = False
         p.events.log(eventlog.FW_ACTIVATED, slot)
-    b.pending = _ACTIVATE
+    b.pending = ACTIVATE
     b.save()
     p.board.reset()
 
@@ -138,11 +140,8 @@ def revert(p, reject=False, why=None):
         if why:
             from bootloader.update_state import record_failure
             record_failure(why)
-    b.active, b.previous = b.previous, b.active
-    b.trial = NONE
-    b.confirmed = True
-    b.failures = 0
-    b.pending = _REVERT
+    b.back()
+    b.pending = REVERT
     b.save()
     p.events.log(eventlog.REVERTED, b.active)
     p.board.reset()

@@ -268,7 +268,7 @@ class _Platform:
         self.bcb = self.record = self  # boot control and the first stage's record: floors 0, no trial
         self.floor = self.trial = self.slot = 0
         self.in_trial = False
-        self.bootloader_version = "0.1.0"
+        self.version = "0.1.0"  # the running bootloader's (the record's)
         self.image_id = b""
 
     def is_rejected(self, image_id):
