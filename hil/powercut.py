@@ -180,7 +180,9 @@ class Sweep:
         self.point_s = _POINT_S * self.slower
         self.reply_s = PICO_TIMEOUT_S if self.pico else 2.0  # the templates' (a signature check)
         # A phase's replies, shorter: one the power cut took is waited for this long before the
-        # request goes again, to the meter that has since booted.
+        # request goes again, to the meter that has since booted. An upload's get the full wait:
+        # its initiate checks the image's signatures (tens of seconds on a loaded emulator), and
+        # the link gives up on its own when the power goes (_WatchedLink).
         self.phase_reply_s = PICO_PHASE_REPLY_S if self.pico else 2.0
         # A status polled while the meter settles waits 1 s; on the Pico, where one can take
         # longer, the same frame goes again each second (a late reply to any of them counts).
@@ -411,10 +413,14 @@ class Sweep:
     def _upload(self, phase: str) -> Image:
         return self.bootloader_image if phase == "bootloader-download" else self.v2_image
 
-    def _operate(self, meter: Meter, board: SimBoard, phase: str, cut: bool = True) -> int | None:
-        """Run the phase's operation and, for one that reboots the meter, wait for the reboot; for
-        an upload, the bytes the meter had acknowledged when the power went (None: not even the
-        initiate). Without a `cut`, a failure raises."""
+    def _phase_meter(self, board: SimBoard, phase: str) -> Meter:
+        return self._meter(board, self.reply_s if phase in UPLOADS else self.phase_reply_s)
+
+    def _operate(self, meter: Meter, board: SimBoard, phase: str,
+                 cut: bool = True) -> tuple[int | None, Exception | None]:
+        """Run the phase's operation and, for one that reboots the meter, wait for the reboot.
+        Returns, for an upload, the bytes the meter had acknowledged when the power went (None: not
+        even the initiate), and what the operation raised. Without a `cut`, a failure raises."""
         acked: list[int | None] = [None]
         boots = board.state().get("boots", 0)
         try:
@@ -428,11 +434,12 @@ class Sweep:
                 meter.revert()
             if phase in CHAIN or phase in SWITCHES:
                 _wait(lambda: board.state().get("boots", 0) > boots, _SETTLE_S * self.slower, "the switch")
-        except (MeterfwError, _Cut):
+        except (MeterfwError, _Cut) as e:
             if not cut:
                 raise
-            # else the power may go before the reply does
-        return acked[0]
+            # The power may go before the reply does; if it never goes, this says why.
+            return acked[0], e
+        return acked[0], None
 
     # -- the sweep ----------------------------------------------------------------------------
     def count(self, phase: str, again: bool = False) -> int:
@@ -442,7 +449,7 @@ class Sweep:
             return self.counts[phase]
         with self._board() as board:
             self._restore(board, TEMPLATE[phase])
-            meter = self._meter(board, self.phase_reply_s)
+            meter = self._phase_meter(board, phase)
             try:
                 self._up(meter, board)
                 before = board.flash_ops()
@@ -495,16 +502,17 @@ class Sweep:
         meter = None
         try:
             self._restore(board, TEMPLATE[phase])
-            meter = self._meter(board, self.phase_reply_s)
+            meter = self._phase_meter(board, phase)
             self._up(meter, board)
             records_before = meter.read_intervals() if phase != "recovery-upload" else []
             cuts0 = board.state().get("power_cuts", 0)
             board.cut_at(self.offsets[phase] + cut_at, torn)
             meter.link.cut = lambda: board.state().get("power_cuts", 0) > cuts0
-            acked = self._operate(meter, board, phase)
+            acked, failed = self._operate(meter, board, phase)
             meter.link.cut = None
             _wait(lambda: board.state().get("power_cuts", 0) > cuts0, 20 * self.slower,
-                  "the power cut (the phase did fewer operations than counted)")
+                  "the power cut (the phase did fewer operations than counted; the operation "
+                  f"ended with {type(failed).__name__}: {failed})")
             out.cut_happened = True
             meter.drop_session()
             self._answers(meter)
