@@ -57,7 +57,7 @@ def _firmware(p, m, img_id):
         raise CommandError("platform_too_old", "image needs platform API %d, this bootloader provides %d" % (m["api"], API))
     if image.below_floor(m, p.bcb.floor):
         raise CommandError("rollback", "security version %d is below the meter's floor %d" % (m["security_version"], p.bcb.floor))
-    if p.is_rejected(img_id):
+    if img_id in p.bcb.rejected:
         raise CommandError("rejected", "image %s was rejected before" % m["version"])
     if img_id == p.image_id:
         raise CommandError("already_active", "version %s is already running" % m["version"])

@@ -13,7 +13,7 @@
 #       boot_reason       "power-on", "watchdog", "reset", "activate", "revert" or "recovery"
 #       in_trial          the running image is on trial
 #       status()          the platform's part of the meter's status (slots, boot control, bootloader)
-#       slot, inactive_slot, can_revert(), is_rejected(image_id), unreject(image_id)
+#       slot, inactive_slot, can_revert(), unreject(image_id)
 #       activate()        switch to the verified update (an image, or a bootloader); no return
 #       revert(reject, why)  back to the previous image; no return
 #       mark_healthy()    this boot came up healthy: the boot counts as good, and a bootloader on

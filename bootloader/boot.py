@@ -22,11 +22,6 @@ from bootloader.platform import Platform
 _GC_EVERY = const(8192)
 
 
-def _say(msg):
-    # The board's debug console (stderr on the sim); never the meter's link.
-    print("boot:", msg, file=sys.stderr)
-
-
 def start(board, wdt, record):
     """Run the meter: `wdt` is the watchdog the first stage armed, `record` its choice of this
     copy (on trial or not)."""

@@ -95,12 +95,6 @@ class BootControl:
         self.confirmed = True
         self.failures = 0
 
-    def unreject(self, img_id):
-        if img_id in self.rejected:
-            self.rejected.remove(img_id)
-            return True
-        return False
-
     def reject(self, img_id):
         if img_id not in self.rejected:
             self.rejected.append(img_id)

@@ -65,32 +65,24 @@ class EventLog:
     def __init__(self, clock):
         self._clock = clock
         a, b = _read(_PATHS[0]), _read(_PATHS[1])
-        self._cur = 0 if (a[-1][0] if a else -1) >= (b[-1][0] if b else -1) else 1
-        last = (a, b)[self._cur]
+        # The file appended to (the other holds the older records until this one is full).
+        self.cur = 0 if (a[-1][0] if a else -1) >= (b[-1][0] if b else -1) else 1
+        last = (a, b)[self.cur]
         self._count = len(last)
         self.next_seq = last[-1][0] + 1 if last else 1
         self._buf = bytearray(_SIZE)
 
     def log(self, code, value=0):
         if self._count >= _PER_FILE:
-            self._cur ^= 1
+            self.cur ^= 1
             self._count = 0
-            open(_PATHS[self._cur], "wb").close()
+            open(_PATHS[self.cur], "wb").close()
         struct.pack_into(_REC, self._buf, 0, self.next_seq, self._clock.time_ms() // 1000, code, 0, value)
         struct.pack_into("<I", self._buf, _REC_SIZE, crc32(memoryview(self._buf)[:_REC_SIZE]))
-        with open(_PATHS[self._cur], "ab") as f:
+        with open(_PATHS[self.cur], "ab") as f:
             f.write(self._buf)
         self._count += 1
         self.next_seq += 1
-
-    def read(self, since_seq=0, limit=50):
-        out = []
-        for path in (_PATHS[self._cur ^ 1], _PATHS[self._cur]):
-            for seq, t, code, _, value in _read(path):
-                if seq >= since_seq and len(out) < limit:
-                    out.append((seq, t, code, value))
-        out.sort()
-        return out
 
     def page(self, request, most, named=None):
         """A page of the log for the link (READ_EVENTS), the names of its codes by `named` (the

@@ -112,7 +112,7 @@ class LinkServer:
                 reply = self.sessions.seal(ftype | framing.OK_BIT, ftype, reply)
             frame = framing.encode(ftype | framing.OK_BIT, seq, reply)
         except CommandError as e:
-            self._error(seq, e.code, e.message, sealed)
+            self._error(seq, e.args[0], e.args[1], sealed)
             return
         except (ValueError, KeyError, TypeError, IndexError, OverflowError) as e:
             self._error(seq, "bad_request", "bad request: %s" % e, sealed)

@@ -2,7 +2,7 @@
 # confirm and revert, and the trial of a new bootloader. The application never writes the boot
 # control block, nor the first stage's record, itself.
 from bootloader import eventlog, forget
-from bootloader.bootctl import NONE, REASONS
+from bootloader.bootctl import REASONS
 
 
 class Platform:
@@ -28,15 +28,6 @@ class Platform:
     @property
     def in_trial(self):
         return self.bcb.trial == self.bcb.active
-
-    def begin_download(self, slot):
-        # The slot is about to be overwritten: it can no longer be a revert target.
-        if self.bcb.previous == slot:
-            self.bcb.previous = NONE
-            self.bcb.save()
-
-    def is_rejected(self, image_id):
-        return image_id in self.bcb.rejected
 
     def mark_healthy(self):
         """The application is up and its critical checks pass: this boot did not fail, and a

@@ -31,12 +31,8 @@ ACTIVATION_FAILED = const(7)
 
 
 class CommandError(Exception):
-    """Raised by a handler; becomes an ERROR frame with a code and a message for people."""
-
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    """CommandError(code, message), raised by a handler: an ERROR frame with the code, and the
+    message for people."""
 
 
 def query(payload):

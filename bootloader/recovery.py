@@ -2,9 +2,9 @@
 # application can run (like MCUboot's serial recovery), so a meter with a broken application
 # never needs a site visit (BR11). Same link, framing and authentication as the application.
 import asyncio
+import sys
 from micropython import const
 from bootloader import eventlog, protocol as P
-from bootloader.boot import _say
 from bootloader.bootctl import NONE, REASONS, RECOVERY, SLOT_NAMES
 from bootloader.link import LinkServer
 from bootloader.protocol import VERIFIED, CommandError
@@ -19,7 +19,7 @@ def console(platform, why):
     meter resets into the other copy); otherwise the console serves until a reset."""
     if platform.record.trial:
         platform.bootloader_failed(why)
-    _say("recovery console: " + why)
+    print("boot: recovery console:", why, file=sys.stderr)  # the board's debug console, not the link
     platform.bcb.reason = RECOVERY
     platform.boot_reason = REASONS[RECOVERY]
     platform.events.log(eventlog.RECOVERY, platform.bcb.active)

@@ -3,11 +3,11 @@
 # read boot control, count a trial attempt before the image runs, revert an image whose attempts
 # are spent or that does not verify, and check the slot that runs. The first stage armed the
 # watchdog before any of this reads flash.
+import asyncio
 import os
 import sys
 from bootloader import bootctl, eventlog, image, slots
 from bootloader.bootctl import BootControl, NONE, REASONS, REVERT
-from bootloader.boot import _say
 
 
 class NoBootableImage(Exception):
@@ -19,6 +19,11 @@ def _reason_index(board, bcb):
         return bcb.pending
     cause = board.reset_cause()
     return REASONS.index(cause) if cause in REASONS else 0
+
+
+def _check(slot, board, floor):
+    # Nothing else runs yet: the slot check's pauses for other tasks pass at once.
+    return asyncio.run(slots.check(slot, board.name, floor))
 
 
 def _exists(path):
@@ -36,7 +41,7 @@ def _rebuild(board, events):
     found = []
     for s in (0, 1):
         try:
-            m, _ = slots.check(s, board.name, 0)  # the floor went with the boot control
+            m, _ = _check(s, board, 0)  # the floor went with the boot control
             found.append((image.version_tuple(m["version"]), s))
         except ValueError:
             pass
@@ -58,7 +63,7 @@ def _revert_now(bcb, events, why):
     bcb.back()
     bcb.reason = REVERT
     events.log(eventlog.REVERTED, bcb.active)
-    _say("reverted to slot %s: %s" % (bcb.active, why))
+    print("boot: reverted to slot %s: %s" % (bcb.active, why), file=sys.stderr)  # the debug console
     try:
         from bootloader.update_state import record_failure
         record_failure(why)
@@ -85,14 +90,14 @@ def _select(board, bcb, events, bootloader_trial):
         bcb.failures += 1  # cleared by the application once it is healthy
     bcb.save()  # the attempt counts before the image runs
     try:
-        return slots.check(bcb.active, board.name, bcb.floor)
+        return _check(bcb.active, board, bcb.floor)
     except ValueError as e:
         if bcb.trial != bcb.active or bcb.previous == NONE:
             raise NoBootableImage("active image does not verify: %s" % e)
         _revert_now(bcb, events, "image on trial does not verify: %s" % e)
         bcb.save()
     try:
-        return slots.check(bcb.active, board.name, bcb.floor)
+        return _check(bcb.active, board, bcb.floor)
     except ValueError as e:
         raise NoBootableImage("previous image does not verify either: %s" % e)
 

@@ -1,5 +1,4 @@
 # What the bootloader knows about the two slot files: their manifests and whether they verify.
-import asyncio
 import hashlib
 from bootloader import image
 from bootloader.api import VERSION as API
@@ -19,17 +18,10 @@ def manifest(slot):
         return None, None
 
 
-def check(slot, board_name, floor, kind="firmware"):
-    """Full check of a slot: header, board, security version against the floor, size and
-    payload hash.
-
-    Returns (manifest, image id) or raises ValueError saying what is wrong.
-    """
-    return asyncio.run(check_async(slot, board_name, floor, kind))
-
-
-async def check_async(slot, board_name, floor, kind="firmware"):
-    """Yields to other tasks between chunks, so metering stays on time while it hashes."""
+async def check(slot, board_name, floor, kind="firmware"):
+    """Full check of a slot: header, board, kind, platform API, security version against the
+    floor, size and payload hash. Returns (manifest, image id) or raises ValueError saying what
+    is wrong. Yields to other tasks between chunks, so metering stays on time while it hashes."""
     buf = bytearray(_CHUNK)
     try:
         with open(slot_path(slot), "rb") as f:

@@ -121,7 +121,8 @@ def _bootloader_reason(why):
 
 def unreject(p, image_id):
     """An operator's authenticated decision to allow a rejected image again."""
-    if p.bcb.unreject(image_id):
+    if image_id in p.bcb.rejected:
+        p.bcb.rejected.remove(image_id)
         p.bcb.save()
         p.events.log(eventlog.UNREJECTED, 0)
         return True

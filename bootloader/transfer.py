@@ -21,7 +21,7 @@ import struct
 import time
 from micropython import const
 from bootloader import eventlog, image, slots, update_state
-from bootloader.bootctl import STAGING, slot_path
+from bootloader.bootctl import NONE, STAGING, slot_path
 from bootloader.protocol import INITIATED, VERIFYING, VERIFIED, VERIFY_FAILED, ACTIVATING, CommandError
 from bootloader.update_state import load, summary
 
@@ -124,8 +124,9 @@ class Transfer:
         if size > free:
             raise CommandError("no_space", "image needs %d bytes, %d free" % (size, free))
         await self.clear_of_app_flash()
-        if slot != STAGING:
-            p.begin_download(slot)
+        if p.bcb.previous == slot:  # about to be overwritten: it can no longer be a revert target
+            p.bcb.previous = NONE
+            p.bcb.save()
         self._close()
         open(slot_path(slot), "wb").close()
         self.state = {"status": INITIATED, "kind": m["kind"], "slot": slot, "size": size, "id": img_id.hex(),
@@ -307,7 +308,7 @@ class Transfer:
             # The slot's payload against its manifest's hash, and that manifest against the one
             # whose signatures the initiate checked (its hash is the image id): the same bytes,
             # so the signatures hold for it without a second Ed25519 check.
-            m, img_id = await slots.check_async(s["slot"], self._p.board.name, self._floor(), s.get("kind", "firmware"))
+            m, img_id = await slots.check(s["slot"], self._p.board.name, self._floor(), s.get("kind", "firmware"))
             if img_id.hex() != s["id"]:
                 raise ValueError("image differs from the one initiated")
         except ValueError as e:

@@ -47,7 +47,7 @@ for hexp in ARGS[1:]:
     try:
         res.append(s.check(0x20, binascii.unhexlify(hexp)).decode())
     except CommandError as e:
-        res.append(e.code)
+        res.append(e.args[0])
 print(json.dumps(res))
 """, nonce.hex(), second.hex(), first.hex(), bytes(forged).hex(), second.hex())
     # counters must rise: 'second' (counter 2) first makes 'first' (counter 1) a replay

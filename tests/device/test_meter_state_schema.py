@@ -31,7 +31,7 @@ def refused(st, change):
     try:
         state_edit.update(st, change, LIFETIME_MWH)
     except CommandError as e:
-        return [e.code, e.args[0]]
+        return list(e.args)  # code, message
     return None
 EVERY_SETTING = json.loads(%r)
 """ % json.dumps(EVERY_SETTING)

@@ -263,7 +263,7 @@ for bad in ({"relay": {"connected": False}}, {"multiplier": 0}, {"limiting": {"l
         state_edit.update(s, bad)
         errors.append(None)
     except CommandError as e:
-        errors.append(e.code)
+        errors.append(e.args[0])
 again = MeterState("state", ev)
 raw = open("state", "rb").read()
 print(json.dumps({"h0": h0, "h1": h1, "again": again.hash(), "seq": again.seq, "d": state_json.to_dict(again),
