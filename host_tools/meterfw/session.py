@@ -11,13 +11,12 @@ from .auth import AuthSession, meter_key
 from . import reply
 from .errors import CommandError, MeterfwError, ReplyError, SerialMismatch, TransportError
 from .image import Image, as_image
-from .transport import BUSY_TRIES, BUSY_WAIT_S, Link
+from .transport import BUSY, BUSY_WAIT_S, Backoff, Link
 
 # The meter rebooted, or another client took the session (its challenge made ours stale, and our
 # tags fail): authenticate again, once.
 _REAUTH = {"auth_required", "replay", "auth_failed"}
-_BUSY = {"no_memory"}  # the meter could not take a request just now; nothing changed
-_BUSY_WAIT_S = BUSY_WAIT_S
+_BUSY = {BUSY}  # the meter could not take a request just now; nothing changed
 _BATCH_TRIES = 6  # a window that gets no reply at all this often in a row: the link is gone
 _NO_CREDIT_WAIT_S = 0.1
 
@@ -81,16 +80,14 @@ class Meter:
         needed; its reply is sealed by the meter and checked here. A meter without room for the
         request just now (it is busiest at boot) refused it having changed nothing: it is sealed
         afresh and sent again, a little later each time."""
-        reauthenticated, busy = False, 0
+        reauthenticated, backoff = False, Backoff()
         while True:
             auth = self._auth or self._authenticate()
             request = auth.seal(cmd, body)
             try:
                 return self.link.request_json(cmd, raw=request, opener=auth.opener(cmd, request), **kw)
             except CommandError as e:
-                if e.code in _BUSY and busy < BUSY_TRIES:
-                    busy += 1
-                    time.sleep(_BUSY_WAIT_S * busy)
+                if backoff.again(e):
                     continue
                 if e.code not in _REAUTH or reauthenticated:
                     raise
@@ -278,7 +275,7 @@ class Meter:
                 self.drop_session()  # the meter restarted, or a challenge made ours stale: a new one
             reauthed = bool(reauth)
             if any(e.code in _BUSY for e in errors):
-                time.sleep(_BUSY_WAIT_S)  # it had no room for a block just now: ask again shortly
+                time.sleep(BUSY_WAIT_S)  # it had no room for a block just now: ask again shortly
             last = got.get(sent[-1])
             if last is not None and not errors and not bad:
                 r = block_reply(last)

@@ -13,6 +13,7 @@ from .errors import CommandError, TransportError
 from .reply import parse_reply
 
 # A request the meter had no room for is sent again this many times, waiting 0.2, 0.4, ... s.
+BUSY = "no_memory"  # the meter's refusal: it changed nothing, and is busiest at boot
 BUSY_TRIES = 8
 BUSY_WAIT_S = 0.2
 
@@ -23,6 +24,22 @@ _RETRY_JITTER_S = 0.4
 # A meter answers within this; a slower one (a narrowband link, an emulated chip) is given more
 # with --timeout, and the waits that span a boot scale with it.
 DEFAULT_TIMEOUT_S = 3.0
+
+class Backoff:
+    """The waits for a meter that had no room for a request (BUSY): a little longer each time,
+    BUSY_TRIES at most. One per request, however it is sent again."""
+
+    def __init__(self):
+        self.tries = 0
+
+    def again(self, e: CommandError) -> bool:
+        """True, after the wait, when `e` is the meter's BUSY and tries are left."""
+        if e.code != BUSY or self.tries >= BUSY_TRIES:
+            return False
+        self.tries += 1
+        time.sleep(BUSY_WAIT_S * self.tries)
+        return True
+
 
 class Link:
     def __init__(self, url: str, baud: int = DEFAULT_BAUD, timeout_s: float = DEFAULT_TIMEOUT_S):
@@ -85,15 +102,13 @@ class Link:
         """_request(), sent again a little later each time the meter had no room for it just
         now (`no_memory`: refused, nothing changed; it is busiest at boot). A sealed request is
         the session's to seal afresh (session.Meter.privileged)."""
-        busy = 0
+        backoff = Backoff()
         while True:
             try:
                 return self._request(cmd, payload, timeout_s, retries, opener)
             except CommandError as e:
-                if e.code != "no_memory" or opener is not None or busy >= BUSY_TRIES:
+                if opener is not None or not backoff.again(e):
                     raise
-                busy += 1
-                time.sleep(BUSY_WAIT_S * busy)
 
     def _request(self, cmd: int, payload: bytes, timeout_s: float | None, retries: int, opener) -> bytes:
         """Send one request and return the payload of its reply.
