@@ -7,19 +7,22 @@
 # PLATFORM API 1. What the platform provides:
 #   - The entry module's main(platform) is called with a Platform (platform.py):
 #       board             the board (boards/README.md lists what every board has)
-#       events            the event log: log(code, value); page(request, most, named)
+#       events            the event log: log(code, value); page(request, most, named=None)
 #       watchdog          feed() at least every watchdog period
 #       manifest, image_id  the running image's manifest (a dict) and id (SHA-256 of the manifest)
 #       boot_reason       "power-on", "watchdog", "reset", "activate", "revert" or "recovery"
 #       in_trial          the running image is on trial
 #       status()          the platform's part of the meter's status (slots, boot control, bootloader)
 #       slot, inactive_slot, can_revert(), unreject(image_id)
-#       activate()        switch to the verified update (an image, or a bootloader); no return
+#       activate(slot)    switch to the verified update in `slot` (an image, or a bootloader in
+#                         staging); no return
 #       revert(reject, why)  back to the previous image; no return
 #       mark_healthy()    this boot came up healthy: the boot counts as good, and a bootloader on
 #                         trial confirms itself
+#       mark_unhealthy(why)  a critical check failed: an image on trial is reverted, a bootloader
+#                         on trial falls back (neither returns); else the boot counts as failed
 #       confirm()         confirm an image on trial and raise the security floor
-#   - Request checking for handlers: CommandError, query, field, choice, U32_MAX.
+#   - Request checking for handlers: CommandError(code, message), query, field, choice, U32_MAX.
 #   - The link: LinkServer(board, handlers); add(handlers, privileged); send_alarm; run();
 #     requests and faults counters. The platform's command codes below.
 #   - An update: admit(platform, head) checks an initiate's image head; Transfer(platform,
@@ -37,7 +40,7 @@
 #   - The transfer's schedule: ms_to_next() until its next flash work, and `closed`, an
 #     asyncio.Event set as each interval closes; the transfer grants no window across it.
 #   - mark_healthy(), then confirm() when in_trial, once its critical checks pass after a boot;
-#     revert(reject=True) when one fails on trial.
+#     mark_unhealthy(why) when one fails.
 #   - Names of its own event codes, passed to events.page(..., named).
 from micropython import const
 from bootloader import framing, forget  # noqa: F401 - forget drops a module loaded on demand
