@@ -6,7 +6,7 @@
 import struct
 from binascii import crc32
 from micropython import const
-from bootloader import forget
+from bootloader import call
 
 _REC = "<IIHHi"  # seq time_s code reserved value, then crc32
 _REC_SIZE = const(16)
@@ -35,16 +35,7 @@ BOOTLOADER_FELL_BACK = const(115)  # value: the bootloader copy running again
 
 def names(codes, default="event"):
     """{code: name} of the platform's codes among `codes`."""
-    return _reading("names", codes, default)
-
-
-def _reading(op, *args):
-    from bootloader import event_names
-
-    try:
-        return getattr(event_names, op)(*args)
-    finally:
-        forget("event_names")
+    return call("event_names", "names", codes, default)
 
 
 def _read(path):
@@ -87,4 +78,4 @@ class EventLog:
     def page(self, request, most, named=None):
         """A page of the log for the link (READ_EVENTS), the names of its codes by `named` (the
         application's) or the platform's; see event_names.page."""
-        return _reading("page", self, request, most, named)
+        return call("event_names", "page", self, request, most, named)

@@ -262,7 +262,7 @@ def payload_sha256(f, off, size, buf):
 async def payload_sha256_async(f, off, size, buf):
     """payload_sha256 that lets other tasks run between chunks: metering keeps its deadlines
     while a slot is verified."""
-    import asyncio  # imported here: the boot path verifies synchronously and needn't load asyncio
+    import asyncio  # the application's and the boot's selection have it loaded by now
 
     for d in _hash_steps(f, off, size, buf):
         if d is None:

@@ -1,7 +1,7 @@
 # The bootloader's services to the application: boot control, slot information, activation,
 # confirm and revert, and the trial of a new bootloader. The application never writes the boot
 # control block, nor the first stage's record, itself.
-from bootloader import eventlog, forget
+from bootloader import call, eventlog
 from bootloader.bootctl import REASONS
 
 
@@ -48,41 +48,33 @@ class Platform:
     def mark_unhealthy(self, why):
         """A critical check failed this boot: an image on trial is reverted, a bootloader on
         trial falls back (neither returns); otherwise the application reports it and stays."""
-        return _switching("mark_unhealthy", self, why)
+        return call("switching", "mark_unhealthy", self, why)
 
     def status(self):
         """The platform's part of the meter's status: slots, boot control, bootloader."""
-        return _switching("status", self)
+        return call("switching", "status", self)
 
     def can_revert(self):
         """A previous image that reads and is not below the security floor."""
-        return _switching("can_revert", self)
+        return call("switching", "can_revert", self)
 
     def confirm(self):
         """Confirm the image on trial and raise the security floor; False if none was."""
-        return _switching("confirm", self)
+        return call("switching", "confirm", self)
 
     def unreject(self, image_id):
         """An operator's authenticated decision to allow a rejected image again."""
-        return _switching("unreject", self, image_id)
+        return call("switching", "unreject", self, image_id)
 
     def activate(self, slot):
         """Start a trial of the verified update in `slot` and reset into it."""
-        _switching("activate", self, slot)
+        call("switching", "activate", self, slot)
 
     def revert(self, reject=False, why=None):
         """Go back to the previous slot and reset. Raises ValueError if there is none."""
-        _switching("revert", self, reject, why)
+        call("switching", "revert", self, reject, why)
 
     def bootloader_failed(self, why):
         """This bootloader, on trial, did not bring up a healthy application."""
-        _switching("bootloader_failed", self, why)
+        call("switching", "bootloader_failed", self, why)
 
-
-def _switching(op, *args):
-    from bootloader import switching
-
-    try:
-        return getattr(switching, op)(*args)
-    finally:
-        forget("switching")

@@ -27,6 +27,7 @@ _RETRY_JITTER_S = 0.4
 # with --timeout, and the waits that span a boot scale with it.
 DEFAULT_TIMEOUT_S = 3.0
 
+
 class Backoff:
     """The waits for a meter that had no room for a request (BUSY): a little longer each time,
     BUSY_TRIES at most. One per request, however it is sent again."""
