@@ -108,7 +108,7 @@ async def check_signatures(img_id, sigs, require_approval):
                 if role == 1:
                     raise ValueError("vendor signature is by an unknown key")
                 continue
-            if not await ed25519.verify_async(pub, _PREFIX[role] + img_id, sig):
+            if not await ed25519.verify(pub, _PREFIX[role] + img_id, sig):
                 raise ValueError("bad %s signature" % _ROLE_NAME[role])
             found[role] = True
     finally:

@@ -13,15 +13,18 @@
 #       boot_reason       "power-on", "watchdog", "reset", "activate", "revert" or "recovery"
 #       in_trial          the running image is on trial
 #       status()          the platform's part of the meter's status (slots, boot control, bootloader)
-#       slot, inactive_slot, can_revert(), unreject(image_id)
+#       slot, inactive_slot  the active slot and the other, for the boot
+#       can_revert()      there is a previous image, not below the security floor
+#       unreject(image_id)  an operator allows a rejected image again; False if it was not
 #       activate(slot)    switch to the verified update in `slot` (an image, or a bootloader in
 #                         staging); no return
-#       revert(reject, why)  back to the previous image; no return
+#       revert(reject=False, why=None)  back to the previous image, rejecting this one when
+#                         `reject` (why: the update's stated reason); ValueError if none; no return
 #       mark_healthy()    this boot came up healthy: the boot counts as good, and a bootloader on
 #                         trial confirms itself
 #       mark_unhealthy(why)  a critical check failed: an image on trial is reverted, a bootloader
 #                         on trial falls back (neither returns); else the boot counts as failed
-#       confirm()         confirm an image on trial and raise the security floor
+#       confirm()         confirm an image on trial and raise the security floor; False if none
 #   - Request checking for handlers: CommandError(code, message), query, field, choice, U32_MAX.
 #   - The link: LinkServer(board, handlers); add(handlers, privileged); send_alarm; run();
 #     requests and faults counters. The platform's command codes below.
@@ -37,8 +40,8 @@
 #     the meter runs.
 #   - platform.before_switch: fn() storing what the next image checks itself against, called
 #     before every switch the running image asks for.
-#   - The transfer's schedule: ms_to_next() until its next flash work, and `closed`, an
-#     asyncio.Event set as each interval closes; the transfer grants no window across it.
+#   - The transfer's schedule: ms_to_next() until its next flash work, and settle(), async,
+#     returning once that work has passed; the transfer grants no window across it.
 #   - mark_healthy(), then confirm() when in_trial, once its critical checks pass after a boot;
 #     mark_unhealthy(why) when one fails.
 #   - Names of its own event codes, passed to events.page(..., named).

@@ -1,20 +1,12 @@
-# Edwards25519 arithmetic for Ed25519 verification (bootloader/ed25519.py):
-# the point and field operations, loaded only for the curve half of a check
-# and forgotten after it, so this code and SHA-512's never share the heap.
+# Edwards25519 arithmetic for Ed25519 verification (bootloader/ed25519.py): the point and field
+# operations, loaded only for the curve half of a check and forgotten after it, so this code and
+# SHA-512's never share the heap.
 #
-# check() computes R' = [S]B - [k]A with one interleaved double-and-add over
-# width-w NAF digits of S and k (about 253 doublings plus ~80 additions) and
-# compares the encoding of R' with the R bytes of the signature.  That is the
-# cofactorless check RFC 8032 allows ("sufficient, but not required");
-# comparing encodings also rejects non-canonical or off-curve R without
-# decoding it.  Pure Python on MicroPython's arbitrary precision ints, so it
-# also runs under CPython.
-
-try:
-    from micropython import const
-except ImportError:  # CPython, for host-side cross-checks
-    def const(x):
-        return x
+# check() computes R' = [S]B - [k]A with one interleaved double-and-add over width-w NAF digits of S
+# and k (about 253 doublings plus ~80 additions) and compares the encoding of R' with the R bytes of
+# the signature. That is the cofactorless check RFC 8032 allows ("sufficient, but not required");
+# comparing encodings also rejects non-canonical or off-curve R without decoding it. Pure Python on
+# MicroPython's arbitrary precision ints, so it also runs under CPython.
 
 from array import array
 
@@ -23,29 +15,25 @@ _D = 370957059346694393431380835087545651895421138798432190163887855330859402835
 _D2 = 16295367250680780974490674513165176452449235426866156013048779062215315747161
 _SQRT_M1 = 19681161376707505956807079304988542015446066515923890162744021073123829784752
 
-# NAF window widths: 8 precomputed points for B (the constant _BTAB) and 4
-# for A (rebuilt for every verification).  Wider windows save a few
-# additions (~10% of a check) for more heap at the check's peak, the most the
-# meter ever holds: 0.8 KB more for B's table at 6, 1.3 KB for A's at 5.
-_WB = const(5)
-_WA = const(4)
+# NAF window widths: 8 precomputed points for B (the constant _BTAB) and 4 for A (rebuilt for every
+# verification). Wider windows save a few additions (~10% of a check) for more heap at the check's
+# peak, the most the meter ever holds: 0.8 KB more for B's table at 6, 1.3 KB for A's at 5.
+_WB = 5
+_WA = 4
 
 
 def _bpoint(i):
-    # Entry i of _BTAB: three little-endian field elements of 32 bytes.
+    # Entry i of _BTAB, three little-endian field elements of 32 bytes, in _cached() form.
     o = 96 * i
     tb = _BTAB
-    return (int.from_bytes(tb[o:o + 32], "little"), int.from_bytes(tb[o + 32:o + 64], "little"),
+    return (int.from_bytes(tb[o:o + 32], "little"), int.from_bytes(tb[o + 32:o + 64], "little"), 2,
             int.from_bytes(tb[o + 64:o + 96], "little"))
 
 
-# [1]B, [3]B, ..., [15]B as affine (y + x, y - x, 2d*x*y), Z = 1: a
-# precomputed constant rather than a cache built on first use, and with
-# Z = 1 an addition needs one multiplication less.  Kept as one bytes
-# constant (768 bytes, referenced in place from the loaded module) and
-# decoded per use: as 24 big ints it would hold 2 KB more of heap for as long
-# as the module is loaded, and as a hex string 0.8 KB more.  Generated with plain
-# affine Edwards arithmetic; tests/device/test_ed25519_device.py recomputes
+# [1]B, [3]B, ..., [15]B as affine (y + x, y - x, 2d*x*y), Z = 1: a precomputed constant rather than
+# a cache built on first use, kept as one bytes constant (768 bytes, referenced in place from the
+# loaded module) and decoded per use: as 24 big ints it would hold 2 KB more of heap while the
+# module is loaded, and as a hex string 0.8 KB more. tests/device/test_ed25519_device.py recomputes
 # it.
 _BTAB = (
     b"\x85\x3b\x8c\xf5\xc6\x93\xbc\x2f\x19\x0e\x8c\xfb\xc6\x2d\x93\xcf\xc2\x42\x3d\x64\x98\x48\x0b\x27\x65\xba\xd4\x33\x3a\x9d\xcf\x07"  # 1B
@@ -79,8 +67,8 @@ _BTAB = (
 
 
 def _due(c, cost):
-    # Charge `cost` field multiplications to the pause counter c = [spent,
-    # budget]; True when the caller should yield.
+    # Charge `cost` field multiplications to the pause counter c = [spent, budget]; True when the
+    # caller should yield.
     c[0] += cost
     if c[0] >= c[1]:
         c[0] = 0
@@ -89,8 +77,8 @@ def _due(c, cost):
 
 
 def _sqn(x, n, c):
-    # x^(2^n) mod p, in chunks so a pause can fall between them.  The
-    # built-in 3-argument pow runs the squarings in C, faster than a loop.
+    # x^(2^n) mod p, in chunks so a pause can fall between them. The built-in 3-argument pow runs
+    # the squarings in C, faster than a loop.
     P = _P
     while n:
         # Up to the rest of the current budget, so pauses stay evenly spaced.
@@ -107,10 +95,9 @@ def _sqn(x, n, c):
 
 
 def _pow_250(z, c):
-    # Returns (z^(2^250 - 1), z^11): the common head of the addition chains
-    # for inversion and for the square root (ref10 fe_invert/fe_pow22523).
-    # 250 squarings and 11 multiplications, against ~255 + ~250 for a plain
-    # square-and-multiply over p - 2.
+    # Returns (z^(2^250 - 1), z^11): the common head of the addition chains for inversion and for
+    # the square root (ref10 fe_invert/fe_pow22523). 250 squarings and 11 multiplications, against
+    # ~255 + ~250 for a plain square-and-multiply over p - 2.
     P = _P
     z2 = z * z % P
     z9 = pow(z2, 4, P) * z % P
@@ -142,12 +129,11 @@ def _pow22523(z, c):
 
 
 # --- points ----------------------------------------------------------------
-# Extended twisted Edwards coordinates (X, Y, Z, T) with x = X/Z, y = Y/Z,
-# x*y = T/Z (Hisil-Wong-Carter-Dawson 2008, a = -1).  Coordinates are reduced
-# after every multiplication only; sums feeding a multiplication stay
-# unreduced since a % on a 257-bit value costs more than a slightly longer
-# product.  T is computed only when the next operation is an addition:
-# doubling does not read it.
+# Extended twisted Edwards coordinates (X, Y, Z, T) with x = X/Z, y = Y/Z, x*y = T/Z
+# (Hisil-Wong-Carter-Dawson 2008, a = -1). Coordinates are reduced after every multiplication only;
+# sums feeding a multiplication stay unreduced since a % on a 257-bit value costs more than a
+# slightly longer product. T is computed only when the next operation is an addition: doubling does
+# not read it.
 
 
 def _dbl(p, want_t):
@@ -170,63 +156,23 @@ def _cached(p):
     return ((Y + X) % _P, (Y - X) % _P, 2 * Z % _P, T * _D2 % _P)
 
 
-def _add(p, q, want_t):
-    # p + q, q in _cached() form.
+def _add(p, q, neg, want_t):
+    # p + q, or p - q when `neg`, q in _cached() form: -q = (-x, y) swaps Y+X with Y-X and negates
+    # T.
     P = _P
     X, Y, Z, T = p
-    a = (Y - X) * q[1] % P
-    b = (Y + X) * q[0] % P
-    cc = T * q[3] % P
+    if neg:
+        a = (Y - X) * q[0] % P
+        b = (Y + X) * q[1] % P
+        cc = -T * q[3] % P
+    else:
+        a = (Y - X) * q[1] % P
+        b = (Y + X) * q[0] % P
+        cc = T * q[3] % P
     d = Z * q[2] % P
     e = b - a
     f = d - cc
     g = d + cc
-    h = b + a
-    return (e * f % P, g * h % P, f * g % P, e * h % P if want_t else 0)
-
-
-def _sub(p, q, want_t):
-    # p - q, q in _cached() form.  -q = (-x, y) swaps Y+X with Y-X and
-    # negates T, so this is _add with those roles swapped.
-    P = _P
-    X, Y, Z, T = p
-    a = (Y - X) * q[0] % P
-    b = (Y + X) * q[1] % P
-    cc = T * q[3] % P
-    d = Z * q[2] % P
-    e = b - a
-    f = d + cc
-    g = d - cc
-    h = b + a
-    return (e * f % P, g * h % P, f * g % P, e * h % P if want_t else 0)
-
-
-def _madd(p, q, want_t):
-    # p + q, q an affine entry of _BTAB (Z = 1, so Z1 * 2Z2 is Z1 + Z1).
-    P = _P
-    X, Y, Z, T = p
-    a = (Y - X) * q[1] % P
-    b = (Y + X) * q[0] % P
-    cc = T * q[2] % P
-    d = Z + Z
-    e = b - a
-    f = d - cc
-    g = d + cc
-    h = b + a
-    return (e * f % P, g * h % P, f * g % P, e * h % P if want_t else 0)
-
-
-def _msub(p, q, want_t):
-    # p - q, q an affine entry of _BTAB; see _sub for the swapped roles.
-    P = _P
-    X, Y, Z, T = p
-    a = (Y - X) * q[0] % P
-    b = (Y + X) * q[1] % P
-    cc = T * q[2] % P
-    d = Z + Z
-    e = b - a
-    f = d + cc
-    g = d - cc
     h = b + a
     return (e * f % P, g * h % P, f * g % P, e * h % P if want_t else 0)
 
@@ -236,7 +182,7 @@ def _odd_multiples(p, n, c):
     p2 = _cached(_dbl(p, True))
     out = [_cached(p)]
     for _ in range(n - 1):
-        p = _add(p, p2, True)
+        p = _add(p, p2, False, True)
         out.append(_cached(p))
         if _due(c, 9):
             yield
@@ -244,12 +190,11 @@ def _odd_multiples(p, n, c):
 
 
 def _wnaf(k, w):
-    # Width-w NAF of 0 <= k < 2^253 (both scalars are < L) as 256 digits, least
-    # significant first: every non-zero digit is odd with |digit| < 2^(w-1),
-    # and a non-zero digit is followed by at least w-1 zeros, so only ~1 in
-    # w+1 positions needs an addition.  Bits are read from a byte string so
-    # the loop runs on small ints only (no big-int allocation); same
-    # algorithm as libsecp256k1's secp256k1_ecmult_wnaf.
+    # Width-w NAF of 0 <= k < 2^253 (both scalars are < L) as 256 digits, least significant first:
+    # every non-zero digit is odd with |digit| < 2^(w-1), and a non-zero digit is followed by at
+    # least w-1 zeros, so only ~1 in w+1 positions needs an addition. Bits are read from a byte
+    # string so the loop runs on small ints only (no big-int allocation); same algorithm as
+    # libsecp256k1's secp256k1_ecmult_wnaf.
     b = k.to_bytes(35, "little")  # 3 spare bytes: windows read 3 at a time
     # Signed bytes: 256 bytes instead of a 1-2 KB list of ints.
     out = array("b", bytes(256))
@@ -270,8 +215,8 @@ def _wnaf(k, w):
 
 
 def _decode(s, c):
-    # RFC 8032 section 5.1.3.  Returns an extended point, or None if `s` is
-    # not a canonical encoding of a curve point.
+    # RFC 8032 section 5.1.3. Returns an extended point, or None if `s` is not a canonical encoding
+    # of a curve point.
     P = _P
     y = int.from_bytes(s, "little")
     sign = y >> 255
@@ -307,9 +252,9 @@ def check(pk, r_bytes, s, k, c):
     a = yield from _decode(pk, c)
     if a is None:
         return False
-    # Beyond RFC 8032: refuse small-order keys ([8]A = neutral).  No real key
-    # has small order, but with, e.g., A = neutral the cofactorless equation
-    # holds for R = neutral, S = 0 and every message.  Three doublings.
+    # Beyond RFC 8032: refuse small-order keys ([8]A = neutral). No real key has small order, but
+    # with, e.g., A = neutral the cofactorless equation holds for R = neutral, S = 0 and every
+    # message. Three doublings.
     e = _dbl(_dbl(_dbl(a, False), False), False)
     if e[0] == 0 and e[1] == e[2]:
         return False
@@ -332,21 +277,12 @@ def check(pk, r_bytes, s, k, c):
         ds = ns[i]
         dk = nk[i]
         r = _dbl(r, ds or dk)
-        cost = 8
         # [k]A is subtracted, so a positive digit of k means subtraction.
-        if dk > 0:
-            r = _sub(r, ta[dk >> 1], ds)
-            cost += 8
-        elif dk < 0:
-            r = _add(r, ta[(-dk) >> 1], ds)
-            cost += 8
-        if ds > 0:
-            r = _madd(r, _bpoint(ds >> 1), False)
-            cost += 7
-        elif ds < 0:
-            r = _msub(r, _bpoint((-ds) >> 1), False)
-            cost += 7
-        if _due(c, cost):
+        if dk:
+            r = _add(r, ta[abs(dk) >> 1], dk > 0, ds)
+        if ds:
+            r = _add(r, _bpoint(abs(ds) >> 1), ds < 0, False)
+        if _due(c, 8 + 8 * bool(dk) + 8 * bool(ds)):
             yield
 
     zi = yield from _inv(r[2], c)

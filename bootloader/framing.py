@@ -103,16 +103,6 @@ class Decoder:
         self._pos = end
         return None
 
-    def frames(self, data):
-        """Every frame in data, payloads copied: for a caller that wants them all at once."""
-        self.feed(data)
-        out = []
-        while True:
-            f = self.next()
-            if f is None:
-                return out
-            out.append((f[0], f[1], bytes(f[2])))
-
     def _put(self, part):
         n = self._n + len(part)
         if n > len(self._frame):

@@ -1,6 +1,6 @@
-# The bootloader's services to the application: boot control, slot information, activation,
-# confirm and revert, and the trial of a new bootloader. The application never writes the boot
-# control block, nor the first stage's record, itself.
+# The bootloader's services to the application: boot control, slot information, activation, confirm
+# and revert, and the trial of a new bootloader. The application never writes the boot control
+# block, nor the first stage's record, itself.
 from bootloader import call, eventlog
 from bootloader.bootctl import REASONS
 
@@ -21,8 +21,8 @@ class Platform:
         self.inactive_slot = 1 - bcb.active
         self.boot_reason = REASONS[bcb.reason]
         # fn() the application sets to store what the next image checks itself against (its
-        # pre-switch snapshot). Not called when the running image is rejected: its view of
-        # the meter is not to be trusted.
+        # pre-switch snapshot). Not called when the running image is rejected: its view of the meter
+        # is not to be trusted.
         self.before_switch = None
 
     @property
@@ -43,38 +43,27 @@ class Platform:
             self.events.log(eventlog.BOOTLOADER_CONFIRMED, r.security)
 
     # The seldom-run operations are switching.py's, loaded for the call and dropped after it: each
-    # runs once a boot, on an operator's request, or resets the meter (activate, revert and
-    # bootloader_failed do not return).
+    # runs once a boot, on an operator's request, or resets the meter. api.py says what each does.
     def mark_unhealthy(self, why):
-        """A critical check failed this boot: an image on trial is reverted, a bootloader on
-        trial falls back (neither returns); otherwise the application reports it and stays."""
         return call("switching", "mark_unhealthy", self, why)
 
     def status(self):
-        """The platform's part of the meter's status: slots, boot control, bootloader."""
         return call("switching", "status", self)
 
     def can_revert(self):
-        """A previous image that reads and is not below the security floor."""
         return call("switching", "can_revert", self)
 
     def confirm(self):
-        """Confirm the image on trial and raise the security floor; False if none was."""
         return call("switching", "confirm", self)
 
     def unreject(self, image_id):
-        """An operator's authenticated decision to allow a rejected image again."""
         return call("switching", "unreject", self, image_id)
 
     def activate(self, slot):
-        """Start a trial of the verified update in `slot` and reset into it."""
         call("switching", "activate", self, slot)
 
     def revert(self, reject=False, why=None):
-        """Go back to the previous slot and reset. Raises ValueError if there is none."""
         call("switching", "revert", self, reject, why)
 
     def bootloader_failed(self, why):
-        """This bootloader, on trial, did not bring up a healthy application."""
         call("switching", "bootloader_failed", self, why)
-

@@ -1,25 +1,21 @@
-# SHA-512 (FIPS 180-4) in pure Python for MicroPython.
+# SHA-512 (FIPS 180-4) in pure Python for MicroPython, for Ed25519's hash of a signature check.
 #
-# MicroPython's hashlib has no SHA-512 (micropython issue #8017), yet Ed25519
-# needs it.  The same file runs under CPython so host tests can cross-check it
-# against hashlib.
+# MicroPython's hashlib has no SHA-512 (micropython issue #8017). A signature covers a role prefix
+# and the image id, so the meter only ever hashes one short message in one go: a generator that
+# pauses every 10 rounds (a block takes ~80 ms on a Pico).
 #
-# Every 64-bit word is a big int on the device (small ints are 31 bits on rp2),
-# so each arithmetic operation allocates.  The round function is written to
-# keep the number of big-int operations per round low: rotations are taken
-# from a 128-bit "doubled" copy of the word (one shift per rotation instead of
-# two shifts and an OR), and masking to 64 bits is done once per result rather
-# than after every addition.
-
+# Every 64-bit word is a big int on the device (small ints are 31 bits on rp2), so each arithmetic
+# operation allocates. The rounds keep the big-int operations per round low: rotations are taken
+# from a 128-bit "doubled" copy of the word (one shift per rotation instead of two shifts and an
+# OR), and masking to 64 bits is done once per result.
 import struct
 from array import array
 
 _M = 0xFFFFFFFFFFFFFFFF
 
-# Round constants, FIPS 180-4 section 4.2.3: 640 bytes in one array.  As
-# int literals they would stay loaded as 80 big ints (they exceed
-# MicroPython's small ints) at ~64 bytes of heap each, since an .mpy keeps
-# its constants for as long as the module lives; one hex string costs 1280.
+# Round constants, FIPS 180-4 section 4.2.3: 640 bytes in one array. As int literals they would stay
+# loaded as 80 big ints (they exceed MicroPython's small ints) at ~64 bytes of heap each, since an
+# .mpy keeps its constants for as long as the module lives; one hex string costs 1280.
 _K = array("Q", struct.unpack(">80Q", bytes.fromhex(
     "428a2f98d728ae227137449123ef65cdb5c0fbcfec4d3b2fe9b5dba58189dbbc"
     "3956c25bf348b53859f111f1b605d019923f82a4af194f9bab1c5ed5da6d8118"
@@ -50,27 +46,32 @@ _H0 = (
 )
 
 
-def _schedule(w, block):
-    # Load one 128-byte block's 16 words into `w`, the message schedule's
-    # window, a list reused for every block.  The other 64 words are made as
-    # the rounds reach them (_rounds), each over the word 16 back: a window of
-    # 16 big ints rather than 80, 4 KB less at a signature check's peak.
-    i = 0
-    for x in struct.unpack(">16Q", block):
-        w[i] = x
-        i += 1
+def digest(data):
+    """Generator: SHA-512 of the bytes `data`, pausing (yields None) every 10 rounds; yields the
+    64-byte digest last."""
+    n = len(data)
+    # Padded to 112 mod 128, then the 128-bit length.
+    data = data + b"\x80" + bytes((111 - n) % 128) + struct.pack(">QQ", 0, n * 8)
+    h = _H0
+    for i in range(0, len(data), 128):
+        # The schedule's window: 16 words, each replaced as the rounds reach the next 16 (_rounds).
+        w = list(struct.unpack_from(">16Q", data, i))
+        s = h
+        for t in range(0, 80, 10):
+            s = _rounds(s, w, t, t + 10)
+            yield
+        h = [(x + y) & _M for x, y in zip(h, s)]
+    yield struct.pack(">8Q", *h)
 
 
 def _rounds(s, w, first, end):
-    # Rounds first..end-1 on the working variables `s` (list of 8, in place).
-    # Split from the block loop so a cooperative caller can pause between
-    # parts of a block.  Only locals in the loop: global and attribute
-    # lookups cost a dict search per access in MicroPython.
+    # Rounds first..end-1 on the working variables `s`; returns them. Only locals in the loop:
+    # global and attribute lookups cost a dict search per access in MicroPython.
     M = _M
     K = _K
     a, b, c, d, e, f, g, h = s
-    # Maj(a, b, c) == b ^ ((a ^ b) & (b ^ c)), and this round's b ^ c is the
-    # previous round's a ^ b, so carrying it saves one operation per round.
+    # Maj(a, b, c) == b ^ ((a ^ b) & (b ^ c)), and this round's b ^ c is the previous round's a ^ b,
+    # so carrying it saves one operation per round.
     bc = b ^ c
     for t in range(first, end):
         j = t & 15
@@ -97,123 +98,4 @@ def _rounds(s, w, first, end):
         c = b
         b = a
         a = (t1 + t2) & M
-    s[0] = a
-    s[1] = b
-    s[2] = c
-    s[3] = d
-    s[4] = e
-    s[5] = f
-    s[6] = g
-    s[7] = h
-
-
-def _fold(h, s):
-    M = _M
-    for i in range(8):
-        h[i] = (h[i] + s[i]) & M
-
-
-def _compress(h, w, block):
-    # One 128-byte block; `h` is the 8-word state list, updated in place,
-    # `w` the 16-word schedule window.
-    _schedule(w, block)
-    s = list(h)
-    _rounds(s, w, 0, 80)
-    _fold(h, s)
-
-
-def _compress_steps(h, w, block):
-    # Same as _compress, as a generator that pauses (yields None) every 10
-    # rounds: a whole block takes ~80 ms on a Pico, eight times the pause
-    # interval the Ed25519 verifier aims for.
-    _schedule(w, block)
-    s = list(h)
-    for t in range(0, 80, 10):
-        _rounds(s, w, t, t + 10)
-        yield
-    _fold(h, s)
-
-
-class sha512:
-    # Same surface as hashlib.sha512 for the parts Ed25519 needs.
-    digest_size = 64
-    block_size = 128
-
-    def __init__(self, data=None):
-        self._h = list(_H0)
-        self._w = [0] * 16  # the message schedule's window, see _schedule()
-        self._buf = b""
-        self._n = 0  # total message length in bytes, for the length field
-        if data is not None:
-            self.update(data)
-
-    def update(self, data):
-        h = self._h
-        w = self._w
-        for block in self._blocks(data):
-            _compress(h, w, block)
-
-    def update_steps(self, data):
-        # Generator form of update(): yields None at points where a
-        # cooperative caller may hand the CPU to other tasks.
-        h = self._h
-        w = self._w
-        for block in self._blocks(data):
-            yield from _compress_steps(h, w, block)
-
-    def _blocks(self, data):
-        # Buffer `data` and yield each complete 128-byte block, so update()
-        # and update_steps() share the buffering logic.
-        data = memoryview(data)
-        n = len(data)
-        self._n += n
-        i = 0
-        if self._buf:
-            need = 128 - len(self._buf)
-            if n < need:
-                self._buf += bytes(data)
-                return
-            yield self._buf + bytes(data[:need])
-            self._buf = b""
-            i = need
-        # Whole blocks straight from the caller's buffer: slicing a memoryview
-        # does not copy the payload.
-        while n - i >= 128:
-            yield data[i:i + 128]
-            i += 128
-        if i < n:
-            self._buf = bytes(data[i:])
-
-    def copy(self):
-        c = sha512()
-        c._h = list(self._h)
-        c._buf = self._buf
-        c._n = self._n
-        return c
-
-    def _final(self):
-        # Padded tail on a copy of the state, so update() can still be called
-        # after digest(), as with hashlib.
-        bits = self._n * 8
-        tail = self._buf + b"\x80"
-        # Pad to 112 mod 128, leaving room for the 128-bit length field.
-        tail += bytes((112 - len(tail)) % 128)
-        tail += struct.pack(">QQ", (bits >> 64) & _M, bits & _M)
-        return list(self._h), tail
-
-    def digest(self):
-        h, tail = self._final()
-        for i in range(0, len(tail), 128):
-            _compress(h, self._w, tail[i:i + 128])
-        return struct.pack(">8Q", *h)
-
-    def digest_steps(self):
-        # Generator form of digest(): yields None at pause points and
-        # returns the digest (use `d = yield from h.digest_steps()`).
-        h, tail = self._final()
-        for i in range(0, len(tail), 128):
-            yield from _compress_steps(h, self._w, tail[i:i + 128])
-        return struct.pack(">8Q", *h)
-
-    def hexdigest(self):
-        return "".join("%02x" % b for b in self.digest())
+    return a, b, c, d, e, f, g, h

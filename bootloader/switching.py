@@ -10,7 +10,10 @@ from bootloader.bootctl import ACTIVATE, NONE, REVERT, SLOT_NAMES, STAGING
 def status(p):
     """The platform's part of the meter's status: slots, boot control, bootloader."""
     b = p.bcb
-    slots = slot_versions(p)
+    versions = {}
+    for s in (0, 1):
+        m, _ = slots.manifest(s)
+        versions[SLOT_NAMES[s]] = {"version": m["version"] if m else None}
     try:
         with open("/identity.json") as f:
             serial = json.load(f).get("serial")
@@ -18,8 +21,8 @@ def status(p):
         serial = None
     return {
         "board": p.board.name, "serial": serial,
-        "active_slot": SLOT_NAMES[b.active], "active_version": slots[SLOT_NAMES[b.active]]["version"],
-        "confirmed": b.confirmed, "trial": p.in_trial, "slots": slots,
+        "active_slot": SLOT_NAMES[b.active], "active_version": versions[SLOT_NAMES[b.active]]["version"],
+        "confirmed": b.confirmed, "trial": p.in_trial, "slots": versions,
         "boot_reason": p.boot_reason, "bootloader_version": p.record.version,
         "bootloader": {"version": p.record.version, "copy": "ab"[p.record.active],
                        "trial": bool(p.record.trial), "security_version": p.record.security,
@@ -27,14 +30,6 @@ def status(p):
         "security_floor": b.floor, "can_revert": can_revert(p),
         "rejected": [r.hex() for r in b.rejected],
     }
-
-
-def slot_versions(p):
-    out = {}
-    for s in (0, 1):
-        m, _ = slots.manifest(s)
-        out[SLOT_NAMES[s]] = {"version": m["version"] if m else None}
-    return out
 
 
 def activate(p, slot):
@@ -70,8 +65,8 @@ def confirm(p):
     b.confirmed = True
     b.failures = 0
     b.floor = max(b.floor, p.manifest["security_version"])
-    # A revert target below the floor just raised could never run again (anti-rollback):
-    # it stops being one, and the event log says so.
+    # A revert target below the floor just raised could never run again (anti-rollback): it stops
+    # being one, and the event log says so.
     dropped = None
     if b.previous != NONE:
         m, _ = slots.manifest(b.previous)

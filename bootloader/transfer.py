@@ -1,20 +1,18 @@
 # Image transfer into the inactive slot, in the states of DLMS/COSEM image transfer (class 18):
-# initiate -> blocks -> verify. Shared by the application's update agent and the recovery
-# console, so a meter whose application is broken downloads images the same way.
-# Progress lives in the slot file's length (whole blocks, committed every 64 KiB), so a
-# transfer resumes from the first block not yet transferred after a dropped link or a power cut.
+# initiate -> blocks -> verify. Shared by the application's update agent and the recovery console,
+# so a meter whose application is broken downloads images the same way. Progress lives in the slot
+# file's length (whole blocks, committed every 64 KiB), so a transfer resumes from the first block
+# not yet transferred after a dropped link or a power cut.
 #
-# Credit-based flow control. On a Pico, erasing or programming flash turns interrupts off and
-# the UART keeps only 32 bytes meanwhile, so no flash work may happen while blocks are arriving.
-# Every block reply (and the initiate reply) carries `next` and `window`: the host may send
-# blocks next .. next+window-1 back to back, then waits for the reply to the last of them, which
-# carries the next grant. The blocks of a window go into RAM (the board's transfer_window_bytes,
-# whole erase sectors) and are written after the window is complete; only then is the next
-# window granted. Blocks held in RAM are not yet transferred: after a reset the host simply
-# sends them again, and a host that goes back to a block still in RAM (after losing a reply)
-# overwrites it there. The application's own flash work (closing an interval) is scheduled
-# around the windows through `schedule`.
-import asyncio
+# Credit-based flow control. On a Pico, erasing or programming flash turns interrupts off and the
+# UART keeps only 32 bytes meanwhile, so no flash work may happen while blocks are arriving. Every
+# block reply (and the initiate reply) carries `next` and `window`: the host may send blocks next ..
+# next+window-1 back to back, then waits for the reply to the last of them, which carries the next
+# grant. The blocks of a window go into RAM (the board's transfer_window_bytes, whole erase sectors)
+# and are written after the window is complete; only then is the next window granted. Blocks held in
+# RAM are not yet transferred: after a reset the host simply sends them again, and a host that goes
+# back to a block still in RAM (after losing a reply) overwrites it there. The application's own
+# flash work is scheduled around the windows through `schedule` (api.py).
 import gc
 import os
 import struct
@@ -25,8 +23,8 @@ from bootloader.bootctl import NONE, STAGING, slot_path
 from bootloader.protocol import INITIATED, VERIFYING, VERIFIED, VERIFY_FAILED, ACTIVATING, CommandError
 from bootloader.update_state import load, summary
 
-# 2 KiB blocks: a block's frame type, seq, CRC, number, session trailer and SLIP escapes cost
-# ~48 bytes on the line, 2.3% at this size (3.9% at 1 KiB).
+# 2 KiB blocks: a block's frame type, seq, CRC, number, session trailer and SLIP escapes cost ~48
+# bytes on the line, 2.3% at this size (3.9% at 1 KiB).
 BLOCK_SIZE = const(2048)
 # Bytes a block costs on the wire beyond its data: frame type, seq and CRC, block number, the
 # session trailer, SLIP ends, and escapes (about 1 in 128 bytes of random-looking data).
@@ -38,17 +36,13 @@ _GRANT_MARGIN_MS = const(40)  # host turnaround and scheduling slack before the 
 _SECTOR_WRITE_MS = const(52)
 _FLUSH_MARGIN_MS = const(100)
 _SYNC_BYTES = const(65536)  # commit the slot file this often: the resume point's granularity
-_SETTLE_WAIT_MS = const(3000)  # longest wait for the application's flash work to pass
-_AFTER_CLOSE_MS = const(20)  # an interval close's own flash writes finish within this after it
 
 
 class Transfer:
     def __init__(self, platform, schedule=None):
         self._p = platform
         self._file = None
-        # The application's own flash work: ms_to_next(), and `closed`, an asyncio.Event set as
-        # each interval closes; or None.
-        self.schedule = schedule
+        self.schedule = schedule  # the application's own flash work (api.py), or None
         self._bufs = None  # a window's blocks in RAM while a download runs (see _window_buffer)
         self._held = 0  # blocks in _bufs, following the blocks in flash
         self._flash_bytes = None  # slot file length, read once per boot, then counted
@@ -69,12 +63,6 @@ class Transfer:
         update_state.store(self.state)
         if self.changed:
             self.changed(self.state)
-
-    def _written(self):
-        try:
-            return os.stat(slot_path(self.state["slot"]))[6]
-        except OSError:
-            return 0
 
     def public_state(self):
         s = self.state
@@ -119,7 +107,7 @@ class Transfer:
         # A bootloader downloads beside the slots: the revert target stays what it was.
         slot = STAGING if m["kind"] == "bootloader" else p.inactive_slot
         st = os.statvfs("/")
-        old = self._slot_size(slot)
+        old = _size(slot)
         free = st[0] * st[3] + old - 8 * st[0]  # keep a few blocks for littlefs metadata and meter data
         if size > free:
             raise CommandError("no_space", "image needs %d bytes, %d free" % (size, free))
@@ -140,20 +128,13 @@ class Transfer:
         return {"block_size": BLOCK_SIZE, "first_not_transferred_block": 0,
                 "blocks": self._blocks(), "next": 0, "window": self._grant_end, "signature_ms": signature_ms}
 
-    @staticmethod
-    def _slot_size(slot):
-        try:
-            return os.stat(slot_path(slot))[6]
-        except OSError:
-            return 0
-
     # -- blocks and windows -------------------------------------------------------------------
     def _blocks(self):
         return (self.state["size"] + BLOCK_SIZE - 1) // BLOCK_SIZE
 
     def _flashed(self):
         if self._flash_bytes is None:
-            self._flash_bytes = self._synced = self._written()
+            self._flash_bytes = self._synced = _size(self.state["slot"])
         return self._flash_bytes
 
     def _first_missing(self):
@@ -205,8 +186,8 @@ class Transfer:
         data = memoryview(payload)[4:]
         if self._collect:
             # The last window's garbage, collected as the next window's first block arrives: the
-            # rest of it is on the line meanwhile (the UART's ring takes it, interrupts stay on),
-            # so the collection (~20 ms on a Pico) costs no line time, as it did before the grant.
+            # rest of it is on the line meanwhile (the UART's ring takes it, interrupts stay on), so
+            # the collection (~20 ms on a Pico) costs no line time, as it did before the grant.
             self._collect = False
             gc.collect()
         room = self._window_buffer()
@@ -225,7 +206,7 @@ class Transfer:
         """Before flash work of our own (it blocks the CPU): an interval close due meanwhile
         would be late, so let it go first."""
         if self.schedule and self.schedule.ms_to_next() < self._flush_ms:
-            await self._settle()
+            await self.schedule.settle()
 
     async def _write_window(self, data):
         """The window is complete and nothing is arriving: write it (the blocks held in RAM, or
@@ -265,7 +246,7 @@ class Transfer:
         want = self._room(nxt)
         w = self._fit(want)
         while want and not w:
-            await self._settle()  # the application writes flash soon: grant after that
+            await self.schedule.settle()  # the application writes flash soon: grant after that
             w = self._fit(want)
         self._grant_end = nxt + w
 
@@ -281,33 +262,19 @@ class Transfer:
         ms = self.schedule.ms_to_next() - _GRANT_MARGIN_MS
         return max(0, min(want, ms // self._block_ms))
 
-    async def _settle(self):
-        try:
-            # The event's own wait, not a coroutine of the application's: the task wait_for makes
-            # can outlive the wait by a while, and what its coroutine refers to stays on the heap.
-            await asyncio.wait_for_ms(self.schedule.closed.wait(), _SETTLE_WAIT_MS)
-        except asyncio.TimeoutError:
-            return  # the application's task is late or gone: do not hold the transfer up
-        await self.after_close()
-
-    @staticmethod
-    async def after_close():
-        """Once an interval has closed: the wait for its own flash writes to finish."""
-        await asyncio.sleep_ms(_AFTER_CLOSE_MS)
-
     async def verify(self, _payload=None):
         s = self.state
         if s["status"] not in (INITIATED, VERIFY_FAILED, VERIFIED):
             raise CommandError("not_initiated", "no image to verify")
         self._close()
-        if self._written() != s["size"]:
-            raise CommandError("incomplete", "transfer incomplete: %d of %d bytes" % (self._written(), s["size"]))
+        if _size(s["slot"]) != s["size"]:
+            raise CommandError("incomplete", "transfer incomplete: %d of %d bytes" % (_size(s["slot"]), s["size"]))
         s["status"] = VERIFYING
         t0_ms = time.ticks_ms()
         try:
             # The slot's payload against its manifest's hash, and that manifest against the one
-            # whose signatures the initiate checked (its hash is the image id): the same bytes,
-            # so the signatures hold for it without a second Ed25519 check.
+            # whose signatures the initiate checked (its hash is the image id): the same bytes, so
+            # the signatures hold for it without a second Ed25519 check.
             m, img_id = await slots.check(s["slot"], self._p.board.name, self._floor(), s.get("kind", "firmware"))
             if img_id.hex() != s["id"]:
                 raise ValueError("image differs from the one initiated")
@@ -342,3 +309,10 @@ class Transfer:
         self.above_floor()
         self.state["status"] = ACTIVATING
         self.save()
+
+
+def _size(slot):
+    try:
+        return os.stat(slot_path(slot))[6]
+    except OSError:
+        return 0

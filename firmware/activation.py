@@ -96,7 +96,7 @@ async def run_at(agent, t_s, when):
                     await asyncio.wait_for_ms(metering.closed.wait(), _TICK_MS)
                 except asyncio.TimeoutError:
                     pass
-            await t.after_close()
+            await agent.after_close()
         else:
             while True:
                 left_ms = t_s * 1000 - agent.platform.board.clock.time_ms()

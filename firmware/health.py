@@ -90,8 +90,10 @@ async def _storage(m, ctx):
 
 async def _link(m, ctx):
     probe = b"loopback %d" % ctx["now_ms"]
-    frames = framing.Decoder(len(probe)).frames(framing.encode(0x00, 0x5A, probe))
-    if len(frames) != 1 or bytes(frames[0][2]) != probe:
+    d = framing.Decoder(len(probe))
+    d.feed(framing.encode(0x00, 0x5A, probe))
+    f = d.next()
+    if f is None or bytes(f[2]) != probe or d.next() is not None:
         return FAIL, "frame loopback failed", None
     return PASS, None, m.link.requests
 

@@ -14,6 +14,8 @@ from bootloader.api import U32_MAX, VERIFIED, CommandError, field, query, transf
 from event_codes import UPGRADE_NOTICE
 
 _TEXT_MAX = const(32)  # a notice's version and time, as the display shows them
+_SETTLE_WAIT_MS = const(3000)  # longest wait for an interval close to pass
+_AFTER_CLOSE_MS = const(20)  # an interval close's own flash writes finish within this after it
 
 
 def _no_events():
@@ -26,7 +28,6 @@ class UpdateAgent:
         self.metering = metering
         # () -> [(start_s, end_s)] of scheduled pricing events; the meter state provides it.
         self.pricing_events = pricing_events or _no_events
-        self.closed = metering.closed  # set as each interval closes (and the transfer's schedule)
         self.transfer = t = transfer(platform, self)
         self.block, self.verify = t.block, t.verify  # the transfer's link commands, beside ours
         self.notice = upgrade_notice.load()
@@ -52,6 +53,21 @@ class UpdateAgent:
     def ms_to_next(self):
         """Until the open interval closes, and the metering task writes it to flash."""
         return self.next_boundary_s() * 1000 - self.platform.board.clock.time_ms()
+
+    async def settle(self):
+        """Once the interval close due now has passed, with its flash writes."""
+        try:
+            # The event's own wait, not a coroutine of ours: the task wait_for makes can outlive
+            # the wait by a while, and what its coroutine refers to stays on the heap.
+            await asyncio.wait_for_ms(self.metering.closed.wait(), _SETTLE_WAIT_MS)
+        except asyncio.TimeoutError:
+            return  # the metering task is late or gone: do not hold the transfer up
+        await self.after_close()
+
+    @staticmethod
+    async def after_close():
+        """Once an interval has closed: the wait for its own flash writes to finish."""
+        await asyncio.sleep_ms(_AFTER_CLOSE_MS)
 
     async def notice_received(self, payload):
         """FR33: "an upgrade is available", apart from the payload. Recorded, logged, shown."""

@@ -96,13 +96,18 @@ class Frames:
         return stream
 
     def _decode(self, r, d, stream, chunked):
+        """Every frame `d` finds in `stream`, fed in pieces of random sizes through the receive
+        buffer as a UART delivers it (chunked), or in one piece."""
         got, pos = [], 0
         while pos < len(stream):
-            k = r.pick((1, 2, 3, 7, 64, 512, 1 + r.below(512))) if chunked else len(self.rx)
-            k = min(k, len(stream) - pos)
-            self.rx[:k] = stream[pos:pos + k]
+            if chunked:
+                k = min(r.pick((1, 2, 3, 7, 64, 512, 1 + r.below(512))), len(stream) - pos)
+                self.rx[:k] = stream[pos:pos + k]
+                d.feed(self.rx, k)
+            else:
+                k = len(stream)
+                d.feed(stream)
             pos += k
-            d.feed(self.rx, k)
             while True:
                 f = d.next()
                 if f is None:
@@ -115,7 +120,7 @@ class Frames:
         d, whole = self.fr.Decoder(), self.fr.Decoder()
         tail = b"\xc0" + self.fr.encode(*self.known)  # a second END: the stream may end in ESC
         got = self._decode(r, d, stream, True) + self._decode(r, d, tail, True)
-        ref = whole.frames(stream) + whole.frames(tail)
+        ref = self._decode(r, whole, stream, False) + self._decode(r, whole, tail, False)
         if not got or got[-1] != self.known:
             raise Wrong("a good frame after a bad stream was lost")
         if got != ref:

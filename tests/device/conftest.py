@@ -10,6 +10,22 @@ ROOT = Path(__file__).resolve().parents[2]
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 
 
+# Before every script: the repo on the path, the arguments, and frames(decoder, data), every frame
+# a Decoder finds in `data` with its payload copied.
+_PRELUDE = """import sys, json
+sys.path.insert(0, sys.argv[1])
+ARGS = sys.argv[2:]
+def frames(d, data):
+    d.feed(data)
+    out = []
+    f = d.next()
+    while f is not None:
+        out.append((f[0], f[1], bytes(f[2])))
+        f = d.next()
+    return out
+"""
+
+
 @pytest.fixture
 def run_mpy(tmp_path):
     """run_mpy(script, *args, heap="64k") runs script with the repo on sys.path and with a
@@ -17,7 +33,7 @@ def run_mpy(tmp_path):
 
     def run(script: str, *args, heap: str = "64k") -> dict:
         path = tmp_path / "script.py"
-        path.write_text("import sys, json\nsys.path.insert(0, sys.argv[1])\nARGS = sys.argv[2:]\n" + script)
+        path.write_text(_PRELUDE + script)
         proc = subprocess.run([str(MICROPYTHON), "-X", f"heapsize={heap}", str(path), str(ROOT), *map(str, args)],
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == 0, f"micropython failed:\n{proc.stdout}\n{proc.stderr}"

@@ -25,7 +25,7 @@ d = framing.Decoder()
 stream = b"".join(binascii.unhexlify(v["wire"]) for v in vs)
 got = []
 for i in range(0, len(stream), 7):  # arbitrary chunking, as a UART delivers it
-    got += d.frames(stream[i:i + 7])
+    got += frames(d, stream[i:i + 7])
 print(json.dumps({
     "encode_ok": [binascii.hexlify(framing.encode(v["type"], v["seq"], binascii.unhexlify(v["payload"]))).decode() == v["wire"] for v in vs],
     "decoded": [[t, s, binascii.hexlify(p).decode()] for t, s, p in got]}))
@@ -43,11 +43,11 @@ def test_device_drops_damaged_frames_and_keeps_the_next(run_mpy):
 import binascii
 from bootloader import framing
 d = framing.Decoder()
-frames = d.frames(binascii.unhexlify(ARGS[0]))
-frames += d.frames(binascii.unhexlify(ARGS[1]))
-frames += d.frames(b"\\xc0" + b"x" * 9000)    # oversized garbage with no end
-frames += d.frames(binascii.unhexlify(ARGS[1]))
-print(json.dumps({"n": len(frames), "payloads": [bytes(p).decode() for _, _, p in frames],
+got = frames(d, binascii.unhexlify(ARGS[0]))
+got += frames(d, binascii.unhexlify(ARGS[1]))
+got += frames(d, b"\\xc0" + b"x" * 9000)    # oversized garbage with no end
+got += frames(d, binascii.unhexlify(ARGS[1]))
+print(json.dumps({"n": len(got), "payloads": [bytes(p).decode() for _, _, p in got],
                   "bad_crc": d.bad_crc, "oversized": d.oversized}))
 """, bytes(flipped).hex() + b"\xc0\x01\xc0".hex(), good.hex())
     assert out["payloads"] == ["hello", "hello"]

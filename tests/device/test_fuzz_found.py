@@ -12,8 +12,8 @@ import binascii
 from bootloader import framing
 good = binascii.unhexlify(ARGS[0])
 d = framing.Decoder()
-split = d.frames(b"noise\\xdb") + d.frames(good)
-whole = framing.Decoder().frames(b"noise\\xdb" + good)
+split = frames(d, b"noise\\xdb") + frames(d, good)
+whole = frames(framing.Decoder(), b"noise\\xdb" + good)
 print(json.dumps({"split": [bytes(p).decode() for _, _, p in split],
                   "whole": [bytes(p).decode() for _, _, p in whole], "bad": d.bad_crc}))
 """, good.hex())
