@@ -4,8 +4,7 @@
 # slot is touched: an unsigned or unapproved image costs no download and keeps the revert target.
 # Loaded for an initiate and forgotten after. The application runs it before it loads its update
 # machinery, so the signature check (the most the meter ever loads at once) shares the heap only
-# with the meter's resident code. A verify needs no second check: it binds the slot's manifest to
-# this one by its hash (the image id).
+# with the meter's resident code.
 import asyncio
 import io
 import hashlib
@@ -93,8 +92,7 @@ def _public_key(role):
 async def check_signatures(img_id, sigs, require_approval):
     """Ed25519 checks of a manifest (by its image id) against the meter's public keys (vendor, and the utility's
     approval when required). Raises ValueError naming the first failure."""
-    # Loaded for the check and forgotten after (it loads SHA-512, then the curve arithmetic,
-    # one at a time): ~16 KB of heap at its peak, needed only for a signature check.
+    # Loaded for the check and forgotten after: ~16 KB of heap at its peak.
     from bootloader import ed25519, forget
 
     await asyncio.sleep_ms(0)

@@ -1,8 +1,8 @@
 # The bootloader's two copies (/bl/a, /bl/b) as the platform sees them: installing a verified
 # bootloader image into the copy not running (its image's manifest kept beside it), for a trial,
-# and the stored update's verdict after the boot that follows. The first
-# stage (/main.py) owns the record that chooses between the copies; the platform changes it only
-# through the record's own methods. Loaded for an install or a verdict, and forgotten after.
+# and the stored update's verdict after the boot that follows. The first stage (/main.py) owns the
+# record that chooses between the copies; the platform changes it only through the record's own
+# methods. Loaded for an install or a verdict, and forgotten after.
 import json
 import os
 from micropython import const

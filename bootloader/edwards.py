@@ -1,8 +1,5 @@
-# Edwards25519 arithmetic for Ed25519 verification (bootloader/ed25519.py): the point and field
-# operations, loaded only for the curve half of a check and forgotten after it, so this code and
-# SHA-512's never share the heap.
-#
-# check() computes R' = [S]B - [k]A with one interleaved double-and-add over width-w NAF digits of S
+# Edwards25519 arithmetic for Ed25519 verification (bootloader/ed25519.py), the curve half of a
+# check. check() computes R' = [S]B - [k]A with one interleaved double-and-add over width-w NAF digits of S
 # and k (about 253 doublings plus ~80 additions) and compares the encoding of R' with the R bytes of
 # the signature. That is the cofactorless check RFC 8032 allows ("sufficient, but not required");
 # comparing encodings also rejects non-canonical or off-curve R without decoding it. Pure Python on
@@ -66,35 +63,18 @@ _BTAB = (
 # --- field helpers ---------------------------------------------------------
 
 
-def _due(c, cost):
-    # Charge `cost` field multiplications to the pause counter c = [spent, budget]; True when the
-    # caller should yield.
-    c[0] += cost
-    if c[0] >= c[1]:
-        c[0] = 0
-        return True
-    return False
-
-
-def _sqn(x, n, c):
-    # x^(2^n) mod p, in chunks so a pause can fall between them. The built-in 3-argument pow runs
-    # the squarings in C, faster than a loop.
-    P = _P
+def _sqn(x, n):
+    # x^(2^n) mod p, 8 squarings (a point operation's work) at a time so a pause can fall between.
+    # The built-in 3-argument pow runs the squarings in C, faster than a loop.
     while n:
-        # Up to the rest of the current budget, so pauses stay evenly spaced.
-        m = c[1] - c[0]
-        if m > n:
-            m = n
-        elif m < 1:
-            m = 1
-        x = pow(x, 1 << m, P)
+        m = min(n, 8)
+        x = pow(x, 1 << m, _P)
         n -= m
-        if _due(c, m):
-            yield
+        yield
     return x
 
 
-def _pow_250(z, c):
+def _pow_250(z):
     # Returns (z^(2^250 - 1), z^11): the common head of the addition chains for inversion and for
     # the square root (ref10 fe_invert/fe_pow22523). 250 squarings and 11 multiplications, against
     # ~255 + ~250 for a plain square-and-multiply over p - 2.
@@ -104,28 +84,28 @@ def _pow_250(z, c):
     z11 = z9 * z2 % P
     t = z11 * z11 % P * z9 % P                  # 2^5 - 1
     t5 = t
-    t = (yield from _sqn(t, 5, c)) * t5 % P     # 2^10 - 1
+    t = (yield from _sqn(t, 5)) * t5 % P     # 2^10 - 1
     t10 = t
-    t = (yield from _sqn(t, 10, c)) * t10 % P   # 2^20 - 1
-    t = (yield from _sqn(t, 20, c)) * t % P     # 2^40 - 1 (uses 2^20 - 1)
-    t = (yield from _sqn(t, 10, c)) * t10 % P   # 2^50 - 1
+    t = (yield from _sqn(t, 10)) * t10 % P   # 2^20 - 1
+    t = (yield from _sqn(t, 20)) * t % P     # 2^40 - 1 (uses 2^20 - 1)
+    t = (yield from _sqn(t, 10)) * t10 % P   # 2^50 - 1
     t50 = t
-    t = (yield from _sqn(t, 50, c)) * t50 % P   # 2^100 - 1
-    t = (yield from _sqn(t, 100, c)) * t % P    # 2^200 - 1
-    t = (yield from _sqn(t, 50, c)) * t50 % P   # 2^250 - 1
+    t = (yield from _sqn(t, 50)) * t50 % P   # 2^100 - 1
+    t = (yield from _sqn(t, 100)) * t % P    # 2^200 - 1
+    t = (yield from _sqn(t, 50)) * t50 % P   # 2^250 - 1
     return t, z11
 
 
-def _inv(z, c):
+def _inv(z):
     # z^(p - 2) = z^(2^255 - 21) = (z^(2^250 - 1))^(2^5) * z^11.
-    t, z11 = yield from _pow_250(z, c)
-    return (yield from _sqn(t, 5, c)) * z11 % _P
+    t, z11 = yield from _pow_250(z)
+    return (yield from _sqn(t, 5)) * z11 % _P
 
 
-def _pow22523(z, c):
+def _pow22523(z):
     # z^((p - 5) / 8) = z^(2^252 - 3) = (z^(2^250 - 1))^4 * z.
-    t, _ = yield from _pow_250(z, c)
-    return (yield from _sqn(t, 2, c)) * z % _P
+    t, _ = yield from _pow_250(z)
+    return (yield from _sqn(t, 2)) * z % _P
 
 
 # --- points ----------------------------------------------------------------
@@ -177,15 +157,14 @@ def _add(p, q, neg, want_t):
     return (e * f % P, g * h % P, f * g % P, e * h % P if want_t else 0)
 
 
-def _odd_multiples(p, n, c):
+def _odd_multiples(p, n):
     # [p, 3p, 5p, ..., (2n - 1)p] in _cached() form.
     p2 = _cached(_dbl(p, True))
     out = [_cached(p)]
     for _ in range(n - 1):
         p = _add(p, p2, False, True)
         out.append(_cached(p))
-        if _due(c, 9):
-            yield
+        yield
     return out
 
 
@@ -198,8 +177,7 @@ def _wnaf(k, w):
     b = k.to_bytes(35, "little")  # 3 spare bytes: windows read 3 at a time
     # Signed bytes: 256 bytes instead of a 1-2 KB list of ints.
     out = array("b", bytes(256))
-    full = 1 << w
-    mask = full - 1
+    mask = (1 << w) - 1
     carry = 0
     i = 0
     while i < 256:
@@ -214,7 +192,7 @@ def _wnaf(k, w):
     return out
 
 
-def _decode(s, c):
+def _decode(s):
     # RFC 8032 section 5.1.3. Returns an extended point, or None if `s` is not a canonical encoding
     # of a curve point.
     P = _P
@@ -227,7 +205,7 @@ def _decode(s, c):
     u = (yy - 1) % P
     v = (_D * yy + 1) % P
     v3 = v * v % P * v % P
-    x = yield from _pow22523(u * v3 % P * v3 % P * v % P, c)
+    x = yield from _pow22523(u * v3 % P * v3 % P * v % P)
     x = u * v3 % P * x % P
     vxx = v * x % P * x % P
     if vxx != u:
@@ -244,12 +222,12 @@ def _decode(s, c):
 # --- the check ---------------------------------------------------------------
 
 
-def check(pk, r_bytes, s, k, c):
-    """Generator: yields None where a pause may fall (c = [spent, budget] in
-    field multiplications, see _due), and returns True when [S]B - [k]A
-    encodes as R.  A is the 32-byte key; s, k are scalars below L."""
+def check(pk, r_bytes, s, k):
+    """Generator: yields None where a pause may fall (after each point operation or its worth),
+    and returns True when [S]B - [k]A encodes as R. A is the 32-byte key; s, k are scalars below
+    L."""
     P = _P
-    a = yield from _decode(pk, c)
+    a = yield from _decode(pk)
     if a is None:
         return False
     # Beyond RFC 8032: refuse small-order keys ([8]A = neutral). No real key has small order, but
@@ -266,7 +244,7 @@ def check(pk, r_bytes, s, k, c):
     nk = _wnaf(k, _WA)
     yield
 
-    ta = yield from _odd_multiples(a, 1 << (_WA - 2), c)
+    ta = yield from _odd_multiples(a, 1 << (_WA - 2))
     a = None
 
     top = 255
@@ -282,10 +260,9 @@ def check(pk, r_bytes, s, k, c):
             r = _add(r, ta[abs(dk) >> 1], dk > 0, ds)
         if ds:
             r = _add(r, _bpoint(abs(ds) >> 1), ds < 0, False)
-        if _due(c, 8 + 8 * bool(dk) + 8 * bool(ds)):
-            yield
+        yield
 
-    zi = yield from _inv(r[2], c)
+    zi = yield from _inv(r[2])
     x = r[0] * zi % P
     y = r[1] * zi % P
     return (y | ((x & 1) << 255)).to_bytes(32, "little") == r_bytes

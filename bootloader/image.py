@@ -1,9 +1,8 @@
 # Device side of the .mfw image format (see host_tools/meterfw/image.py for the layout): a slot
-# file's header, its image mounted read-only at /app (vfs.mount(ImageVfs("/slots/a.mfw"), "/app"))
-# so the application runs in place and the slot file is never unpacked, the manifest's fields and
-# their checks, versions and the security floor, and the payload's hash in chunks. Resident while
-# the application runs (dropping its checks after the boot left the heap too broken up for a
-# verify after a reboot).
+# file's header, its image mounted read-only at /app so the application runs in place and the slot
+# file is never unpacked, the manifest's fields and their checks, and the payload's hash. Resident
+# while the application runs (dropping it after the boot left the heap too broken up for a verify
+# after a reboot).
 import hashlib
 import io
 import json
@@ -187,9 +186,6 @@ _FIELDS = (("format", "u"), ("board", "s"), ("version", "v"), ("security_version
            ("payload_size", "u"), ("payload_sha256", "h"), ("min_bootloader", "v"), ("entry", "n"),
            ("build_time", "u"), ("mpy", "s"), ("kind", "k"), ("api", "u"))
 KINDS = ("firmware", "bootloader")
-
-ROLE_VENDOR = const(1)
-ROLE_UTILITY = const(2)
 
 
 def version_tuple(v):

@@ -42,8 +42,7 @@ class Platform:
             r.save()
             self.events.log(eventlog.BOOTLOADER_CONFIRMED, r.security)
 
-    # The seldom-run operations are switching.py's, loaded for the call and dropped after it: each
-    # runs once a boot, on an operator's request, or resets the meter. api.py says what each does.
+    # The seldom-run operations are switching.py's, loaded for the call; api.py says what each does.
     def mark_unhealthy(self, why):
         return call("switching", "mark_unhealthy", self, why)
 

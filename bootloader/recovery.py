@@ -7,7 +7,7 @@ from micropython import const
 from bootloader import eventlog, protocol as P
 from bootloader.bootctl import NONE, REASONS, RECOVERY, SLOT_NAMES
 from bootloader.link import LinkServer
-from bootloader.protocol import VERIFIED, CommandError
+from bootloader.protocol import CommandError
 from bootloader.transfer import Transfer
 
 _FEED_MS = const(1000)
@@ -45,9 +45,8 @@ class RecoveryConsole:
     async def status(self, _payload):
         out = self.p.status()
         out.update({"mode": "recovery", "recovery_reason": self.why, "trial": False, "boot_control": _raw(self.p.bcb),
-                    "register_wh": None,
-                    "register_mwh": None, "uptime_s": 0, "update": self.transfer.public_state(), "health": None,
-                    "link_faults": self.link.faults})
+                    "register_wh": None, "register_mwh": None, "uptime_s": 0, "update": self.transfer.public_state(),
+                    "health": None, "link_faults": self.link.faults})
         return out
 
     async def read_events(self, payload):
@@ -57,8 +56,6 @@ class RecoveryConsole:
         return self.transfer.public_state()
 
     async def activate(self, _payload):
-        if self.transfer.state["status"] != VERIFIED:
-            raise CommandError("not_verified", "verify the image before activating it")
         self.transfer.activating()
         asyncio.create_task(self._later(self.p.activate, self.transfer.state["slot"]))
         return {"when": "now", "boundary_s": None}

@@ -1,8 +1,5 @@
-# The boot decision, made once per boot and then forgotten (boot.py drops this module before
-# the application is imported, so its code is not on the heap while the meter runs):
-# read boot control, count a trial attempt before the image runs, revert an image whose attempts
-# are spent or that does not verify, and check the slot that runs. The first stage armed the
-# watchdog before any of this reads flash.
+# The boot decision, steps 1-3 of boot.py's flow: made once per boot, and dropped before the
+# application is imported, so its code is not on the heap while the meter runs.
 import asyncio
 import os
 import sys

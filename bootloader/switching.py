@@ -1,7 +1,7 @@
 # Switching what the meter runs, and the platform's status: activating an update (an image in a
 # slot, or a bootloader installed into the other copy), confirming, reverting, allowing a rejected
 # image again, and the verdicts on a bootloader's trial. Each runs once a boot, on an operator's
-# request, or resets the meter, so Platform loads this module when first asked (platform.py).
+# request, or resets the meter, so Platform loads this module for each call (platform.py).
 import json
 from bootloader import eventlog, image, slots
 from bootloader.bootctl import ACTIVATE, NONE, REVERT, SLOT_NAMES, STAGING

@@ -23,11 +23,9 @@ from bootloader.bootctl import NONE, STAGING, slot_path
 from bootloader.protocol import INITIATED, VERIFYING, VERIFIED, VERIFY_FAILED, ACTIVATING, CommandError
 from bootloader.update_state import load, summary
 
-# 2 KiB blocks: a block's frame type, seq, CRC, number, session trailer and SLIP escapes cost ~48
-# bytes on the line, 2.3% at this size (3.9% at 1 KiB).
+# 2 KiB blocks: a block's frame type, seq, CRC, number, session trailer, SLIP ends and escapes
+# (about 1 in 128 bytes of random-looking data) cost ~48 bytes on the line, 2.3% (3.9% at 1 KiB).
 BLOCK_SIZE = const(2048)
-# Bytes a block costs on the wire beyond its data: frame type, seq and CRC, block number, the
-# session trailer, SLIP ends, and escapes (about 1 in 128 bytes of random-looking data).
 _BLOCK_WIRE_EXTRA = const(48)
 _ASSUMED_LINK_BPS = const(11520)  # 115200 baud 8N1, when the board does not say
 _GRANT_MARGIN_MS = const(40)  # host turnaround and scheduling slack before the app's flash work
@@ -93,14 +91,11 @@ class Transfer:
 
     async def initiate(self, head, admitted=None):
         """Start a transfer of the image whose head (manifest and signatures) this is.
-        `admitted` is bootloader.admission.admit's verdict on it when the caller has it already."""
+        `admitted` is api.admit's verdict on it when the caller has it already."""
         if admitted is None:
-            from bootloader import admission, forget
+            from bootloader.api import admit
 
-            try:
-                admitted = await admission.admit(self._p, head)
-            finally:
-                forget("admission")
+            admitted = await admit(self._p, head)
         m, img_id, off, signature_ms = admitted
         p = self._p
         size = off + m["payload_size"]

@@ -122,7 +122,7 @@ def run_decode(case):
     # output line per point: results kept across many big-int computations
     # would fragment the small heap.
     for i, enc in enumerate(case["encodings"]):
-        gen = edwards._decode(unhex(enc), [0, 96])
+        gen = edwards._decode(unhex(enc))
 
         def drive():
             pt = yield from gen
@@ -472,9 +472,7 @@ def test_garbage_signatures_are_rejected(run):
 
 def test_malformed_types_return_false(run):
     r = run["results"]["types"]
-    assert r.pop("bytearray") is True
-    assert r.pop("memoryview") is True
-    assert r.pop("text_bytes") is True
+    assert r.pop("text_bytes") is True  # bytearray and memoryview are refused: they could change
     assert r and all(v is False for v in r.values()), r
 
 
