@@ -28,9 +28,10 @@
 #   - Request checking for handlers: CommandError(code, message), query, field, choice, U32_MAX.
 #   - The link: LinkServer(board, handlers); add(handlers, privileged); send_alarm; run();
 #     requests and faults counters. The platform's command codes below.
-#   - An update: admit(platform, head) checks an initiate's image head; Transfer(platform,
-#     schedule) runs initiate, blocks and verify (transfer()); update_state() is the stored update state's
-#     module. All three load on demand: none of their code is resident while the meter meters.
+#   - An update: admit(platform, head) checks an image head; transfer(platform, schedule) runs
+#     initiate(head, admitted, base), blocks of block_size and verify; update_state() is the stored
+#     state's module: none of them stays resident. A delta's `base` is the running image's id:
+#     the application makes the delta's blocks from that image's file, slot_path(platform.slot).
 #   - event_names(codes, default): the platform's names of its event codes.
 #   - framing: the link's frames (encode, Decoder), for the application's link self-test.
 #   - forget(name): drop a platform module loaded on demand once nothing refers to it.
@@ -47,6 +48,7 @@
 #   - Names of its own event codes, passed to events.page(..., named).
 from micropython import const
 from bootloader import framing, forget  # noqa: F401 - forget drops a module loaded on demand
+from bootloader.bootctl import slot_path  # noqa: F401
 from bootloader.eventlog import names as event_names
 from bootloader.link import LinkServer
 from bootloader.protocol import (PING, STATUS, READ_EVENTS, UPD_INITIATE, UPD_BLOCK, UPD_VERIFY,  # noqa: F401

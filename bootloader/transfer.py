@@ -37,6 +37,8 @@ _SYNC_BYTES = const(65536)  # commit the slot file this often: the resume point'
 
 
 class Transfer:
+    block_size = BLOCK_SIZE
+
     def __init__(self, platform, schedule=None):
         self._p = platform
         self._file = None
@@ -89,9 +91,9 @@ class Transfer:
         self._bufs = None
         self._held = 0
 
-    async def initiate(self, head, admitted=None):
-        """Start a transfer of the image whose head (manifest and signatures) this is.
-        `admitted` is api.admit's verdict on it when the caller has it already."""
+    async def initiate(self, head, admitted=None, base=None):
+        """Start a transfer of the image whose head (manifest and signatures) this is. `admitted`
+        is api.admit's verdict on it when the caller has it already; `base`: see api.py."""
         if admitted is None:
             from bootloader.api import admit
 
@@ -113,7 +115,7 @@ class Transfer:
         self._close()
         open(slot_path(slot), "wb").close()
         self.state = {"status": INITIATED, "kind": m["kind"], "slot": slot, "size": size, "id": img_id.hex(),
-                      "version": m["version"], "result": None, "reason": None}
+                      "version": m["version"], "result": None, "reason": None, "base": base and base.hex()}
         self.save()
         p.events.log(eventlog.DOWNLOAD_STARTED, size)
         self._held = 0

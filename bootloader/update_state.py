@@ -25,7 +25,7 @@ def summary(s):
     """What the host sees of a stored state (the transfer adds its grant while one runs)."""
     out = {"status": s["status"], "kind": s.get("kind", "firmware"), "version": s.get("version"), "image_id": s.get("id"),
            "result": s.get("result"), "reason": s.get("reason")}
-    out.update((k, s[k]) for k in ("registers", "ack", "activate_at_s") if k in s)
+    out.update((k, s[k]) for k in ("registers", "ack", "activate_at_s", "base") if k in s)
     return out
 
 

@@ -81,7 +81,7 @@ class MeterApp:
             self.agent = None
             loader.drop(loader.KEPT)
 
-    async def initiate(self, head):
+    async def initiate(self, head, base=None):
         # The head is admitted (manifest checks, Ed25519 signatures) before the update agent
         # loads, and with the agent dropped when nothing waits on it: the signature check is
         # the most the meter loads at once, so it shares the heap with the resident code alone.
@@ -96,7 +96,16 @@ class MeterApp:
         await loader.room("bootloader.admission")  # admit() loads it: here it may wait for room
         await asyncio.sleep_ms(0)
         admitted = await admit(self.p, head)  # its code leaves the heap before the agent's arrives
-        return await (await self.updates()).initiate(head, admitted)
+        return await (await self.updates()).initiate(head, admitted, base)
+
+    async def initiate_delta(self, payload):
+        """A delta's initiate: the id of the image it applies to, then the new image's head.
+        Refused before anything else when this meter runs another image."""
+        base = bytes(payload[:32])
+        if base != self.p.image_id:
+            raise CommandError("wrong_base", "the delta applies to image %s; this meter runs %s (%s)"
+                               % (base.hex()[:16], self.p.image_id.hex()[:16], self.p.manifest["version"]))
+        return await self.initiate(bytes(payload[32:]), base)
 
     async def ping(self, payload):
         return payload

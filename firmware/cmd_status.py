@@ -25,6 +25,7 @@ async def status(m, _payload):
     reg, reg_rx, _, _ = m.metering.registers()
     out = p.status()
     out.update({
+        "active_image_id": p.image_id.hex(),  # what a delta must be made against
         "register_wh": reg / 1000,
         "register_mwh": reg,
         "register_received_mwh": reg_rx,

@@ -5,6 +5,7 @@ from micropython import const
 
 READ_INTERVALS = const(0x02)
 UPD_NOTICE = const(0x15)  # upgrade available, before any payload (FR33)
+UPD_DELTA = const(0x16)  # initiate a delta: the running image's id, then the new image's head
 READ_REGISTERS = const(0x40)
 READ_STATE = const(0x41)
 HEALTH = const(0x42)
@@ -43,6 +44,7 @@ def table(m):
         # The update agent's: it stays loaded from the first of them until an initiate.
         UPD_NOTICE: (serve, ("update_agent", "notice")),
         P.UPD_INITIATE: m.initiate,
+        UPD_DELTA: m.initiate_delta,
         P.UPD_BLOCK: (serve, ("update_agent", "block")),
         P.UPD_VERIFY: (serve, ("update_agent", "verify")),
         P.UPD_ACTIVATE: (serve, ("update_agent", "activate")),

@@ -23,7 +23,7 @@ TASKS = ("activation", "boot_tasks", "commands", "cmd_change", "cmd_read", "cmd_
          "upgrade_notice", "bootloader.update_state")
 # KEPT: the update agent holds a download across many requests, with the platform's transfer:
 # kept from the first update command of a boot until the application lets go of it (drop(KEPT)).
-KEPT = ("update_agent", "bootloader.transfer")
+KEPT = ("update_agent", "bootloader.transfer", "delta")
 # The platform's api function that needs it loads and drops it; room() may load it first.
 API = ("bootloader.admission",)
 

@@ -3,7 +3,9 @@
 #   - the upgrade-available notice, a message of its own before any payload (FR33);
 #   - when the transfer may expect the application to write flash (an interval close), so
 #     it grants no window that would still be arriving then;
-#   - when and how to activate (activation.py, loaded for an activation only).
+#   - when and how to activate (activation.py, loaded for an activation only);
+#   - a delta's blocks, each expanded from the running image into the block it stands for
+#     (delta.py, loaded while a delta runs).
 # The application loads the agent at the first update command of a boot and keeps it until an
 # initiate lets it go (app.py, loader.py); the commands below reach it through the application.
 import asyncio
@@ -29,7 +31,8 @@ class UpdateAgent:
         # () -> [(start_s, end_s)] of scheduled pricing events; the meter state provides it.
         self.pricing_events = pricing_events or _no_events
         self.transfer = t = transfer(platform, self)
-        self.block, self.verify = t.block, t.verify  # the transfer's link commands, beside ours
+        self.verify = t.verify  # the transfer's link command, beside ours
+        self._delta = None  # a delta's expander (delta.py), while one runs
         self.notice = upgrade_notice.load()
         self._pending = None  # the task waiting to activate
         self.show = platform.board.display  # the customer display; the app routes it via its notices
@@ -44,10 +47,23 @@ class UpdateAgent:
         if self._pending is not None and not self._pending.done():
             return False
         self.transfer.release()
+        if self._delta is not None:
+            self._delta.close()
+            self._delta = None
         return True
 
-    async def initiate(self, head, admitted=None):
-        return await self.transfer.initiate(head, admitted)
+    async def initiate(self, head, admitted=None, base=None):
+        return await self.transfer.initiate(head, admitted, base)
+
+    async def block(self, payload):
+        base = self.transfer.state.get("base")
+        if base:  # a delta's recipe: the transfer takes the block it describes
+            if base != self.platform.image_id.hex():  # stored before a switch: not for this image
+                raise CommandError("wrong_base", "the delta under way applies to another image: initiate again")
+            if self._delta is None:
+                self._delta = loader.call("delta", "Expander", self.platform, self.transfer.block_size)
+            payload = self._delta.expand(payload)
+        return await self.transfer.block(payload)
 
     # -- the metering task's flash work, as the transfer schedules around it -----------------
     def ms_to_next(self):

@@ -7,6 +7,8 @@ Phases, each from a template (a meter's flash and RTC as the phase finds them) a
 own end:
   download         v2 into the inactive slot from scratch, to the last block's reply; after the
                    cut the host resumes
+  delta-download   the same for a delta: v1 with one module changed, each block made by the meter
+                   from its recipe and the running v1; after the cut the host resumes the delta
   verify           to the verify's reply; after the cut the host verifies again
   activate         activation "now", to the switch (the reboot into the trial)
   trial            the trial boot, to its health check's front-end settle (the pause of ~1.1 s
@@ -64,11 +66,12 @@ from pathlib import Path
 
 from littlefs import LittleFS
 
-from hil.pytest_plugin import PICO_TIMEOUT_S, build_variants
+from hil.pytest_plugin import PICO_TIMEOUT_S, build_changed, build_variants
 from hil.sim import SimBoard
 from hil.supervisor import NO_FIRMWARE, REPO, SimError, default_firmware
 from meterfw import protocol as P
 from meterfw.errors import MeterfwError, TransportError
+from meterfw.delta import Delta, build as build_delta
 from meterfw.image import Image, build_image
 from meterfw.keys import init_keys, load_keys
 from meterfw.paths import BOOTLOADER, FIRMWARE
@@ -77,16 +80,16 @@ from meterfw.session import Meter
 from meterfw.transport import Link
 from meterfw.upgrade import continuity
 
-PHASES = ("download", "verify", "activate", "trial", "confirm", "revert", "recovery-upload", "bootloader-download",
-          "bootloader-activate")
+PHASES = ("download", "delta-download", "verify", "activate", "trial", "confirm", "revert", "recovery-upload",
+          "bootloader-download", "bootloader-activate")
 CHAIN = ("activate", "trial", "confirm")  # one run, cut into three by its reboot and its pause
-TEMPLATE = {"download": "download", "verify": "verify", "activate": "activate", "trial": "activate",
+TEMPLATE = {"download": "download", "delta-download": "download", "verify": "verify", "activate": "activate", "trial": "activate",
             "confirm": "activate", "revert": "revert", "recovery-upload": "recovery",
             "bootloader-download": "download", "bootloader-activate": "bootloader"}
-UPLOADS = ("download", "recovery-upload", "bootloader-download")
+UPLOADS = ("download", "delta-download", "recovery-upload", "bootloader-download")
 SWITCHES = ("revert", "bootloader-activate")  # one operation, then a reboot and a settle
 # Where an upload lands on the meter.
-_UPLOAD_PATH = {"download": "/slots/b.mfw", "recovery-upload": "/slots/b.mfw",
+_UPLOAD_PATH = {"download": "/slots/b.mfw", "delta-download": "/slots/b.mfw", "recovery-upload": "/slots/b.mfw",
                 "bootloader-download": "/boot/bootloader.mfw"}
 NEW_BOOTLOADER = "0.2.0"
 BOARDS = ("sim", "pico")
@@ -196,6 +199,9 @@ class Sweep:
         self.v2.write_bytes(build_image(FIRMWARE, board, "1.1.0", k, build_time=1))
         self.v2_image = Image.read(self.v2)  # parsed once; every upload of it takes this object
         self.v2_bytes = self.v2_image.data
+        # A one-module fix of v1, sent as a delta against the v1 the meter runs.
+        self.fix_image = Image.read(build_changed(work, board, self.keys, "1.1.0", 1))
+        self.delta = build_delta(Image.read(self.v1), self.fix_image)
         bootloader = work / "bootloader.mfw"
         bootloader.write_bytes(build_image(BOOTLOADER, board, NEW_BOOTLOADER, k, kind="bootloader", build_time=1))
         self.bootloader_image = Image.read(bootloader)
@@ -410,8 +416,12 @@ class Sweep:
             time.sleep(0.2)
         return None
 
-    def _upload(self, phase: str) -> Image:
-        return self.bootloader_image if phase == "bootloader-download" else self.v2_image
+    def _upload(self, phase: str) -> Image | Delta:
+        return {"bootloader-download": self.bootloader_image, "delta-download": self.delta}.get(phase, self.v2_image)
+
+    def _target(self, phase: str) -> Image:
+        """The image an upload phase leaves on the meter (a delta's is the image it makes)."""
+        return self.fix_image if phase == "delta-download" else self._upload(phase)
 
     def _phase_meter(self, board: SimBoard, phase: str) -> Meter:
         return self._meter(board, self.reply_s if phase in UPLOADS else self.phase_reply_s)
@@ -541,7 +551,7 @@ class Sweep:
             board.power_off()
             if phase in UPLOADS and not out.violations:
                 slot = _read_slot(board.dir / "flash.img", self.board, _UPLOAD_PATH[phase])
-                if slot != self._upload(phase).data:
+                if slot != self._target(phase).data:
                     out.violations.append(f"the slot is not the image: {len(slot)} bytes, differing")
             if not out.violations and out.bootloader is not None:
                 out.violations += self._check_copy(board.dir / "flash.img", out.bootloader)
@@ -555,7 +565,7 @@ class Sweep:
         bad = []
         st = meter.update_state()
         image = self._upload(out.phase)
-        size = len(image.data)
+        size = len(self._target(out.phase).data)
         if st.get("status") == P.INITIATED and st.get("image_id") == image.image_id.hex():
             bs = st["block_size"]
             resume = min(st["first_not_transferred_block"] * bs, size)

@@ -227,6 +227,27 @@ def build_variants(out: Path, board: str, keys_dir: Path, names=None) -> dict:
     return made
 
 
+def build_changed(out: Path, board: str, keys_dir: Path, version: str, count: int | None = 1) -> Path:
+    """An image of firmware/ at `version` with `count` of its modules changed (None: all of them),
+    spread over the image, as a fix or a new version changes them: each gets a function of its
+    own, so its code and names differ and the rest of the image does not. For deltas (tests,
+    bench, the power-cut sweep)."""
+    import shutil
+
+    from meterfw.paths import FIRMWARE
+
+    name = f"changed-{version}-{count or 'all'}"
+    src = out / name
+    shutil.copytree(FIRMWARE, src, ignore=shutil.ignore_patterns("__pycache__"))
+    modules = sorted(src.glob("*.py"))
+    count = min(count or len(modules), len(modules))
+    for i, path in enumerate(modules[::len(modules) // count][:count]):
+        path.write_text(path.read_text() + f"\n\ndef _changed_{i}(x):\n    return x * {i + 2} + {len(path.name)}\n")
+    image = out / f"{name}.mfw"
+    image.write_bytes(_build(src, board, version, keys_dir, build_time=1))
+    return image
+
+
 @pytest.fixture(scope="session")
 def variant_images(tmp_path_factory, keys_dir, dut) -> dict:
     return build_variants(tmp_path_factory.mktemp("variants"), dut.board, keys_dir)

@@ -668,3 +668,33 @@ def test_an_unexpected_error_is_one_line_with_its_own_code(monkeypatch):
     monkeypatch.setenv("METERFW_DEBUG", "1")
     rc, out, err = run(["--port", "x", "display"])
     assert rc == INTERNAL and "Traceback" in err and err.endswith("for the traceback)\n")
+
+
+def test_image_delta_writes_a_delta_the_upgrade_takes_and_bad_inputs_are_one_line(keydir, image, tmp_path):
+    old = tmp_path / "old.mfw"
+    old.write_bytes(make_image(keydir, version="1.0.0"))
+    out = tmp_path / "fix.mfd"
+    rc, o, err = run(["image", "delta", "--from", old, "--to", image, "-o", out, "--json"])
+    assert rc == OK, err
+    info = json.loads(o)
+    assert info["bytes"] == out.stat().st_size and info["wire_bytes"] < info["full_wire_bytes"]
+    garbage = tmp_path / "garbage.mfw"
+    garbage.write_bytes(b"MFD1" + os.urandom(100))
+    for argv, contains in (
+        (["image", "delta", "--from", old, "--to", old, "-o", tmp_path / "x.mfd"], "same image"),
+        (["image", "delta", "--from", out, "--to", image, "-o", tmp_path / "x.mfd"], "is a delta"),
+        (["image", "delta", "--from", garbage, "--to", image, "-o", tmp_path / "x.mfd"], "delta"),
+        (["image", "delta", "--from", tmp_path / "missing.mfw", "--to", image, "-o", tmp_path / "x.mfd"], None),
+        (["image", "delta", "--from", old, "--to", image, "-o", tmp_path / "no" / "dir" / "x.mfd"], "cannot write"),
+    ):
+        rc, _, err = run(argv)
+        assert_one_line(rc, err, expect=ERROR, contains=contains)
+    assert not (tmp_path / "x.mfd").exists()
+    # A damaged delta is judged before any contact with a meter, like a damaged image.
+    for cut in (5, len(out.read_bytes()) // 2):
+        bad = tmp_path / "bad.mfd"
+        bad.write_bytes(out.read_bytes()[:-cut])
+        rc, _, err = run(["upgrade", bad])
+        assert_one_line(rc, err, expect=REJECTED, contains="meterfw: rejected: ")
+    rc, _, err = run(["upgrade", out, "--delta", "nonsense"])
+    assert_one_line(rc, err, expect=USAGE)

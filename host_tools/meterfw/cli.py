@@ -11,12 +11,13 @@ from pathlib import Path
 from . import protocol as P
 from .errors import (EXIT_ERROR, EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTED,
                      EXIT_REVERTED, EXIT_SERIAL_MISMATCH, EXIT_UNHEALTHY, EXIT_USAGE, CommandError, MeterfwError)
+from .delta import Delta, apply as apply_delta, build as build_delta, full_wire_bytes, is_delta, parse_delta
 from .image import Image, ImageError, build_image, inspect, parse_image, write_image
 from .keys import KeysError, init_keys, load_keys
 from .paths import BOARD_NAMES, BOOTLOADER, FIRMWARE
 from .session import Meter
 from .transport import DEFAULT_BAUD, Link
-from .upgrade import parse_time, parse_when, upgrade
+from .upgrade import DELTA_MODES, parse_time, parse_when, upgrade
 
 _UPGRADE_EXIT = {"confirmed": EXIT_OK, "reverted": EXIT_REVERTED, "rejected": EXIT_REJECTED, "failed": EXIT_FAILED}
 EXIT_CODES = (  # for --help; README lists the same
@@ -63,14 +64,30 @@ def _write_file(path: Path, write) -> None:
         raise CommandError(f"cannot write {path}: {e.strerror}") from None
 
 
-def _read_image(path: str) -> tuple[bytes, Image | None, str | None]:
-    """An image file: (data, image, None), or (data, None, "path: why") when the bytes are no
-    usable image. A file that cannot be read is an error (CommandError), not a verdict."""
+def _read_image(path: str) -> tuple[bytes, Image | Delta | None, str | None]:
+    """An image or delta file: (data, image or delta, None), or (data, None, "path: why") when
+    the bytes are no usable one. A file that cannot be read is an error (CommandError), not a
+    verdict."""
     data = _read_file(path)
     try:
-        return data, parse_image(data), None
+        return data, parse_delta(data) if is_delta(data) else parse_image(data), None
     except ImageError as e:
         return data, None, f"{path}: {e}"
+
+
+def _deltas(img: Image | Delta | None, folder: Path) -> list:
+    """The deltas in `folder` (*.mfd) that make `img`; files that are no delta are skipped."""
+    if not isinstance(img, Image) or not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.glob("*.mfd")):
+        try:
+            d = Delta.read(path)
+        except ImageError:
+            continue
+        if d.image_id == img.image_id:
+            found.append(d)
+    return found
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -94,6 +111,25 @@ def cmd_image_build(args) -> int:
     out = {"file": args.output, "bytes": len(data), "sha256": info["sha256"], "manifest": info["manifest"]}
     _emit(args, out, f"{args.output}: {args.board} {args.version}, {len(data)} bytes, "
                      f"{len(info['payload']['files'])} files, signed by {len(info['signatures'])} keys")
+    return 0
+
+
+def cmd_image_delta(args) -> int:
+    old, new = _read_image(args.from_file), _read_image(args.to_file)
+    for path, (_, img, why) in ((args.from_file, old), (args.to_file, new)):
+        if img is None or not isinstance(img, Image):
+            raise CommandError(why or f"{path} is a delta, not an image")
+    d = build_delta(old[1], new[1])
+    if apply_delta(old[1].data, d) != new[1].data:  # what a meter will make of it, checked here
+        raise CommandError("the delta does not rebuild the new image: nothing written")
+    _write_file(args.output, lambda p: write_image(p, d.encode()))
+    full = full_wire_bytes(new[1], d.block_size)
+    out = {"file": args.output, "bytes": len(d.encode()), "base_image_id": d.base_id.hex(),
+           "image_id": d.image_id.hex(), "blocks": len(d.recipes), "wire_bytes": d.wire_bytes(),
+           "full_wire_bytes": full, "ratio": round(d.wire_bytes() / full, 4)}
+    _emit(args, out, f"{args.output}: {old[1].manifest['version']} -> {new[1].manifest['version']}, "
+                     f"{out['wire_bytes']} bytes on the wire against {full} for the full image "
+                     f"({100 * out['ratio']:.1f}%)")
     return 0
 
 
@@ -361,10 +397,11 @@ def cmd_upgrade(args) -> int:
     if img is None:  # nothing to ask the meter: the image itself is unusable
         return _upgrade_done(args, {"result": "rejected", "reason": why, "from_version": None,
                                     "to_version": None, "image_bytes": len(data), "seconds": 0})
+    deltas = [] if args.delta == "never" else _deltas(img, Path(args.delta_dir or Path(args.file).parent))
     meter = _meter(args)
     with _progress(args, f"upgrade to {img.manifest['version']}") as ui:
         report = upgrade(meter, img, when=when, at_s=at_s, registers=args.registers, ack=args.ack,
-                         progress=ui.progress, stage=ui.stage)
+                         progress=ui.progress, stage=ui.stage, deltas=deltas, delta=args.delta)
     return _upgrade_done(args, report)
 
 
@@ -378,8 +415,9 @@ def _upgrade_done(args, report: dict) -> int:
             lines = [f"{report['result']}: {report['from_version']} -> {report['to_version']}"
                      + (f" ({report['reason']})" if report["reason"] else "")]
             if "transfer_seconds" in report:
-                lines.append(f"  {report['image_bytes']} bytes in {report['transfer_seconds']} s "
-                             f"({report['transfer_bytes_per_s']} B/s), resumed from block {report['resumed_from_block']}")
+                lines.append(f"  {report['image_bytes']} bytes ({report['method']}: {report['bytes_on_wire']} on the "
+                             f"wire) in {report['transfer_seconds']} s ({report['transfer_bytes_per_s']} B/s), "
+                             f"resumed from block {report['resumed_from_block']}")
             if "intervals_missed" in report:
                 lines.append(f"  intervals missed {report['intervals_missed']}, duplicated "
                              f"{report['intervals_duplicated']}, energy conserved {report['energy_conserved']}")
@@ -489,6 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--security-version", type=int, default=0)
     c.add_argument("--build-time", type=int)
     c.add_argument("-o", "--output", required=True)
+    c = command("delta", cmd_image_delta, "build a delta: what turns a meter running one image into "
+                "one holding another, block by block", image)
+    c.add_argument("--from", dest="from_file", required=True, metavar="OLD", help="the image the meter runs")
+    c.add_argument("--to", dest="to_file", required=True, metavar="NEW", help="the image to upgrade it to")
+    c.add_argument("-o", "--output", required=True)
     c = command("inspect", cmd_image_inspect, "show an image's manifest and check its signatures", image)
     c.add_argument("file")
     c.add_argument("--keys", dest="keys_dir")
@@ -519,6 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ack", choices=("immediate", "next-read"), default="immediate",
                    help="report the new image's failures at once (default) or with the next read")
     c.add_argument("--report", help="write the JSON report to this file")
+    c.add_argument("--delta", choices=DELTA_MODES, default="auto",
+                   help="send a delta for the image the meter runs when one is at hand and costs less on the "
+                        "wire (auto, the default), never, or only a delta")
+    c.add_argument("--delta-dir", metavar="DIR", help="where to look for deltas (*.mfd; default: FILE's folder)")
     command("revert", cmd_revert, "go back to the previous image")
     c = command("allow", cmd_allow, "let a rejected image be activated again (authenticated)")
     c.add_argument("file")

@@ -95,11 +95,15 @@ class Image:
 
     @staticmethod
     def read(path: Path) -> Image:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as e:
-            raise ImageError(f"cannot read image {path}: {e.strerror}") from None
-        return parse_image(data)
+        return parse_image(read_bytes(path, "image"))
+
+
+def read_bytes(path: Path, what: str) -> bytes:
+    """A file's bytes; ImageError, one line, when it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot read {what} {path}: {e.strerror}") from None
 
 
 def as_image(image: Image | bytes) -> Image:
@@ -408,10 +412,9 @@ def _parse_files(payload: bytes) -> dict:
     return files
 
 
-def parse_image(data: bytes) -> Image:
-    """Split and sanity-check an image (the one place an Image is made); a malformed one raises
-    ImageError, one line. Signatures and the payload hash are verify_image's job."""
-    data = bytes(data)
+def _split(data: bytes) -> tuple:
+    """(manifest, manifest bytes, signatures, payload offset) of an image's bytes; ImageError,
+    one line, when its head is malformed."""
     if len(data) < _HEADER.size:
         raise ImageError(f"truncated image: {len(data)} bytes, the header alone needs {_HEADER.size}")
     magic, manifest_len, sig_count, reserved = _HEADER.unpack_from(data)
@@ -437,7 +440,14 @@ def parse_image(data: bytes) -> Image:
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # nested past the parser's depth
         raise ImageError(f"bad manifest JSON: {e}") from None
     _check_manifest(manifest)
+    return manifest, manifest_bytes, sigs, pos
 
+
+def parse_image(data: bytes) -> Image:
+    """Split and sanity-check an image (the one place an Image is made); a malformed one raises
+    ImageError, one line. Signatures and the payload hash are verify_image's job."""
+    data = bytes(data)
+    manifest, manifest_bytes, sigs, pos = _split(data)
     payload = data[pos:]
     size = manifest["payload_size"]
     if len(payload) < size:
@@ -445,6 +455,16 @@ def parse_image(data: bytes) -> Image:
     if len(payload) > size:
         raise ImageError(f"trailing data: payload is {len(payload)} bytes, manifest says {size}")
     return Image(data, manifest, manifest_bytes, sigs, payload, _parse_files(payload), pos)
+
+
+def parse_head(head: bytes) -> Image:
+    """An image's head alone (header, manifest, signatures: what an initiate carries), as an
+    Image with no payload: for a delta, which carries the new image's head and not its bytes."""
+    head = bytes(head)
+    manifest, manifest_bytes, sigs, pos = _split(head)
+    if pos != len(head):
+        raise ImageError(f"bad image head: {len(head) - pos} bytes after the signatures")
+    return Image(head, manifest, manifest_bytes, sigs, b"", {}, pos)
 
 
 # --- verification ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ UPD_VERIFY = 0x12
 UPD_ACTIVATE = 0x13
 UPD_STATE = 0x14
 UPD_NOTICE = 0x15
+UPD_DELTA = 0x16
 REVERT = 0x20
 UNREJECT = 0x21
 RETRY = 0x22
@@ -41,5 +42,5 @@ ERRORS = frozenset({
     "already_active", "auth_failed", "auth_required", "auth_unavailable", "bad_block", "bad_frame",
     "bad_image", "bad_request", "bootloader_too_old", "downgrade", "incomplete", "internal", "no_memory", "no_previous",
     "no_relay", "no_space", "not_initiated", "not_verified", "on_trial", "platform_too_old", "pricing_event",
-    "rejected", "replay", "rollback", "storage", "unknown_command", "verify_failed", "wrong_board",
+    "rejected", "replay", "rollback", "storage", "unknown_command", "verify_failed", "wrong_base", "wrong_board",
 })

@@ -132,15 +132,18 @@ def parse(what: str, payload: bytes, spec=OBJ):
 
 # --- the shapes: what the host reads of each reply ------------------------------------------------
 
+INITIATE = {"block_size": POSITIVE, "first_not_transferred_block": COUNT, "next?": COUNT, "window?": COUNT,
+            "signature_ms?": Opt(NUM)}
 UPDATE = ({"status": INT, "version?": Opt(STR), "image_id?": Opt(STR), "result?": Opt(STR),
-           "reason?": Opt(STR)},
+           "reason?": Opt(STR), "base?": Opt(HEX)},
           When(lambda s: s.get("status") == P.INITIATED,
                {"block_size": POSITIVE, "first_not_transferred_block": COUNT, "next_block": COUNT,
                 "window": COUNT}))
 STATUS = ({"board": STR, "serial?": Opt(STR), "active_slot": STR, "active_version": Opt(STR), "confirmed": ANY,
            "slots": Each({"version": Opt(STR)}), "boot_reason": STR, "mode?": Opt(STR),
            "register_wh?": Opt(NUM), "register_mwh?": Opt(NUM), "uptime_s?": Opt(NUM), "time_s?": Opt(NUM),
-           "interval_s?": Opt(NUM), "security_floor?": Opt(INT), "health?": Opt([OBJ]), "update?": UPDATE},
+           "interval_s?": Opt(NUM), "security_floor?": Opt(INT), "health?": Opt([OBJ]), "update?": UPDATE,
+           "active_image_id?": Opt(HEX)},
           When(lambda s: s.get("mode") != "recovery", {"register_wh": NUM, "uptime_s": NUM}))
 ALARM = {"seq": INT, "time": NUM, "name": ANY, "message": ANY, "report": ANY}
 RELAY = {"latched": Opt(STR), "commanded": ANY, "agrees": ANY}
@@ -174,8 +177,8 @@ SHAPES = {
     P.UNREJECT: ("unreject reply", {"unrejected": ANY}),
     P.AUTH_CHALLENGE: ("challenge", {"nonce": HEX}),
     P.UPD_STATE: ("update state", UPDATE),
-    P.UPD_INITIATE: ("initiate reply", {"block_size": POSITIVE, "first_not_transferred_block": COUNT,
-                                        "next?": COUNT, "window?": COUNT, "signature_ms?": Opt(NUM)}),
+    P.UPD_INITIATE: ("initiate reply", INITIATE),
+    P.UPD_DELTA: ("delta initiate reply", INITIATE),
     P.UPD_VERIFY: ("verify reply", {"verify_ms?": Opt(NUM)}),
     P.UPD_ACTIVATE: ("activate reply", {"activate_at_s?": Opt(NUM), "boundary_s?": Opt(NUM),
                                         "deferred_s?": Opt(NUM), "meter_time_s?": Opt(NUM)}),

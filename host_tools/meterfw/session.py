@@ -10,6 +10,7 @@ from . import protocol as P
 from .auth import AuthSession, meter_key
 from . import reply
 from .errors import CommandError, MeterfwError, ReplyError, SerialMismatch, TransportError
+from .delta import Delta
 from .image import Image, as_image
 from .transport import BUSY, BUSY_WAIT_S, Backoff, Link
 
@@ -207,44 +208,54 @@ class Meter:
     def update_state(self) -> dict:
         return self.link.request_json(P.UPD_STATE)
 
-    def initiate(self, head: bytes) -> dict:
-        return self.privileged(P.UPD_INITIATE, head)
+    def initiate(self, head: bytes, base: bytes | None = None) -> dict:
+        """Start a transfer of the image with this head; with `base`, of a delta against the
+        image of that id, which the meter must be running."""
+        return self.privileged(P.UPD_DELTA, base + head) if base else self.privileged(P.UPD_INITIATE, head)
 
-    def upload(self, image: Image | bytes, progress: Callable[[int, int], None] | None = None) -> dict:
+    def upload(self, image: Image | Delta | bytes, progress: Callable[[int, int], None] | None = None) -> dict:
         """Upload an image into the meter's inactive slot, a granted window at a time, from the
         first block the meter lacks (no initiate when it already holds part of this image).
+        Given a Delta, each block goes as its recipe against the image the meter runs, and the
+        meter makes the block from it: the slot ends up the same.
 
         The meter grants `window` blocks from `next`; they go out back to back, and the reply to
         the last one carries the next grant (it comes once the meter has written the window to
         flash). After anything but a clean window (a damaged or lost frame, a reply that did not
         come, a meter that restarted) we ask the meter where it stands and for a fresh grant, so
         we never send into its flash work. progress(bytes the meter has, image bytes) is called
-        as grants come. Returns `resumed_from_block`, `blocks`, `bytes_sent` (payload sent now),
+        as grants come. Returns `resumed_from_block`, `blocks`, `bytes_sent` (block bodies sent now, once each),
         `signature_ms` (the meter's Ed25519 check at the initiate; None on a resume) and
         `transfer`: the counts of block frames, bad frames, windows, replies missing,
         resyncs, blocks sent again, and the seconds from the first block to the last reply.
         Raises TransportError when the meter stops answering, CommandError when it refuses.
         """
         progress = progress or (lambda done, total: None)
-        img = as_image(image)  # the caller's Image; bytes only from callers that hold nothing more
-        data, image_id = img.data, img.image_id.hex()
+        delta = image if isinstance(image, Delta) else None
+        img = delta or as_image(image)  # the caller's object; bytes only from callers that hold nothing more
+        size, image_id = (delta.size if delta else len(img.data)), img.image_id.hex()
+        base = delta.base_id if delta else None
         st = self.update_state()
         signature_ms = None
-        if st.get("status") == P.INITIATED and st.get("image_id") == image_id:
+        if st.get("status") == P.INITIATED and st.get("image_id") == image_id and st.get("base") == (base and base.hex()):
             # Resume, as DLMS clients do: no initiate, from the first block not yet transferred.
             bs, first = st["block_size"], st["first_not_transferred_block"]
             nxt, window = first, st.get("next_block", first) + st.get("window", 1) - first
         else:
-            r = self.initiate(img.head)
+            r = self.initiate(img.head, base)
             signature_ms = r.get("signature_ms")
             bs, first = r["block_size"], r["first_not_transferred_block"]
             nxt, window = r.get("next", first), r.get("window", 1)
-        blocks = (len(data) + bs - 1) // bs
+        if delta and bs != delta.block_size:
+            raise MeterfwError(f"the delta is cut for {delta.block_size}-byte blocks and this meter's are {bs}: "
+                               "build it again, or upgrade with the full image")
+        body = delta.body if delta else (lambda n: img.data[n * bs:(n + 1) * bs])
+        blocks = (size + bs - 1) // bs
         stats = {"block_frames": 0, "bad_frames": 0, "windows": 0, "no_reply": 0, "resyncs": 0}
         timeout_s = max(self.link.timeout_s, 5.0)
         fails = 0
         reauthed = False  # the last window's errors made us authenticate again
-        progress(min(nxt * bs, len(data)), len(data))
+        progress(min(nxt * bs, size), size)
         t0 = time.monotonic()
         while nxt < blocks:
             if window <= 0:  # the meter is about to write flash of its own, or restarting: ask again
@@ -258,8 +269,7 @@ class Meter:
                 continue
             sent = []
             for n in range(nxt, min(nxt + window, blocks)):
-                body = struct.pack("<I", n) + data[n * bs:(n + 1) * bs]
-                sent.append(self.link.send(P.UPD_BLOCK, self.seal(P.UPD_BLOCK, body)))
+                sent.append(self.link.send(P.UPD_BLOCK, self.seal(P.UPD_BLOCK, struct.pack("<I", n) + body(n))))
             stats["block_frames"] += len(sent)
             stats["windows"] += 1
             got, bad = self.link.collect(P.UPD_BLOCK, sent, timeout_s)
@@ -281,7 +291,7 @@ class Meter:
                 r = block_reply(last)
                 fails = 0
                 nxt, window = r["next"], r["window"]
-                progress(min(nxt * bs, len(data)), len(data))
+                progress(min(nxt * bs, size), size)
                 if r["done"]:
                     break
                 continue
@@ -295,7 +305,8 @@ class Meter:
                 window = 0  # the meter is restarting; ask again
         stats["blocks_resent"] = max(stats["block_frames"] - (blocks - first), 0)
         stats["blocks_seconds"] = round(time.monotonic() - t0, 3)  # first block out to the last reply
-        return {"resumed_from_block": first, "blocks": blocks, "bytes_sent": max(len(data) - first * bs, 0),
+        return {"resumed_from_block": first, "blocks": blocks,
+                "bytes_sent": sum(len(body(n)) for n in range(first, blocks)),
                 "signature_ms": signature_ms, "transfer": stats}
 
     def _where(self, image_id: str) -> tuple[int, int]:

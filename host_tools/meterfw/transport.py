@@ -53,6 +53,7 @@ class Link:
         self._decoder = framing.Decoder()
         self._ser = None
         self.alarms: list[framing.Frame] = []  # unsolicited frames seen while waiting for replies
+        self.bytes_out = 0  # bytes written to the line, framing included
         self.open()
 
     def open(self) -> None:
@@ -90,6 +91,7 @@ class Link:
     def _write(self, data: bytes) -> None:
         try:
             self._port().write(data)
+            self.bytes_out += len(data)
         except OSError as e:
             raise TransportError(f"write to {self.url} failed: {_reason(e)}") from None
 

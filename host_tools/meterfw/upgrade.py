@@ -12,6 +12,7 @@ from typing import Callable
 
 from . import protocol as P
 from . import reply
+from .delta import Delta, full_wire_bytes
 from .errors import CommandError
 from .image import Image
 from .session import Meter
@@ -20,7 +21,7 @@ from .transport import DEFAULT_TIMEOUT_S
 # Meter refusals that mean "this image will not go on this meter (now)": the result is
 # `rejected` and the meter keeps what it had. Anything else is a failure.
 REFUSALS = {"wrong_board", "bootloader_too_old", "platform_too_old", "rollback", "downgrade", "rejected",
-            "verify_failed", "already_active", "no_space", "pricing_event", "on_trial"}
+            "verify_failed", "already_active", "no_space", "pricing_event", "on_trial", "wrong_base"}
 _BOOT_S = 30  # boot, slot check and post-boot health check, with margin for a slow host
 _WATCHDOG_S = 9
 _CLOCK_TOLERANCE_S = 2
@@ -61,7 +62,29 @@ def parse_time(text: str, what: str = "a time") -> int:
         raise CommandError(f"{what} takes epoch seconds or an ISO-8601 time, not {text!r}") from None
 
 
-def precheck(img: Image, meter_board: str | None = None) -> str | None:
+DELTA_MODES = ("auto", "never", "only")
+
+
+def choose(img: Image | Delta, deltas, mode: str, running_id: str | None) -> tuple:
+    """(what to send: the full image or a delta, None) or (None, why neither will do). A delta
+    is for the image the meter runs (running_id); `auto` takes it when it costs fewer bytes on
+    the wire than the full image, `only` takes nothing else, `never` sends the full image."""
+    full = img if isinstance(img, Image) else None
+    candidates = [img] if full is None else [d for d in deltas if d.image_id == full.image_id]
+    fit = [d for d in candidates if running_id is not None and d.base_id.hex() == running_id]
+    if mode != "never" and fit:
+        best = min(fit, key=Delta.wire_bytes)
+        if full is None or mode == "only" or best.wire_bytes() < full_wire_bytes(full, best.block_size):
+            return best, None
+    if full is not None and mode != "only":
+        return full, None
+    if mode == "never":
+        return None, "a delta was given and --delta never asks for the full image"
+    have = ", ".join(sorted({d.base_id.hex()[:16] for d in candidates})) or "none"
+    return None, f"no delta for the image the meter runs ({(running_id or 'unknown')[:16]}); deltas for: {have}"
+
+
+def precheck(img: Image | Delta, meter_board: str | None = None) -> str | None:
     """Host-side checks before the meter is asked anything (the image was parsed where it was
     read): None, or why it will not go on this meter."""
     if meter_board is not None and img.manifest["board"] != meter_board:
@@ -205,10 +228,12 @@ def compare(before: dict, after: dict, *, expect_version: str, registers: str = 
 
 # --- the flow ----------------------------------------------------------------------------------
 
-def upgrade(meter: Meter, img: Image, *, when: str = "boundary", at_s: int | None = None,
+def upgrade(meter: Meter, img: Image | Delta, *, when: str = "boundary", at_s: int | None = None,
             registers: str = "preserve", ack: str = "immediate",
             progress: Callable[[int, int], None] | None = None, stage: Callable[[str], None] | None = None,
-            poll_s: float = 0.2) -> dict:
+            poll_s: float = 0.2, deltas=(), delta: str = "auto") -> dict:
+    """Upgrade the meter to `img`, a full image or a delta; with a full image, one of `deltas`
+    for the image the meter runs goes instead when `delta` (auto, never, only) says so."""
     ui = Stage(stage, progress)
     t0 = time.monotonic()
     m = img.manifest
@@ -222,7 +247,8 @@ def upgrade(meter: Meter, img: Image, *, when: str = "boundary", at_s: int | Non
     st0 = meter.status()
     report = {"result": None, "reason": None, "kind": m.get("kind", "firmware"), "from_version": running(st0),
               "to_version": m["version"], "image_id": image_id, "payload_bytes": m["payload_size"],
-              "image_bytes": len(img.data), "board": st0.get("board"), "serial": st0.get("serial"),
+              "image_bytes": img.size if isinstance(img, Delta) else len(img.data), "board": st0.get("board"),
+              "serial": st0.get("serial"),
               "when": when, "at_s": at_s, "registers": registers, "ack": ack}
 
     def finish(result: str, reason: str | None = None) -> dict:
@@ -230,8 +256,13 @@ def upgrade(meter: Meter, img: Image, *, when: str = "boundary", at_s: int | Non
         return report
 
     why = precheck(img, st0.get("board"))
+    send, why_not = (img, None) if bootloader else choose(img, deltas, delta, st0.get("active_image_id"))
+    why = why or why_not
     if why:
         return finish("rejected", why)
+    report["method"] = "delta" if isinstance(send, Delta) else "full"
+    if isinstance(send, Delta):
+        report["delta_base"] = send.base_id.hex()
     ui.stage("snapshot")
     before = snapshot(meter)
     history = before["intervals"]
@@ -243,11 +274,19 @@ def upgrade(meter: Meter, img: Image, *, when: str = "boundary", at_s: int | Non
     try:
         ui.stage("notice")
         report["notice"] = _optional(meter.notice, {
-            "version": m["version"], "image_id": image_id, "size": len(img.data), "board": m["board"],
+            "version": m["version"], "image_id": image_id, "size": report["image_bytes"], "board": m["board"],
             "security_version": m["security_version"], "when": when})
         ui.stage("transfer")
-        t_xfer = time.monotonic()
-        up = meter.upload(img, ui.progress)
+        t_xfer, wire0 = time.monotonic(), meter.link.bytes_out
+        try:
+            up = meter.upload(send, ui.progress)
+        except CommandError as e:
+            if e.code != "wrong_base" or not isinstance(img, Image):
+                raise
+            # The meter runs another image than its status said a moment ago: the full image.
+            report.update(method="full", delta_base=None)
+            up = meter.upload(img, ui.progress)
+        report["bytes_on_wire"] = meter.link.bytes_out - wire0
         report.update(resumed_from_block=up["resumed_from_block"], blocks=up["blocks"], transfer=up["transfer"],
                       signature_ms=up["signature_ms"])
         sent = up["bytes_sent"]

@@ -21,8 +21,8 @@ def sweep(tmp_path_factory):
 
 def test_every_phase_counts_the_same_flash_operations_twice(sweep):
     first = {phase: sweep.count(phase) for phase in PHASES}
-    for phase in ("download", "verify", "activate", "revert", "recovery-upload", "bootloader-download",
-                  "bootloader-activate"):  # activate: trial, confirm too
+    for phase in ("download", "delta-download", "verify", "activate", "revert", "recovery-upload",
+                  "bootloader-download", "bootloader-activate"):  # activate: trial, confirm too
         sweep.count(phase, again=True)
     assert {phase: sweep.counts[phase] for phase in PHASES} == first
     assert all(n > 5 for n in first.values()), f"a phase this short means the flash is not counted: {first}"
