@@ -16,6 +16,7 @@ _LIT = 0x4C  # b"L": u16 length of the next literal bytes
 class Expander:
     def __init__(self, platform, block_size):
         self._base = open(slot_path(platform.slot), "rb")
+        self._base_size = self._base.seek(0, 2)
         # n u32, then the block: one buffer for every block, so a delta's blocks allocate no
         # block-sized buffer each on a heap that may have none in one piece.
         self._out = bytearray(4 + block_size)
@@ -43,11 +44,12 @@ class Expander:
             if op == _COPY and pos + 7 <= len(payload):
                 src, k = struct.unpack_from("<IH", payload, pos + 1)
                 pos += 7
-                f = self._base
-                try:
-                    f.seek(src)  # the file system refuses an offset past what it can address
-                except OSError:
+                # Checked before the seek: past the file, one port's seek raises OSError, another's
+                # (32 bits) OverflowError.
+                if src + k > self._base_size:
                     raise CommandError("bad_block", "delta block %d copies from past its base image" % n)
+                f = self._base
+                f.seek(src)
             elif op == _LIT and pos + 3 <= len(payload):
                 (k,) = struct.unpack_from("<H", payload, pos + 1)
                 pos += 3

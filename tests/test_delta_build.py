@@ -72,3 +72,17 @@ def test_the_upgrade_takes_a_delta_only_for_the_running_image_and_when_it_costs_
     huge = D.Delta(d.base_id, d.block_size, d.head, [b"x" * 4096] * len(d.recipes), d.target, d.size)
     assert choose(fix, [huge], "auto", running) == (fix, None)
     assert choose(fix, [huge], "only", running) == (huge, None)
+
+
+def test_the_cli_finds_the_deltas_that_make_its_image_and_skips_other_files(imgs, tmp_path):
+    from meterfw.cli import _deltas
+
+    v1, v2, fix = imgs["v1"], imgs["v2"], imgs["fix"]
+    (tmp_path / "from-v1.mfd").write_bytes(D.build(v1, fix).encode())
+    (tmp_path / "from-v2.mfd").write_bytes(D.build(v2, fix).encode())
+    (tmp_path / "to-v2.mfd").write_bytes(D.build(v1, v2).encode())  # makes another image
+    (tmp_path / "junk.mfd").write_bytes(b"MFD1 not really")
+    found = _deltas(fix, tmp_path)
+    assert sorted(d.base_id for d in found) == sorted([v1.image_id, v2.image_id])
+    assert _deltas(D.build(v1, fix), tmp_path) == []  # a delta given goes alone
+    assert _deltas(fix, tmp_path / "missing") == []
