@@ -114,11 +114,7 @@ class MeterApp:
         return self.p.events.page(payload, _EVENT_PAGE, event_codes.names)
 
     async def post_boot(self):
-        # In steps, so the boot tasks' code is not on the heap beside the health check's: the
-        # check is the boot's heap peak.
-        loader.call("boot_tasks", "before_health", self)
-        results = await loader.run("health", "run", self, None, True)  # no host time; at boot
-        loader.call("boot_tasks", "verdict", self, results)
+        await loader.run("boot_tasks", "post_boot", self)
 
     async def feed_watchdog(self):
         probed = 0

@@ -3,6 +3,7 @@
 # calls for, run and report the post-boot health check, confirm or revert, and apply what the
 # activation asked of the new image. Loaded for it and dropped after (loader.py).
 import event_codes
+import loader
 from bootloader import api as P
 from intervals import FIRMWARE_CHANGE
 
@@ -88,9 +89,9 @@ def after_confirm(m, confirmed_now):
             metering_reset.reset(m.metering, p.image_id)
 
 
-def before_health(m):
-    """After a boot, before its health check: the interval's firmware-change flag, the verdict
-    of an activation that started (or did not), the customer notice, and the clock's check."""
+async def post_boot(m):
+    """The post-boot health check and its verdict: confirm an image on trial that passes,
+    revert one that fails a critical check."""
     p = m.p
     if p.boot_reason in ("activate", "revert"):
         m.metering.open.mark(FIRMWARE_CHANGE)
@@ -101,12 +102,7 @@ def before_health(m):
     if not metering_clock.valid(m.metering, m.board.clock.time_ms() // 1000):
         p.events.log(event_codes.CLOCK_INVALID, 0)
         m.outbox.post(event_codes.CLOCK_INVALID, 0, "clock invalid at start-up")
-
-
-def verdict(m, results):
-    """The post-boot health check's verdict: confirm an image on trial that passes, revert one
-    that fails a critical check."""
-    p = m.p
+    results = await loader.run("health", "run", m, None, True)  # no host time; at boot
     # An absent interface is ok here but keeps its message; `meterfw health` shows its status.
     m.health = [{"check": n, "severity": s, "ok": st != "fail", "message": msg} for n, s, st, msg, _ in results]
     critical = after_health(m, results)

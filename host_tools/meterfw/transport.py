@@ -45,6 +45,8 @@ class Backoff:
 
 
 class Link:
+    bytes_out = 0  # bytes written to the line, framing included (a Link's own count from its first)
+
     def __init__(self, url: str, baud: int = DEFAULT_BAUD, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.url = url
         self.baud = baud
@@ -53,7 +55,6 @@ class Link:
         self._decoder = framing.Decoder()
         self._ser = None
         self.alarms: list[framing.Frame] = []  # unsolicited frames seen while waiting for replies
-        self.bytes_out = 0  # bytes written to the line, framing included
         self.open()
 
     def open(self) -> None:
