@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hil.bench import BAUD, LINK_TIMEOUT_S, WORK, CountingLink, Rig, _start
 from hil.pytest_plugin import build_changed
-from meterfw.delta import BLOCK_SIZE, WIRE_EXTRA, _ops, _recipes, build, full_wire_bytes
+from meterfw.delta import WIRE_EXTRA, build, full_wire_bytes, recipes
 from meterfw.errors import MeterfwError
 from meterfw.image import Image, build_image
 from meterfw.keys import load_keys
@@ -30,7 +30,7 @@ def whole_modules_bytes(base: Image, new: Image) -> int:
         if new.files.get(name) != data:
             at = base.payload_offset + base.payload.index(data)
             hidden[at:at + len(data)] = bytes(len(data))
-    return sum(len(r) + WIRE_EXTRA for r in _recipes(_ops(bytes(hidden), new.data), len(new.data), BLOCK_SIZE))
+    return sum(len(r) + WIRE_EXTRA for r in recipes(bytes(hidden), new.data))
 
 
 def measure(kind: str, keys_dir: Path, say) -> dict:

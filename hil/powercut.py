@@ -83,8 +83,8 @@ from meterfw.upgrade import continuity
 PHASES = ("download", "delta-download", "verify", "activate", "trial", "confirm", "revert", "recovery-upload",
           "bootloader-download", "bootloader-activate")
 CHAIN = ("activate", "trial", "confirm")  # one run, cut into three by its reboot and its pause
-TEMPLATE = {"download": "download", "delta-download": "download", "verify": "verify", "activate": "activate", "trial": "activate",
-            "confirm": "activate", "revert": "revert", "recovery-upload": "recovery",
+TEMPLATE = {"download": "download", "delta-download": "download", "verify": "verify", "activate": "activate",
+            "trial": "activate", "confirm": "activate", "revert": "revert", "recovery-upload": "recovery",
             "bootloader-download": "download", "bootloader-activate": "bootloader"}
 UPLOADS = ("download", "delta-download", "recovery-upload", "bootloader-download")
 SWITCHES = ("revert", "bootloader-activate")  # one operation, then a reboot and a settle

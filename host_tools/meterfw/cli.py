@@ -122,9 +122,10 @@ def cmd_image_delta(args) -> int:
     d = build_delta(old[1], new[1])
     if apply_delta(old[1].data, d) != new[1].data:  # what a meter will make of it, checked here
         raise CommandError("the delta does not rebuild the new image: nothing written")
-    _write_file(args.output, lambda p: write_image(p, d.encode()))
+    data = d.encode()
+    _write_file(args.output, lambda p: write_image(p, data))
     full = full_wire_bytes(new[1], d.block_size)
-    out = {"file": args.output, "bytes": len(d.encode()), "base_image_id": d.base_id.hex(),
+    out = {"file": args.output, "bytes": len(data), "base_image_id": d.base_id.hex(),
            "image_id": d.image_id.hex(), "blocks": len(d.recipes), "wire_bytes": d.wire_bytes(),
            "full_wire_bytes": full, "ratio": round(d.wire_bytes() / full, 4)}
     _emit(args, out, f"{args.output}: {old[1].manifest['version']} -> {new[1].manifest['version']}, "

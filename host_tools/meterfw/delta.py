@@ -108,7 +108,7 @@ def parse_delta(data: bytes) -> Delta:
         raise ImageError(f"bad delta: it makes a {target.manifest['kind']} image; deltas are for firmware")
     size = len(head) + target.manifest["payload_size"]
     blocks = (size + block_size - 1) // block_size
-    recipes, pos = [], _HEAD.size + head_len
+    cut, pos = [], _HEAD.size + head_len
     for n in range(blocks):
         if pos + 2 > len(data):
             raise ImageError(f"bad delta: truncated at block {n} of {blocks}")
@@ -116,11 +116,11 @@ def parse_delta(data: bytes) -> Delta:
         recipe = data[pos + 2:pos + 2 + k]
         if len(recipe) != k:
             raise ImageError(f"bad delta: block {n}'s recipe is truncated")
-        recipes.append(recipe)
+        cut.append(recipe)
         pos += 2 + k
     if pos != len(data):
         raise ImageError(f"bad delta: {len(data) - pos} bytes after the last block")
-    return Delta(base_id, block_size, head, recipes, target, size)
+    return Delta(base_id, block_size, head, cut, target, size)
 
 
 def _index(base: bytes) -> dict:
@@ -165,9 +165,14 @@ def _ops(base: bytes, new: bytes) -> list:
     return ops
 
 
-def _recipes(ops: list, size: int, block_size: int) -> list:
+def recipes(base: bytes, new: bytes, block_size: int = BLOCK_SIZE) -> list:
+    """The recipe of each block of `new`, against the image file `base`."""
+    return _cut(_ops(base, new), len(new), block_size)
+
+
+def _cut(ops: list, size: int, block_size: int) -> list:
     """The ops cut at block borders, each block's as one recipe."""
-    recipes = []
+    out = []
     pending = list(reversed(ops))
     for start in range(0, size, block_size):
         want = min(block_size, size - start)
@@ -191,8 +196,8 @@ def _recipes(ops: list, size: int, block_size: int) -> list:
             packed = c.compress(bytes(lits)) + c.flush()
             if len(packed) >= len(lits):
                 packed = b""  # does not pay: the literals go as they are
-        recipes.append(struct.pack("<HH", len(lits), len(packed)) + (packed or bytes(lits)) + bytes(body))
-    return recipes
+        out.append(struct.pack("<HH", len(lits), len(packed)) + (packed or bytes(lits)) + bytes(body))
+    return out
 
 
 def build(base: Image, new: Image, block_size: int = BLOCK_SIZE) -> Delta:
@@ -203,8 +208,8 @@ def build(base: Image, new: Image, block_size: int = BLOCK_SIZE) -> Delta:
         raise ImageError("the two images are the same image")
     if "firmware" != new.manifest["kind"] or "firmware" != base.manifest["kind"]:
         raise ImageError("deltas are for firmware images: a bootloader image goes whole")
-    recipes = _recipes(_ops(base.data, new.data), len(new.data), block_size)
-    return Delta(base.image_id, block_size, new.head, recipes, parse_head(new.head), len(new.data))
+    return Delta(base.image_id, block_size, new.head, recipes(base.data, new.data, block_size), parse_head(new.head),
+                 new.size)
 
 
 def apply(base: bytes, delta: Delta) -> bytes:

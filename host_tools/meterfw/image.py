@@ -89,6 +89,11 @@ class Image:
         return hashlib.sha256(self.manifest_bytes).digest()
 
     @property
+    def size(self) -> int:
+        """The image's bytes, as a slot holds them."""
+        return len(self.data)
+
+    @property
     def head(self) -> bytes:
         """Header, manifest and signatures: what the meter checks before any of the payload."""
         return self.data[:self.payload_offset]

@@ -233,7 +233,7 @@ class Meter:
         progress = progress or (lambda done, total: None)
         delta = image if isinstance(image, Delta) else None
         img = delta or as_image(image)  # the caller's object; bytes only from callers that hold nothing more
-        size, image_id = (delta.size if delta else len(img.data)), img.image_id.hex()
+        size, image_id = img.size, img.image_id.hex()
         base = delta.base_id if delta else None
         st = self.update_state()
         signature_ms = None

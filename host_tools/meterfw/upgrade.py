@@ -247,8 +247,7 @@ def upgrade(meter: Meter, img: Image | Delta, *, when: str = "boundary", at_s: i
     st0 = meter.status()
     report = {"result": None, "reason": None, "kind": m.get("kind", "firmware"), "from_version": running(st0),
               "to_version": m["version"], "image_id": image_id, "payload_bytes": m["payload_size"],
-              "image_bytes": img.size if isinstance(img, Delta) else len(img.data), "board": st0.get("board"),
-              "serial": st0.get("serial"),
+              "image_bytes": img.size, "board": st0.get("board"), "serial": st0.get("serial"),
               "when": when, "at_s": at_s, "registers": registers, "ack": ack}
 
     def finish(result: str, reason: str | None = None) -> dict:

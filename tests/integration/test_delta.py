@@ -50,8 +50,7 @@ def _tampered(base: Image, new: Image) -> D.Delta:
     name = next(n for n in new.files if new.files[n] != base.files.get(n))
     at = new.data.index(new.files[name]) + len(new.files[name]) // 2
     data[at] ^= 0x40
-    recipes = D._recipes(D._ops(base.data, bytes(data)), len(data), D.BLOCK_SIZE)
-    return D.Delta(base.image_id, D.BLOCK_SIZE, new.head, recipes, new, len(new.data))
+    return D.Delta(base.image_id, D.BLOCK_SIZE, new.head, D.recipes(base.data, bytes(data)), new, new.size)
 
 
 def test_a_delta_upgrade_confirms_with_the_full_images_slot_and_a_revert_returns_to_the_old(board, v1, fix):
