@@ -47,20 +47,23 @@ class UpdateAgent:
         if self._pending is not None and not self._pending.done():
             return False
         self.transfer.release()
+        self._drop_delta()
+        return True
+
+    def _drop_delta(self):
         if self._delta is not None:
             self._delta.close()
             self._delta = None
-        return True
 
     async def initiate(self, head, admitted=None, base=None):
+        self._drop_delta()  # the next delta's base is checked afresh
         return await self.transfer.initiate(head, admitted, base)
 
     async def block(self, payload):
-        base = self.transfer.state.get("base")
-        if base:  # a delta's recipe: the transfer takes the block it describes
-            if base != self.platform.image_id.hex():  # stored before a switch: not for this image
-                raise CommandError("wrong_base", "the delta under way applies to another image: initiate again")
-            if self._delta is None:
+        if self.transfer.state.get("base"):  # a delta's recipe: the transfer takes the block it describes
+            if self._delta is None:  # checked once a transfer: the running image is fixed for the boot
+                if self.transfer.state["base"] != self.platform.image_id.hex():  # stored before a switch
+                    raise CommandError("wrong_base", "the delta under way applies to another image: initiate again")
                 self._delta = loader.call("delta", "Expander", self.platform, self.transfer.block_size)
             payload = self._delta.expand(payload)
         return await self.transfer.block(payload)
