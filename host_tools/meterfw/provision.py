@@ -20,7 +20,7 @@ from littlefs import LittleFS
 
 from .auth import meter_key
 from .errors import CommandError, TransportError
-from .image import Image, ImageError, _compile, as_image
+from .image import Image, ImageError, as_image, compile_module
 from .keys import load_keys
 from .paths import BOOTLOADER, board_dir
 
@@ -69,9 +69,9 @@ def device_files(image: Image | bytes, keys_dir: Path, board: str, serial: str) 
     with tempfile.TemporaryDirectory() as tmp:
         for src in sorted(BOOTLOADER.glob("*.py")):
             if src.name != "main.py":
-                files[f"{FACTORY_COPY}/bootloader/{src.stem}.mpy"] = _compile(src, f"bootloader/{src.stem}.mpy", Path(tmp))
+                files[f"{FACTORY_COPY}/bootloader/{src.stem}.mpy"] = compile_module(src, f"bootloader/{src.stem}.mpy", Path(tmp))
         for src in HAL_SOURCES[board]:
-            files[f"/board/{src.stem}.mpy"] = _compile(src, f"board/{src.stem}.mpy", Path(tmp))
+            files[f"/board/{src.stem}.mpy"] = compile_module(src, f"board/{src.stem}.mpy", Path(tmp))
     files["/board/board.json"] = (board_dir(board) / "board.json").read_bytes()
     files["/keys/vendor.pub"] = keys.vendor_public_raw
     if keys.utility_public_raw:
