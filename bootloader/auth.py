@@ -80,6 +80,5 @@ class Sessions:
         return bytes(body)
 
     def seal(self, reply_type, request_type, reply):
-        """The reply to the request check() just passed, with its tag."""
-        tag = self._mac.digest(self._nonce, bytes((reply_type, request_type)), self._counter_raw, reply)[:_TAG]
-        return bytes(reply) + tag
+        """The tag that seals the reply to the request check() just passed: sent after it."""
+        return self._mac.digest(self._nonce, bytes((reply_type, request_type)), self._counter_raw, reply)[:_TAG]

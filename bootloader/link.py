@@ -26,7 +26,7 @@ class LinkServer:
         if handlers:
             self.add(handlers)
         self._decoder = framing.Decoder()
-        # (request key, reply frame): the same request sent again (its reply was lost) gets the
+        # (request key, (reply, tag)): the same request sent again (its reply was lost) gets the
         # same reply without running twice. The key is the whole request (type, seq and the
         # body's CRC-32): a new request that reuses a seq runs.
         self._last = None
@@ -54,7 +54,7 @@ class LinkServer:
 
     def send_alarm(self, seq, payload):
         """An unsolicited frame; the host acknowledges it with a command of its own."""
-        self._board.link_out.write(framing.encode(framing.ALARM, seq, payload))
+        framing.write(self._board.link_out, framing.ALARM, seq, payload)
 
     def add(self, handlers, privileged=False):
         """Register command handlers; privileged ones run only inside an authenticated session.
@@ -79,17 +79,15 @@ class LinkServer:
     def _error(self, seq, code, message, sealed_for=None):
         try:
             body = json.dumps({"code": code, "message": message}).encode()
-            if sealed_for is not None:
-                body = self.sessions.seal(framing.ERROR, sealed_for, body)
-            frame = framing.encode(framing.ERROR, seq, body)
+            tag = b"" if sealed_for is None else self.sessions.seal(framing.ERROR, sealed_for, body)
+            framing.write(self._board.link_out, framing.ERROR, seq, body, tag)
         except MemoryError:
-            return  # not even room to refuse: the host hears nothing and asks again
-        self._board.link_out.write(frame)
+            pass  # not even room to refuse: the host hears nothing (or a frame cut short) and asks again
 
     async def _serve(self, ftype, seq, payload):
         key = (ftype, seq, crc32(payload))
         if self._last and self._last[0] == key:
-            self._board.link_out.write(self._last[1])
+            framing.write(self._board.link_out, ftype | framing.OK_BIT, seq, *self._last[1])
             return
         self.requests += 1
         handler = self._handlers.get(ftype)
@@ -106,26 +104,21 @@ class LinkServer:
                 if ftype not in _UNSEALED:
                     sealed = ftype
             result = await self._call(handler, payload)
-            # Raw bytes as they are (a memoryview too: PING echoes the request's own buffer).
-            reply = result if isinstance(result, (bytes, bytearray, memoryview)) else json.dumps(result).encode()
-            if sealed is not None:
-                reply = self.sessions.seal(ftype | framing.OK_BIT, ftype, reply)
-            frame = framing.encode(ftype | framing.OK_BIT, seq, reply)
+            # Raw bytes as bytes: a buffer (PING echoes the request's own) takes new data, and the
+            # reply is kept for a repeat. bytes() of bytes is the same object, not a copy.
+            reply = bytes(result) if isinstance(result, (bytes, bytearray, memoryview)) else json.dumps(result).encode()
+            tag = b"" if sealed is None else self.sessions.seal(ftype | framing.OK_BIT, ftype, reply)
+            self._last = (key, (reply, tag))
+            framing.write(self._board.link_out, ftype | framing.OK_BIT, seq, reply, tag)
         except CommandError as e:
             self._error(seq, e.args[0], e.args[1], sealed)
-            return
         except (ValueError, KeyError, TypeError, IndexError, OverflowError) as e:
             self._error(seq, "bad_request", "bad request: %s" % e, sealed)
-            return
         except MemoryError:
             # No room for this request just now (the heap is busiest at boot and in a verify):
             # refused like any bad request, nothing changed, and the link stays up.
             gc.collect()
             self._error(seq, "no_memory", "meter busy: no memory for this request now; try again", sealed)
-            return
         except Exception as e:  # a defect of ours: counted (status shows it), never the end of the link
             self.faults += 1
             self._error(seq, "internal", "meter fault: %s" % type(e).__name__, sealed)
-            return
-        self._last = (key, frame)
-        self._board.link_out.write(frame)

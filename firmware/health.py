@@ -5,6 +5,7 @@
 # for the check, with the items about the data (health_data.py), and dropped after (loader.py).
 import asyncio
 import gc
+import io
 import os
 import time
 from micropython import const
@@ -90,8 +91,9 @@ async def _storage(m, ctx):
 
 async def _link(m, ctx):
     probe = b"loopback %d" % ctx["now_ms"]
-    d = framing.Decoder(len(probe))
-    d.feed(framing.encode(0x00, 0x5A, probe))
+    d, wire = framing.Decoder(len(probe)), io.BytesIO()
+    framing.write(wire, 0x00, 0x5A, probe)
+    d.feed(wire.getvalue())
     f = d.next()
     if f is None or bytes(f[2]) != probe or d.next() is not None:
         return FAIL, "frame loopback failed", None

@@ -125,19 +125,19 @@ class IntervalLog:
         if not segs or self._count >= self._per:
             segs.append(seq)
             self._count = 0
+            self._keep_quota()  # before the write: what fails after it would count it twice
         with open(self._name(segs[-1]), "ab") as f:
             f.write(self._buf)
         self.last = rec
         self._count += 1
         self._total += 1
-        if self._count == 1:
-            self._keep_quota()
         return rec
 
     def _keep_quota(self):
+        """Room for one more record: the oldest segments go while the quota is full."""
         dropped = 0
         segs = self.segments
-        while len(segs) > 1 and self._total > self._quota:
+        while len(segs) > 1 and self._total >= self._quota:
             n = self._size(segs[0]) // SIZE
             os.remove(self._name(segs.pop(0)))
             self._total -= n

@@ -13,6 +13,7 @@
 # at once when it runs again. The front-end counted all along, but only the total is known, so
 # it is shared over them in proportion to time, and they are flagged estimated.
 import asyncio
+import gc
 import struct
 from binascii import crc32
 from micropython import const
@@ -27,6 +28,7 @@ OPEN_BODY = const(80)
 # A close this late cannot use a reading at the boundary: energy since would land in it.
 _LATE_ESTIMATE_MS = const(1000)
 _LATE_KEPT = const(64)
+_RETRY_MS = const(100)
 
 
 class OpenInterval:
@@ -112,18 +114,18 @@ class Metering:
     def close(self, duration_s, flags, fe, fe_rx, now_ms, next_s, next_flags):
         """Record the open interval, duration_s long and closed at front-end readings fe/fe_rx,
         and open the next from next_s with next_flags at those readings. The caller saves."""
+        # Nothing changes before the record is written and the next interval opens just after,
+        # so a failure (no memory just now) leaves the interval open, to be closed once again.
         o = self.open
-        e = fe - o.frontend_mwh
-        o.register_mwh += e
-        o.register_rx_mwh += fe_rx - o.frontend_rx_mwh
-        self.log.append(o.start_s, duration_s, flags, e, fe_rx - o.frontend_rx_mwh, o.register_mwh,
-                        o.register_rx_mwh, fe, fe_rx)
+        e, e_rx, end_s = fe - o.frontend_mwh, fe_rx - o.frontend_rx_mwh, o.start_s + duration_s
+        reg, reg_rx = o.register_mwh + e, o.register_rx_mwh + e_rx
+        self.log.append(o.start_s, duration_s, flags, e, e_rx, reg, reg_rx, fe, fe_rx)
+        o.begin(next_s, fe, fe_rx, reg, reg_rx, next_flags)
         self.closes += 1
-        self.late_ms.append(now_ms - (o.start_s + duration_s) * 1000)
+        self.late_ms.append(now_ms - end_s * 1000)
         del self.late_ms[:-_LATE_KEPT]
         if self.over_limit or self.state and self.state.limit_w():
             loader.call("metering_limit", "check", self, e, duration_s)
-        o.begin(next_s, fe, fe_rx, o.register_mwh, o.register_rx_mwh, next_flags)
 
     def closed_now(self):
         """Tell who waits for a close (the transfer's schedule, a boundary activation)."""
@@ -152,7 +154,12 @@ class Metering:
     async def run(self):
         clock = self.board.clock
         while True:
-            await self.step(clock.time_ms())
+            try:
+                await self.step(clock.time_ms())
+            except MemoryError:  # no room just now: the close is made again, the task goes on
+                gc.collect()
+                await asyncio.sleep_ms(_RETRY_MS)
+                continue
             # Measured after the close: its own flash writes take tens of ms, and sleeping for
             # a wait computed before them would make the next close late by that much.
             due_ms = self.open.end_s * 1000 - clock.time_ms()

@@ -112,7 +112,10 @@ class Outbox:
             self._wake.clear()
             if self.send is not None and any(a[_NOW] for a in self.pending):
                 if fresh or back or time.ticks_diff(now_ms, last_ms) >= self._retry_ms:
-                    self._push()
+                    try:
+                        self._push()
+                    except MemoryError:  # no room just now: pushed again at the next retry
+                        pass
                     last_ms = now_ms
                     self._retry_ms = _FIRST_RETRY_MS if fresh or back else min(2 * self._retry_ms, _MAX_RETRY_MS)
             try:

@@ -10,11 +10,18 @@ ROOT = Path(__file__).resolve().parents[2]
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 
 
-# Before every script: the repo on the path, the arguments, and frames(decoder, data), every frame
-# a Decoder finds in `data` with its payload copied.
+# Before every script: the repo on the path, the arguments, frames(decoder, data), every frame a
+# Decoder finds in `data` with its payload copied, and encode(type, seq, payload), the bytes
+# framing.write sends for a frame.
 _PRELUDE = """import sys, json
 sys.path.insert(0, sys.argv[1])
 ARGS = sys.argv[2:]
+def encode(ftype, seq, payload):
+    import io
+    from bootloader import framing
+    out = io.BytesIO()
+    framing.write(out, ftype, seq, payload)
+    return out.getvalue()
 def frames(d, data):
     d.feed(data)
     out = []

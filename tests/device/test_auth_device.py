@@ -74,7 +74,8 @@ s._nonce = bytes(16)
 res = []
 for hexp in ARGS:
     s.check(0x12, binascii.unhexlify(hexp))
-    res.append(binascii.hexlify(s.seal(0x92, 0x12, b'{"status": 3}')).decode())
+    reply = b'{"status": 3}'
+    res.append(binascii.hexlify(reply + s.seal(0x92, 0x12, reply)).decode())  # the tag follows the reply
 print(json.dumps(res))
 """, first.hex(), second.hex())
     reply1, reply2 = bytes.fromhex(out[0]), bytes.fromhex(out[1])

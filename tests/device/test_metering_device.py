@@ -213,6 +213,59 @@ print(json.dumps({"seqs": [r[0] for r in rs], "files": sorted(os.listdir("iv")),
     assert out["since_time"] == out["seqs"][2:]
 
 
+def test_no_memory_in_a_close_loses_nothing_and_counts_nothing_twice(run_mpy):
+    # The heap refuses an allocation in the middle of a close: before the record is written (the
+    # segment file's open), while old segments are dropped to keep the quota (the event logged),
+    # and after the next interval opened (the open record's save). Each time metering tries again,
+    # as its task does: every interval is recorded once, the registers count each mWh once.
+    out = run_mpy(_script("""
+b, ev = Board(interval_s=1, interval_quota_records=6, interval_segment_records=3), Events()
+m = meter(b, ev, "reset")
+advance(b, m, 4)
+import builtins
+real_open, real_log, real_save = builtins.open, ev.log, m.open.save
+armed = {}
+def refuse(name):
+    if armed.pop(name, None):
+        raise MemoryError("refused for the test")
+def segment_open(path, *a):
+    if path.startswith("iv/") and a == ("ab",):
+        refuse("open")
+    return real_open(path, *a)
+def logged(code, value=0):
+    if code == 140:  # intervals dropped: the quota's event
+        refuse("quota")
+    real_log(code, value)
+def saved():
+    refuse("save")
+    real_save()
+builtins.open, ev.log, m.open.save = segment_open, logged, saved
+refusals = 0
+for second in range(16):
+    if second in (2, 5, 9):
+        armed[{2: "open", 5: "quota", 9: "save"}[second]] = True
+    b.clock.t += 1000
+    b.fe += 100
+    while True:
+        try:
+            asyncio.run(m.step(b.clock.t))
+            break
+        except MemoryError:
+            refusals += 1
+builtins.open = real_open
+rs = recs(m)
+print(json.dumps({"refusals": refusals, "armed": sorted(armed), "recs": [[r[0], r[1], r[2], r[4], r[6], r[8]] for r in rs],
+                  "live": m.registers()[0], "fe": b.fe}))
+"""), ROOT, heap="512k")
+    assert out["armed"] == [] and out["refusals"] >= 2, out  # each refusal happened, met by the close
+    rs = out["recs"]
+    assert [r[0] for r in rs] == list(range(rs[0][0], rs[0][0] + len(rs))) and rs[-1][0] == 20
+    for prev, r in zip(rs, rs[1:]):
+        assert r[1] == prev[1] + prev[2]                 # one record a second, none twice, none missing
+        assert r[4] - prev[4] == r[3] == r[5] - prev[5]  # register delta = energy = front-end delta
+    assert out["live"] == out["fe"]                      # every mWh counted once
+
+
 def test_torn_interval_append_is_cut_off_and_appends_continue(run_mpy):
     out = run_mpy(_script("""
 b, ev = Board(), Events()
