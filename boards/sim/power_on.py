@@ -30,8 +30,8 @@ os.chdir("/")
 sys.path[:] = ["", ".frozen", "/lib"]
 del sys.argv[1:]
 try:
-    with open("/main.py") as f:
-        _main = f.read()
+    with open("/main.py") as f:  # compiled, its source let go, as the rp2 port runs it
+        _main = compile(f.read(), "main.py", "exec")
     exec(_main, {"__name__": "__main__"})
 except Exception as e:  # noqa: BLE001 - on a Pico this lands on the debug UART, here console.log
     # The unix port prints uncaught tracebacks to stdout, which is the meter's serial line.
