@@ -2,7 +2,7 @@
 #
 # Decoded frame: type u8 | seq u8 | payload | crc32(type..payload) u32 LE.
 # On the wire each frame is SLIP-escaped (RFC 1055) and ended by END. SLIP rather than
-# COBS because escaping and unescaping reduce to bytes.find, which runs natively:
+# COBS because escaping and unescaping reduce to bytes.replace/find, which run natively:
 # a byte-by-byte loop in MicroPython would cost more CPU than the UART gives us time for.
 import struct
 from binascii import crc32
@@ -23,25 +23,17 @@ ALARM = const(0x7E)  # unsolicited, device to host
 
 
 def write(out, ftype, seq, *parts):
-    """One frame to the stream `out`, its payload the parts (bytes, bytearray) in turn, escaped
-    as it goes: no copy of the frame, which a heap with its room only in pieces could refuse."""
+    """One frame to the stream `out`, its payload the parts (bytes, bytearray) in turn, written
+    piece by piece: no copy of the frame, which a heap with its room only in pieces could refuse.
+    A piece with neither END nor ESC in it (a JSON reply, most of all) goes out as it is."""
     head = bytes((ftype, seq & 0xFF))
     crc = crc32(head)
     for p in parts:
         crc = crc32(p, crc)
     out.write(END)
     for p in (head,) + parts + (struct.pack("<I", crc),):
-        mv, pos = memoryview(p), 0
-        e, x = p.find(END), p.find(_ESC)
-        while e >= 0 or x >= 0:
-            if x < 0 or 0 <= e < x:
-                k, esc, e = e, _ESC_END, p.find(END, e + 1)
-            else:
-                k, esc, x = x, _ESC_ESC, p.find(_ESC, x + 1)
-            out.write(mv[pos:k])
-            out.write(esc)
-            pos = k + 1
-        out.write(mv[pos:])
+        # Escape ESC first so the escapes added for END are not escaped again.
+        out.write(p.replace(_ESC, _ESC_ESC).replace(END, _ESC_END) if _ESC in p or END in p else p)
     out.write(END)
 
 

@@ -1,7 +1,8 @@
 # What MicroPython's C start-up does on a Pico, played on the unix port: bring up the
 # hardware, mount littlefs at / (formatting it on a first power-on, as the rp2 port does),
 # and run /main.py from the flash filesystem.
-# argv: SIM_DIR RESET_CAUSE CTL_OUT_FD CTL_IN_FD
+# Run as `micropython -m power_on . RESET_CAUSE CTL_OUT_FD CTL_IN_FD` in the sim's folder, compiled
+# into its hw/ with the models (hil/supervisor/power.py).
 import sys
 import os
 import vfs

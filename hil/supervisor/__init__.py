@@ -4,17 +4,22 @@ simulated Pico meter.
 One supervisor per sim directory DIR. It owns two pseudo-terminal pairs: the user pty, whose
 slave path is the `port` host tools open like /dev/ttyACM0 (DIR/tty links to it), and the device
 pty, whose slave is the MicroPython process's stdin/stdout. hil.line bridges the two masters.
-Each boot runs one MicroPython unix-port process:
+Each boot runs one MicroPython unix-port process, in DIR:
 
-    micropython -X heapsize=H <device_script> DIR <reset_cause> 3 4
+    MICROPYPATH=hw micropython -X heapsize=H -m power_on . <reset_cause> 3 4
 
-with stderr appended to DIR/console.log (the MCU's debug UART), fd 3 the write end of the
-"ctl out" pipe (wdt/feed/reset/log lines from the device) and fd 4 the read end of "ctl in".
+(a --device-script runs as `micropython -X heapsize=H SCRIPT . ...`). The sim board's models
+(boards/sim/*.py but the HAL) are compiled into DIR/hw at start, as the meter's own code is, and
+every path is relative: a host path in a module's name or an argument would move the heap's
+layout with where DIR and the repository are. Its stderr is appended to DIR/console.log (the
+MCU's debug UART), fd 3 is the write end of the "ctl out" pipe (wdt/feed/reset/log lines from
+the device) and fd 4 the read end of "ctl in".
 
-Files in DIR: flash.img (the board's flash, never removed), sim.json (run config, also read by
-the device), state.json (the supervisor's state, rewritten atomically), supervisor.log,
-console.log, supervisor.fifo (commands from `meterfw-sim power-cycle|reset`) and
-supervisor.lock (held by the running supervisor; the source of truth for "is it running").
+Files in DIR: flash.img (the board's flash, never removed), hw/ (the compiled models), sim.json
+(run config, also read by the device), state.json (the supervisor's state, rewritten
+atomically), supervisor.log, console.log, supervisor.fifo (commands from `meterfw-sim
+power-cycle|reset`) and supervisor.lock (held by the running supervisor; the source of truth
+for "is it running").
 
 The client side (start/stop/status/commands) lives in this package too so the CLI and
 hil.sim.SimBoard run the same code. The modules:

@@ -27,6 +27,7 @@ FLASH_IMG = "flash.img"
 SIM_JSON = "sim.json"
 STATE_JSON = "state.json"
 SUPERVISOR_LOG = "supervisor.log"
+HW_DIR = "hw"  # the sim board's models, compiled, in the sim's folder
 CONSOLE_LOG = "console.log"
 CMD_FIFO = "supervisor.fifo"
 LOCK_FILE = "supervisor.lock"
@@ -104,8 +105,14 @@ def _is_supervisor_of(pid: int | None, sim_dir: Path) -> bool:
 
 
 def _is_device_of(pid: int | None, sim_dir: Path) -> bool:
+    """The unix port running sim_dir's meter: it runs in that folder, which its arguments name
+    as "." (see PowerControl.boot)."""
     args = _cmdline(pid) if pid else []
-    return str(sim_dir) in args and any("heapsize=" in a for a in args)
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except (OSError, TypeError):
+        return False
+    return cwd == str(sim_dir) and any("heapsize=" in a for a in args)
 
 
 def _lock_held(sim_dir: Path) -> bool:

@@ -19,11 +19,11 @@ from hil.line import Line
 
 from .bridge import ClientBridge
 from .common import (
-    LOCK_FILE, PICO_RIG, RESET, SIM_JSON, STATE_JSON, SUPERVISOR_LOG, TTY_LINK, USB_LINK,
+    DEFAULT_DEVICE_SCRIPT, LOCK_FILE, PICO_RIG, RESET, SIM_JSON, STATE_JSON, SUPERVISOR_LOG, TTY_LINK, USB_LINK,
     SimError, _heap_bytes, _micropython, _read_json, _write_json_atomic,
 )
 from .control import ControlProtocol
-from .power import PowerControl
+from .power import PowerControl, compile_models
 
 _STATE_REFRESH_S = 1.0  # line counters in state.json are refreshed at most this often
 _IDLE_WAKE_S = 0.5
@@ -153,6 +153,8 @@ class Supervisor(PowerControl, ControlProtocol, ClientBridge):
             raise SimError(f"a supervisor for {self.dir} is already running") from None
         if not self.device_script.is_file():
             raise SimError(f"device script {self.device_script} not found")
+        if self.board == "sim" and self.device_script == DEFAULT_DEVICE_SCRIPT:
+            compile_models(self.dir)
         if self.board == "pico" and not (PICO_RIG / "node_modules" / "rp2040js").is_dir():
             raise SimError(f"the Pico emulator is not installed: run `make setup` (npm ci in {PICO_RIG})")
         self.write_state("starting")

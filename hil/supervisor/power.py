@@ -6,14 +6,32 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import termios
 import time
+from pathlib import Path
 
-from .common import CONSOLE_LOG, RESET, RESET_GRACE_S, WATCHDOG, _ensure_open, _node
+from meterfw.image import compile_module
+
+from .common import (BOARD_DIR, CONSOLE_LOG, DEFAULT_DEVICE_SCRIPT, HW_DIR, RESET, RESET_GRACE_S, WATCHDOG,
+                     _ensure_open, _node)
 
 _PR_SET_PDEATHSIG = 1
+
+
+def compile_models(sim_dir: Path) -> None:
+    """The sim board's models (boards/sim/*.py but its HAL, which provisioning puts on the flash)
+    compiled into sim_dir/hw as the meter's own code is, with the board's board.json."""
+    hw = sim_dir / HW_DIR
+    hw.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="meterfw-hw-") as tmp:
+        for src in sorted(BOARD_DIR.glob("*.py")):
+            if src.name != "hal.py":
+                (hw / f"{src.stem}.mpy").write_bytes(compile_module(src, f"{HW_DIR}/{src.stem}.mpy", Path(tmp)))
+    shutil.copyfile(BOARD_DIR / "board.json", hw / "board.json")
 
 
 class PowerControl:
@@ -53,10 +71,12 @@ class PowerControl:
         if pico:
             argv = [_node(), str(self.device_script), str(self.dir), device_cause or cause, "3", "4", "5"]
         else:
-            argv = [
-                self.micropython, "-X", f"heapsize={self.heap_bytes}", str(self.device_script),
-                str(self.dir), cause, "3", "4",
-            ]
+            # The sim board's models run compiled (hw/, see compile_models) and every path is
+            # relative to the sim's folder: host paths in module names and arguments would move
+            # the heap's layout, and a near-full heap's outcome, with where the folder is.
+            script = ["-m", self.device_script.stem] if self.device_script == DEFAULT_DEVICE_SCRIPT \
+                else [str(self.device_script)]
+            argv = [self.micropython, "-X", f"heapsize={self.heap_bytes}", *script, ".", cause, "3", "4"]
         fds = (3, 4, 5) if pico else (3, 4)
         n = self.boots + 1
         for fd in fds:
@@ -70,6 +90,7 @@ class PowerControl:
                 self.proc = subprocess.Popen(
                     argv, stdin=self.dev_slave, stdout=self.dev_slave, stderr=console,
                     cwd=self.dir, pass_fds=fds, preexec_fn=in_child,
+                    env={**os.environ, "MICROPYPATH": HW_DIR},  # where -m finds the models
                     start_new_session=True, close_fds=True,
                 )
             finally:

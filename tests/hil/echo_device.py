@@ -1,5 +1,5 @@
 # A tiny MicroPython device for supervisor tests: echoes its UART and obeys a few commands.
-# argv: SIM_DIR RESET_CAUSE CTL_OUT_FD CTL_IN_FD; cwd is SIM_DIR.
+# argv: SIM_DIR (".") RESET_CAUSE CTL_OUT_FD CTL_IN_FD; cwd is SIM_DIR.
 #
 # If ./echo_wdt holds a number, the watchdog is armed with that timeout (ms) and fed from the
 # loop. Commands arrive in the echoed byte stream:
