@@ -1,7 +1,7 @@
 # The bootloader's services to the application: boot control, slot information, activation, confirm
 # and revert, and the trial of a new bootloader. The application never writes the boot control
 # block, nor the first stage's record, itself.
-from bootloader import call, eventlog
+from bootloader import call
 from bootloader.bootctl import REASONS
 
 
@@ -24,36 +24,28 @@ class Platform:
         # pre-switch snapshot). Not called when the running image is rejected: its view of the meter
         # is not to be trusted.
         self.before_switch = None
+        self.serial = False  # read from /identity.json at the first status (status.py)
 
     @property
     def in_trial(self):
         return self.bcb.trial == self.bcb.active
 
-    def mark_healthy(self):
-        """The application is up and its critical checks pass: this boot did not fail, and a
-        bootloader on trial has booted a healthy application, which confirms it."""
-        if self.bcb.failures:
-            self.bcb.failures = 0
-            self.bcb.save()
-        r = self.record
-        if r.trial:
-            r.trial = 0
-            r.floor = max(r.floor, r.security)
-            r.save()
-            self.events.log(eventlog.BOOTLOADER_CONFIRMED, r.security)
+    # Loaded for the call: status (status.py), and the seldom-run operations (switching.py);
+    # api.py says what each does.
+    def status(self):
+        return call("status", "status", self)
 
-    # The seldom-run operations are switching.py's, loaded for the call; api.py says what each does.
+    def mark_healthy(self):
+        return call("switching", "mark_healthy", self)
+
     def mark_unhealthy(self, why):
         return call("switching", "mark_unhealthy", self, why)
 
-    def status(self):
-        return call("switching", "status", self)
+    def confirm(self):
+        return call("switching", "confirm", self)
 
     def can_revert(self):
         return call("switching", "can_revert", self)
-
-    def confirm(self):
-        return call("switching", "confirm", self)
 
     def unreject(self, image_id):
         return call("switching", "unreject", self, image_id)

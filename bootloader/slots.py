@@ -4,7 +4,7 @@ from bootloader import image
 from bootloader.api import VERSION as API
 from bootloader.bootctl import slot_path
 
-_CHUNK = 1024
+_CHUNK = 1024  # while the meter runs: its heap may have no larger piece free
 
 
 def manifest(slot):
@@ -18,11 +18,11 @@ def manifest(slot):
         return None, None
 
 
-async def check(slot, board_name, floor, kind="firmware"):
+async def check(slot, board_name, floor, kind="firmware", chunk=_CHUNK):
     """Full check of a slot: header, board, kind, platform API, security version against the
     floor, size and payload hash. Returns (manifest, image id) or raises ValueError saying what
     is wrong. Yields to other tasks between chunks, so metering stays on time while it hashes."""
-    buf = bytearray(_CHUNK)
+    buf = bytearray(chunk)
     try:
         with open(slot_path(slot), "rb") as f:
             raw, _, off = image.read_header(f)

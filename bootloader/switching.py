@@ -1,35 +1,9 @@
-# Switching what the meter runs, and the platform's status: activating an update (an image in a
-# slot, or a bootloader installed into the other copy), confirming, reverting, allowing a rejected
-# image again, and the verdicts on a bootloader's trial. Each runs once a boot, on an operator's
-# request, or resets the meter, so Platform loads this module for each call (platform.py).
-import json
+# Switching what the meter runs: activating an update (an image in a slot, or a bootloader
+# installed into the other copy), confirming, reverting, allowing a rejected image again, and the
+# verdicts on a bootloader's trial. Each runs once a boot, on an operator's request, or resets the
+# meter, so Platform loads this module for each call (platform.py).
 from bootloader import eventlog, image, slots
-from bootloader.bootctl import ACTIVATE, NONE, REVERT, SLOT_NAMES, STAGING
-
-
-def status(p):
-    """The platform's part of the meter's status: slots, boot control, bootloader."""
-    b = p.bcb
-    versions = {}
-    for s in (0, 1):
-        m, _ = slots.manifest(s)
-        versions[SLOT_NAMES[s]] = {"version": m["version"] if m else None}
-    try:
-        with open("/identity.json") as f:
-            serial = json.load(f).get("serial")
-    except (OSError, ValueError, AttributeError):
-        serial = None
-    return {
-        "board": p.board.name, "serial": serial,
-        "active_slot": SLOT_NAMES[b.active], "active_version": versions[SLOT_NAMES[b.active]]["version"],
-        "confirmed": b.confirmed, "trial": p.in_trial, "slots": versions,
-        "boot_reason": p.boot_reason, "bootloader_version": p.record.version,
-        "bootloader": {"version": p.record.version, "copy": "ab"[p.record.active],
-                       "trial": bool(p.record.trial), "security_version": p.record.security,
-                       "floor": p.record.floor},
-        "security_floor": b.floor, "can_revert": can_revert(p),
-        "rejected": [r.hex() for r in b.rejected],
-    }
+from bootloader.bootctl import ACTIVATE, NONE, REVERT, STAGING
 
 
 def activate(p, slot):
@@ -86,6 +60,19 @@ def can_revert(p):
         return False
     m, _ = slots.manifest(b.previous)
     return m is not None and not image.below_floor(m, b.floor)
+
+
+def mark_healthy(p):
+    """This boot came up healthy: it did not fail, and a bootloader on trial confirms itself."""
+    if p.bcb.failures:
+        p.bcb.failures = 0
+        p.bcb.save()
+    r = p.record
+    if r.trial:
+        r.trial = 0
+        r.floor = max(r.floor, r.security)
+        r.save()
+        p.events.log(eventlog.BOOTLOADER_CONFIRMED, r.security)
 
 
 def mark_unhealthy(p, why):

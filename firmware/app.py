@@ -45,7 +45,6 @@ class MeterApp:
         self.link.add(privileged, privileged=True)
         self.outbox.send = self.link.send_alarm
         self.outbox.activity = self._requests
-        loader.call("boot_tasks", "at_start", self)  # the relay's latched position is read, never moved (FR2)
 
     def _requests(self):
         return self.link.requests
@@ -56,6 +55,7 @@ class MeterApp:
     async def serve(self, where, payload):
         """A command served by code loaded for the request: `where` is (module, function)."""
         # A MemoryError reaches the host as "no_memory" (the link server).
+        await self.metering.clear_of_close()
         return await loader.run(where[0], where[1], self, payload)
 
     def updates_now(self):
@@ -71,6 +71,7 @@ class MeterApp:
     async def updates(self):
         """updates_now(), waiting a little for room to load it when the heap has none just now."""
         if self.agent is None:
+            await self.metering.clear_of_close()
             await loader.room("update_agent")
         return self.updates_now()
 
@@ -93,6 +94,7 @@ class MeterApp:
         self._drop_agent()
         gc.collect()
         await asyncio.sleep_ms(0)  # each step below takes tens of ms on a Pico: metering goes between
+        await self.metering.clear_of_close()
         await loader.room("bootloader.admission")  # admit() loads it: here it may wait for room
         await asyncio.sleep_ms(0)
         admitted = await admit(self.p, head)  # its code leaves the heap before the agent's arrives
@@ -114,6 +116,7 @@ class MeterApp:
         return self.p.events.page(payload, _EVENT_PAGE, event_codes.names)
 
     async def post_boot(self):
+        await self.metering.clear_of_close()  # a load is a step metering cannot pause
         await loader.run("boot_tasks", "post_boot", self)
 
     async def feed_watchdog(self):

@@ -2,6 +2,7 @@
 # read the relay's latched position (never moving it, FR2), post the customer notice a switch
 # calls for, run and report the post-boot health check, confirm or revert, and apply what the
 # activation asked of the new image. Loaded for it and dropped after (loader.py).
+import asyncio
 import event_codes
 import loader
 from bootloader import api as P
@@ -15,11 +16,8 @@ def _pos(closed):
 
 
 def at_start(m):
-    """At boot: report a meter state that had to be recovered, read the relay's latched
-    position against the meter state (no coil is pulsed), and load the update agent when an
-    activation may be waiting for its time."""
-    if update_state.load()["status"] == P.VERIFIED:
-        m.updates_now()
+    """At boot: report a meter state that had to be recovered, and read the relay's latched
+    position against the meter state (no coil is pulsed)."""
     why = m.state.recovered
     if why:
         m.p.events.log(event_codes.STATE_RECOVERED, 0 if why == "unrenamed copy" else 1)
@@ -90,8 +88,12 @@ def after_confirm(m, confirmed_now):
 
 
 async def post_boot(m):
-    """The post-boot health check and its verdict: confirm an image on trial that passes,
-    revert one that fails a critical check."""
+    """What a boot does beside metering: at_start(), the update agent when an activation may
+    be waiting for its time, then the post-boot health check and its verdict: confirm an image
+    on trial that passes, revert one that fails a critical check."""
+    at_start(m)  # the relay's latched position is read, never moved (FR2)
+    if update_state.load()["status"] == P.VERIFIED:
+        await m.updates()
     p = m.p
     if p.boot_reason in ("activate", "revert"):
         m.metering.open.mark(FIRMWARE_CHANGE)
@@ -102,6 +104,8 @@ async def post_boot(m):
     if not metering_clock.valid(m.metering, m.board.clock.time_ms() // 1000):
         p.events.log(event_codes.CLOCK_INVALID, 0)
         m.outbox.post(event_codes.CLOCK_INVALID, 0, "clock invalid at start-up")
+    await asyncio.sleep_ms(0)  # a request waiting since the boot is answered before the check loads
+    await m.metering.clear_of_close()
     results = await loader.run("health", "run", m, None, True)  # no host time; at boot
     # An absent interface is ok here but keeps its message; `meterfw health` shows its status.
     m.health = [{"check": n, "severity": s, "ok": st != "fail", "message": msg} for n, s, st, msg, _ in results]

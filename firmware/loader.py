@@ -13,6 +13,10 @@ from micropython import const
 from bootloader.api import forget
 
 _TRIES = const(5)
+# The longest a load takes on a Pico, with a margin. A load is one step that lets no other task
+# run: one that starts just before an interval close makes the close that late, so a load while
+# the meter meters starts clear of the next close (Metering.clear_of_close).
+LOAD_MS = const(150)
 _RETRY_MS = const(200)
 
 # The table. A "bootloader." name is the platform's: bootloader/api.py loads it, forget() drops it.

@@ -29,6 +29,7 @@ OPEN_BODY = const(80)
 _LATE_ESTIMATE_MS = const(1000)
 _LATE_KEPT = const(64)
 _RETRY_MS = const(100)
+_CLEAR_POLL_MS = const(10)
 
 
 class OpenInterval:
@@ -132,6 +133,14 @@ class Metering:
         self.outage = False
         self.closed.set()
         self.closed.clear()
+
+    async def clear_of_close(self, ms=loader.LOAD_MS):
+        """Once the next close is more than `ms` away, or made: a step that cannot pause (loading
+        code takes up to ~100 ms on a Pico) starts then, and the close is not late for it. A
+        close overdue by _LATE_ESTIMATE_MS no longer holds it up (metering is late or gone)."""
+        end_s = self.open.end_s
+        while self.open.end_s == end_s and -_LATE_ESTIMATE_MS < end_s * 1000 - self.board.clock.time_ms() <= ms:
+            await asyncio.sleep_ms(_CLEAR_POLL_MS)
 
     async def step(self, now_ms):
         """Close whatever is due at now_ms; returns the ms left to the next boundary."""

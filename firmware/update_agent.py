@@ -64,6 +64,7 @@ class UpdateAgent:
             if self._delta is None:  # checked once a transfer: the running image is fixed for the boot
                 if self.transfer.state["base"] != self.platform.image_id.hex():  # stored before a switch
                     raise CommandError("wrong_base", "the delta under way applies to another image: initiate again")
+                await self.metering.clear_of_close()
                 self._delta = loader.call("delta", "Expander", self.platform, self.transfer.block_size)
             payload = self._delta.expand(payload)
         return await self.transfer.block(payload)
@@ -116,6 +117,7 @@ class UpdateAgent:
 
     # -- activation (activation.py) ------------------------------------------------------------
     async def activate(self, payload):
+        await self.metering.clear_of_close()
         return await loader.run("activation", "activate", self, payload)
 
     def schedule_activation(self, t_s, when):

@@ -458,3 +458,45 @@ print(json.dumps({"none": none, "same": same, "bad_reg": bad_reg, "changed": cha
     assert out["bad_reg"]["registers"] == ["fail", "registers differ from the pre-switch snapshot by 7/0 mWh"]
     assert out["changed"]["meter_state"] == ["pass", None]
     assert out["bad_state"]["meter_state"] == ["fail", "meter state differs from the pre-switch snapshot"]
+
+
+def test_a_load_waits_for_a_close_due_within_its_time_and_never_for_a_stalled_one(run_mpy):
+    # Loading code on demand is one step of up to ~100 ms on a Pico: started just before a
+    # boundary, it would make that close late (the bench once saw 84 ms during the signature
+    # checks). clear_of_close(ms) lets it start only once the close due within ms is made; a close
+    # far off does not hold it, nor one so overdue that metering is late or gone.
+    out = run_mpy(_script("""
+b, ev = Board(interval_s=10), Events()
+m = meter(b, ev, "reset")
+advance(b, m, 12)  # 2 s into an interval: the next close is 8 s away
+res = {}
+async def metering(until_ms):  # the metering task, on a clock the test moves 20 ms a turn
+    while b.clock.t < until_ms:
+        await asyncio.sleep_ms(1)
+        b.clock.t += 20
+        b.fe += 2
+        await m.step(b.clock.t)
+async def load(name, ms):
+    await m.clear_of_close(ms)
+    res[name] = [m.closes, m.open.end_s * 1000 - b.clock.t]
+async def main(t, ms, name, meter_runs=True):
+    b.clock.t = t
+    tasks = [asyncio.create_task(load(name, ms))]
+    if meter_runs:
+        tasks.append(asyncio.create_task(metering(t + 1000)))
+    for x in tasks:
+        await x
+closes = m.closes
+end = m.open.end_s * 1000
+asyncio.run(main(end - 2000, 150, "far"))       # 2 s before the close: at once
+res["closes_far"] = closes
+asyncio.run(main(m.open.end_s * 1000 - 100, 150, "near"))  # 100 ms before: after the close
+res["closes_near"] = closes
+end = m.open.end_s * 1000
+asyncio.run(main(end + 1500, 150, "stalled", meter_runs=False))  # metering gone: not held
+print(json.dumps(res))
+"""), ROOT, heap="512k")
+    assert out["far"][0] == out["closes_far"] and out["far"][1] > 150, out
+    assert out["near"][0] == out["closes_near"] + 1, out   # the close was made first
+    assert out["near"][1] > 150, out                        # and the next one is far
+    assert out["stalled"][1] < -1000, out
