@@ -30,8 +30,8 @@ class Platform:
     def in_trial(self):
         return self.bcb.trial == self.bcb.active
 
-    # Loaded for the call: status (status.py), and the seldom-run operations (switching.py);
-    # api.py says what each does.
+    # Loaded for the call: status and can_revert (status.py), and the seldom-run operations
+    # (switching.py); api.py says what each does.
     def status(self):
         return call("status", "status", self)
 
@@ -45,7 +45,7 @@ class Platform:
         return call("switching", "confirm", self)
 
     def can_revert(self):
-        return call("switching", "can_revert", self)
+        return call("status", "can_revert", self)
 
     def unreject(self, image_id):
         return call("switching", "unreject", self, image_id)

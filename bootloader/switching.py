@@ -53,15 +53,6 @@ def confirm(p):
     return True
 
 
-def can_revert(p):
-    """A previous image that reads and is not below the security floor."""
-    b = p.bcb
-    if b.previous == NONE:
-        return False
-    m, _ = slots.manifest(b.previous)
-    return m is not None and not image.below_floor(m, b.floor)
-
-
 def mark_healthy(p):
     """This boot came up healthy: it did not fail, and a bootloader on trial confirms itself."""
     if p.bcb.failures:
@@ -78,7 +69,7 @@ def mark_healthy(p):
 def mark_unhealthy(p, why):
     """A critical check failed this boot: an image on trial is reverted, a bootloader on
     trial falls back (neither returns); otherwise the application reports it and stays."""
-    if p.in_trial and can_revert(p):
+    if p.in_trial and p.can_revert():
         revert(p, True, why)
     if p.record.trial:
         bootloader_failed(p, why)
@@ -114,7 +105,7 @@ def unreject(p, image_id):
 def revert(p, reject=False, why=None):
     """Go back to the previous slot and reset. Does not return. Raises ValueError if none."""
     b = p.bcb
-    if not can_revert(p):
+    if not p.can_revert():
         raise ValueError("no previous image to revert to")
     if not reject and p.before_switch:
         p.before_switch()
