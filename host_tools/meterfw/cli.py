@@ -13,11 +13,13 @@ from .errors import (EXIT_ERROR, EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, E
                      EXIT_REVERTED, EXIT_SERIAL_MISMATCH, EXIT_UNHEALTHY, EXIT_USAGE, CommandError, MeterfwError)
 from .delta import Delta, apply as apply_delta, build as build_delta, full_wire_bytes, is_delta, parse_delta
 from .image import Image, ImageError, build_image, inspect, parse_image, write_image
-from .keys import KeysError, init_keys, load_keys
+from .keys import ROLES, KeysError, init_keys, load_keys
 from .paths import BOARD_NAMES, BOOTLOADER, FIRMWARE
 from .session import Meter
 from .transport import DEFAULT_BAUD, Link
-from .upgrade import DELTA_MODES, parse_time, parse_when, upgrade
+from .upgrade import DELTA_MODES, parse_time, parse_when, revert, upgrade
+
+from . import office_cli  # noqa: E402 -- the back office's commands use this module's helpers
 
 _UPGRADE_EXIT = {"confirmed": EXIT_OK, "reverted": EXIT_REVERTED, "rejected": EXIT_REJECTED, "failed": EXIT_FAILED}
 EXIT_CODES = (  # for --help; README lists the same
@@ -93,7 +95,7 @@ def _deltas(img: Image | Delta | None, folder: Path) -> list:
 # --- commands ---------------------------------------------------------------------------------
 
 def cmd_keys_init(args) -> int:
-    info = init_keys(Path(args.dir))
+    info = init_keys(Path(args.dir), args.role, Path(args.vendor_pub) if args.vendor_pub else None)
     _emit(args, info, f"keys written to {info['dir']}\n  vendor key id  {info['vendor_key_id']}\n"
                       f"  utility key id {info['utility_key_id']}")
     return 0
@@ -381,14 +383,13 @@ def cmd_registers_reset(args) -> int:
 
 
 def cmd_revert(args) -> int:
-    meter = _meter(args)
-    before = meter.status()
-    meter.revert()
-    after = meter.wait_until(lambda s: s["active_slot"] != before["active_slot"], 40)
-    if after is None:
-        raise CommandError("the meter did not come back on the previous image within 40 s")
-    out = {"result": "reverted", "from_version": before["active_version"], "to_version": after["active_version"]}
-    _emit(args, out, f"reverted from {out['from_version']} to {out['to_version']}")
+    r = revert(_meter(args))
+    if r["result"] != "confirmed":
+        raise CommandError(r["reason"])
+    out = {**r, "result": "reverted"}
+    disc = out["discrepancies"]
+    _emit(args, out, f"reverted from {out['from_version']} to {out['to_version']}; {len(disc)} discrepancies"
+                     + "".join(f"\n  - {d}" for d in disc))
     return 0
 
 
@@ -516,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="what", required=True)
     c = command("init", cmd_keys_init, "make vendor and utility key pairs", keys)
     c.add_argument("--dir", required=True)
+    c.add_argument("--role", choices=ROLES, default="both",
+                   help="both (a lab's single directory, the default), or the vendor's or the utility's own")
+    c.add_argument("--vendor-pub", help="role utility: the vendor's public key (vendor.pub) the utility trusts")
 
     image = sub.add_parser("image", help="firmware images").add_subparsers(dest="what", required=True)
     c = command("build", cmd_image_build, "compile and sign an image", image)
@@ -536,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = command("inspect", cmd_image_inspect, "show an image's manifest and check its signatures", image)
     c.add_argument("file")
     c.add_argument("--keys", dest="keys_dir")
+    office_cli.add_image_commands(image, command)
 
     c = command("uf2", cmd_uf2, "one UF2 for a Pico: stock MicroPython and a provisioned meter filesystem")
     c.add_argument("--board", required=True, choices=BOARD_NAMES)
@@ -599,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("display", cmd_display, "the notice on the meter's display")
     regs = sub.add_parser("registers", help="energy registers").add_subparsers(dest="what", required=True)
     command("reset", cmd_registers_reset, "reset the energy registers, logging them first (authenticated)", regs)
+    office_cli.add_commands(sub, command)
     return p
 
 

@@ -60,32 +60,58 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)  # the umask may have narrowed or widened the requested mode
 
 
-def init_keys(dir: Path) -> dict:
-    """Create a fresh key directory; returns a JSON-ready summary for `meterfw keys init --json`."""
+ROLES = ("both", "vendor", "utility")
+
+
+def init_keys(dir: Path, role: str = "both", vendor_pub: Path | None = None) -> dict:
+    """Create a fresh key directory; returns a JSON-ready summary for `meterfw keys init --json`.
+    role "both" makes one directory for a lab; "vendor" and "utility" make the two that separate
+    organisations keep (BR3). A utility's directory holds the vendor's public key it trusts
+    (vendor_pub), which checks the vendor's signature before an approval and on the meters."""
     dir = Path(dir)
+    if role not in ROLES:
+        raise KeysError(f"no key role {role!r}; roles are {', '.join(ROLES)}")
+    if role == "utility" and vendor_pub is None:
+        raise KeysError("a utility key directory needs the vendor's public key it trusts: give --vendor-pub FILE")
+    pub = None
+    if vendor_pub is not None:
+        try:
+            pub = Path(vendor_pub).read_bytes()
+        except OSError as e:
+            raise KeysError(f"cannot read {vendor_pub}: {e.strerror or e}") from None
+        if len(pub) != PUB_LEN:
+            raise KeysError(f"{vendor_pub} is {len(pub)} bytes, expected a raw {PUB_LEN}-byte Ed25519 public key")
     try:
         existing = [name for name in KEY_FILES if (dir / name).exists()]
         if existing:
             raise KeysError(f"refusing to overwrite keys in {dir}: {', '.join(existing)} already exist")
         dir.mkdir(parents=True, exist_ok=True)
-        return _init(dir)
+        return _init(dir, role, pub)
     except OSError as e:  # a file where the directory should be, no permission, a full disk
         raise KeysError(f"cannot make keys in {dir}: {e.strerror or e}") from None
 
 
-def _init(dir: Path) -> dict:
-    summary = {"dir": str(dir)}
-    for role in ("vendor", "utility"):
+def _init(dir: Path, role: str, vendor_pub: bytes | None) -> dict:
+    summary = {"dir": str(dir), "role": role}
+    files = []
+    if role == "utility":
+        _write_new(dir / VENDOR_PUB, vendor_pub, 0o644)
+        summary["vendor_key_id"] = key_id(vendor_pub).hex()
+        files.append(VENDOR_PUB)
+    for role_ in ("vendor", "utility") if role == "both" else (role,):
         private = Ed25519PrivateKey.generate()
         pem = private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         pub = public_raw(private)
-        _write_new(dir / f"{role}.key", pem, 0o600)
-        _write_new(dir / f"{role}.pub", pub, 0o644)
-        summary[f"{role}_key_id"] = key_id(pub).hex()
-    _write_new(dir / UTILITY_SECRET, os.urandom(SECRET_LEN), 0o600)
-    summary["files"] = list(KEY_FILES)
+        _write_new(dir / f"{role_}.key", pem, 0o600)
+        _write_new(dir / f"{role_}.pub", pub, 0o644)
+        summary[f"{role_}_key_id"] = key_id(pub).hex()
+        files += [f"{role_}.key", f"{role_}.pub"]
+    if role != "vendor":  # the meters' HMAC keys are the utility's
+        _write_new(dir / UTILITY_SECRET, os.urandom(SECRET_LEN), 0o600)
+        files.append(UTILITY_SECRET)
+    summary["files"] = sorted(files, key=KEY_FILES.index)
     return summary
 
 

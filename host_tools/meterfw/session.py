@@ -343,6 +343,8 @@ class Meter:
                 if predicate(st):
                     return st
             except TransportError:
+                if self.link.is_shut:
+                    raise
                 try:
                     self.link.reopen()
                 except TransportError:

@@ -58,6 +58,8 @@ class Link:
         self.open()
 
     def open(self) -> None:
+        if self.is_shut:
+            raise TransportError(f"the link to {self.url} was shut")
         try:
             self._ser = serial.serial_for_url(self.url, baudrate=self.baud, timeout=0.05)
         except (ValueError, OSError, OverflowError) as e:  # serial.SerialException is an OSError
@@ -71,6 +73,14 @@ class Link:
                 ser.close()
             except OSError:
                 pass  # the port has gone already (a USB meter that reset)
+
+    is_shut = False
+
+    def shut(self) -> None:
+        """Close for good, from any thread: the flow using the link fails at its next read
+        instead of opening it again (a campaign's meter that ran past its timeout)."""
+        self.is_shut = True
+        self.close()
 
     def reopen(self) -> None:
         """After the meter reset: a USB port may have vanished and come back."""

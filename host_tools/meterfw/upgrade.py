@@ -231,10 +231,19 @@ def compare(before: dict, after: dict, *, expect_version: str, registers: str = 
 def upgrade(meter: Meter, img: Image | Delta, *, when: str = "boundary", at_s: int | None = None,
             registers: str = "preserve", ack: str = "immediate",
             progress: Callable[[int, int], None] | None = None, stage: Callable[[str], None] | None = None,
-            poll_s: float = 0.2, deltas=(), delta: str = "auto") -> dict:
+            poll_s: float = 0.2, deltas=(), delta: str = "auto", plan=None, keep=None,
+            before: dict | None = None) -> dict:
     """Upgrade the meter to `img`, a full image or a delta; with a full image, one of `deltas`
-    for the image the meter runs goes instead when `delta` (auto, never, only) says so."""
+    for the image the meter runs goes instead when `delta` (auto, never, only) says so.
+
+    For a caller that must survive its own crash (a campaign): `keep(key, value)` is told the
+    before-snapshot and the activation as they happen; `before` gives back a kept snapshot, and a
+    meter that already switched to `img` (or already reverted from it) is then taken from its
+    verdict on, so nothing is sent or activated twice. `plan(status)` picks the activation just
+    before it is asked for: (when, at_s), or None to stop with the image verified ("deferred",
+    outside a maintenance window, say); a later run resumes from there."""
     ui = Stage(stage, progress)
+    keep = keep or (lambda key, value: None)
     t0 = time.monotonic()
     m = img.manifest
     # A bootloader image changes the bootloader the meter runs; its application stays as it was.
@@ -255,6 +264,12 @@ def upgrade(meter: Meter, img: Image | Delta, *, when: str = "boundary", at_s: i
         return report
 
     why = precheck(img, st0.get("board"))
+    if before is not None and not bootloader and _switched(st0, image_id):
+        # An earlier run of this upgrade activated the image before its caller stopped.
+        report.update(method="resumed", resumed="after activation")
+        return _conclude(meter, report, before, expect=m["version"], wait_s=_verdict_wait_s(meter, 0),
+                         t_act=None, delay_s=0, ui=ui, poll_s=poll_s, finish=finish, running=running,
+                         bootloader=False, keep=keep)
     send, why_not = (img, None) if bootloader else choose(img, deltas, delta, st0.get("active_image_id"))
     why = why or why_not
     if why:
@@ -264,11 +279,9 @@ def upgrade(meter: Meter, img: Image | Delta, *, when: str = "boundary", at_s: i
         report["delta_base"] = send.base_id.hex()
     ui.stage("snapshot")
     before = snapshot(meter)
-    history = before["intervals"]
-    register_before = history[-1]["register_mwh"] if history else 0
-    first_seq = history[-1]["seq"] if history else 0
+    keep("before", before)
     report["before"] = summary(before)
-    report["intervals_before"] = len(history)
+    report["intervals_before"] = len(before["intervals"])
 
     try:
         ui.stage("notice")
@@ -295,6 +308,12 @@ def upgrade(meter: Meter, img: Image | Delta, *, when: str = "boundary", at_s: i
         ui.stage("verify")
         v = meter.verify()
         report["verify_ms"] = v.get("verify_ms")
+        if plan is not None:
+            chosen = plan(meter.status())
+            if chosen is None:
+                return finish("deferred", "not activated now: the image waits, verified, on the meter")
+            when, at_s = chosen
+            report.update(when=when, at_s=at_s)
         ui.stage("activate")
         t_act = time.monotonic()
         act = meter.activate(when, at_s, registers, ack)
@@ -304,23 +323,46 @@ def upgrade(meter: Meter, img: Image | Delta, *, when: str = "boundary", at_s: i
         raise
     report["activate_at_s"] = act.get("activate_at_s", act.get("boundary_s"))
     report["activation_deferred_s"] = act.get("deferred_s", 0)
+    keep("activation", {"at_s": report["activate_at_s"], "when": when})
     meter_now = act.get("meter_time_s") or st0.get("time_s") or 0
     delay_s = max((report["activate_at_s"] or meter_now) - meter_now, 0) if report["activate_at_s"] else 0
     if when == "boundary" and not report["activate_at_s"]:
         delay_s = st0.get("interval_s") or 0
-    # A meter that answers slowly (the link's timeout says how slowly) also boots slowly.
-    wait_s = delay_s + (_WATCHDOG_S * 3 + _BOOT_S) * max(1.0, meter.link.timeout_s / DEFAULT_TIMEOUT_S)
+    return _conclude(meter, report, before, expect=m["version"], wait_s=_verdict_wait_s(meter, delay_s),
+                     t_act=t_act, delay_s=delay_s, ui=ui, poll_s=poll_s, finish=finish, running=running,
+                     bootloader=bootloader, keep=keep)
 
+
+def _switched(st: dict, image_id: str) -> bool:
+    """The meter runs this image now, or has reverted from it: the activation was asked for."""
+    u = st.get("update") or {}
+    return st.get("active_image_id") == image_id or (u.get("image_id") == image_id and u.get("result") == "reverted")
+
+
+def _verdict_wait_s(meter: Meter, delay_s: float) -> float:
+    # A meter that answers slowly (the link's timeout says how slowly) also boots slowly.
+    return delay_s + (_WATCHDOG_S * 3 + _BOOT_S) * max(1.0, meter.link.timeout_s / DEFAULT_TIMEOUT_S)
+
+
+def _conclude(meter: Meter, report: dict, before: dict, *, expect: str, wait_s: float, t_act,
+              delay_s: float, ui: Stage, poll_s: float, finish, running, bootloader: bool, keep) -> dict:
+    """From the activation on: the meter's verdict, the second snapshot and the comparison."""
+    registers = report["registers"]
+    history = before["intervals"]
+    register_before = history[-1]["register_mwh"] if history else 0
+    first_seq = history[-1]["seq"] if history else 0
+    report.setdefault("before", summary(before))
+    report.setdefault("intervals_before", len(history))
     ui.stage("waiting for the verdict")
     seen = {}
 
     def verdict(s: dict) -> bool:
-        if "first_read" not in seen and running(s) == m["version"] and s.get("boot_reason") == "activate":
+        if "first_read" not in seen and running(s) == expect and s.get("boot_reason") == "activate":
             seen["first_read"] = time.monotonic()
         return s.get("update", {}).get("result") in ("confirmed", "reverted")
 
     after_st = meter.wait_until(verdict, wait_s, poll_s=poll_s)
-    if "first_read" in seen:
+    if "first_read" in seen and t_act is not None:
         report["activation_to_first_read_s"] = round(seen["first_read"] - t_act - delay_s, 3)
     if after_st is None:
         return finish("failed", f"no verdict from the meter within {wait_s:.0f} s of activation")
@@ -331,6 +373,7 @@ def upgrade(meter: Meter, img: Image | Delta, *, when: str = "boundary", at_s: i
         return finish("failed", "the meter's authenticated status holds no verdict: the link altered its replies")
     ui.stage("snapshot")
     after = snapshot(meter)
+    keep("after", after)
     sa = after["status"]
     report["after"] = summary(after)
     report["boot_reason"] = sa.get("boot_reason")
@@ -343,10 +386,49 @@ def upgrade(meter: Meter, img: Image | Delta, *, when: str = "boundary", at_s: i
     report.update(energy_check(records, register_before))
     reverted = after_st["update"]["result"] == "reverted"
     report["discrepancies"] = compare(before, after, registers=registers,
-                                      expect_version=st0.get("active_version") if reverted or bootloader else m["version"])
-    if bootloader and not reverted and running(sa) != m["version"]:
-        report["discrepancies"].append(f"meter runs bootloader {running(sa)}, expected {m['version']}")
+                                      expect_version=before["status"].get("active_version") if reverted or bootloader
+                                      else expect)
+    if bootloader and not reverted and running(sa) != expect:
+        report["discrepancies"].append(f"meter runs bootloader {running(sa)}, expected {expect}")
     if reverted:
         return finish("reverted", after_st["update"].get("reason") or "the meter went back to the previous image")
     return finish("confirmed")
 
+
+
+def revert(meter: Meter, *, expect_version: str | None = None, stage: Callable[[str], None] | None = None,
+           poll_s: float = 0.2, timeout_s: float = 40) -> dict:
+    """The operator's revert to the previous image, with a snapshot before and after and their
+    comparison. With expect_version, a meter already running it is left alone (a campaign's
+    rollback resumed after its own crash must not switch a meter back a second time)."""
+    ui = Stage(stage)
+    t0 = time.monotonic()
+    st0 = meter.status()
+    report = {"result": None, "reason": None, "kind": "revert", "from_version": st0.get("active_version"),
+              "to_version": expect_version, "serial": st0.get("serial"), "board": st0.get("board")}
+
+    def finish(result: str, reason: str | None = None) -> dict:
+        report.update(result=result, reason=reason, seconds=round(time.monotonic() - t0, 2))
+        return report
+
+    if expect_version is not None and st0.get("active_version") == expect_version:
+        report.update(discrepancies=[], resumed="already on the previous image")
+        return finish("confirmed")
+    ui.stage("snapshot")
+    before = snapshot(meter)
+    ui.stage("revert")
+    try:
+        meter.revert()
+    except CommandError as e:
+        if e.code in ("no_previous", "on_trial", "rejected"):
+            return finish("rejected", str(e).removeprefix("meter refused: "))
+        raise
+    ui.stage("waiting for the meter")
+    after_st = meter.wait_until(lambda s: s["active_slot"] != st0["active_slot"], timeout_s, poll_s=poll_s)
+    if after_st is None:
+        return finish("failed", f"the meter did not come back on the previous image within {timeout_s:.0f} s")
+    ui.stage("snapshot")
+    after = snapshot(meter)
+    report.update(to_version=after["status"].get("active_version"), before=summary(before), after=summary(after))
+    report["discrepancies"] = compare(before, after, expect_version=expect_version or report["to_version"])
+    return finish("confirmed")

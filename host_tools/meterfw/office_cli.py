@@ -1,0 +1,366 @@
+"""The back office's commands (`meterfw fleet|campaign|mdms ...`, `image approve`): the same table
+of commands as cli.py, over the database (store.py) instead of one meter's link."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import campaign as C
+from . import cli
+from . import fleet, html_report, mdms
+from .errors import CommandError
+from .image import ImageError, approve_image, parse_image, write_image
+from .keys import load_keys
+from .store import Store
+
+
+def _db(args) -> Store:
+    return Store(args.db)
+
+
+def _selection(args) -> fleet.Selection:
+    return fleet.Selection(boards=tuple(args.board or ()), versions=tuple(args.version or ()),
+                           areas=tuple(args.area or ()), tags=tuple(args.tag or ()), serials=tuple(args.meter or ()))
+
+
+def _keys(args, *, needed: str):
+    keydir = args.keys_dir or args.keys
+    if not keydir:
+        raise CommandError(f"{needed}: give --keys UTILITY_KEYDIR (made by `meterfw keys init --role utility`)")
+    return load_keys(Path(keydir), private=False)
+
+
+# --- fleet ------------------------------------------------------------------------------------------
+
+def cmd_fleet_import(args) -> int:
+    text = cli._read_file(args.file).decode("utf-8", "replace")
+    with _db(args) as store:
+        out = fleet.import_meters(store, fleet.parse_csv(text, args.file))
+    cli._emit(args, out, f"{out['meters']} meters: {out['added']} added, {out['updated']} updated")
+    return 0
+
+
+def _fleet_lines(rows: list[dict]) -> str:
+    head = f"{'serial':12} {'board':6} {'area':10} {'version':9} {'test':4} {'tags':16} url"
+    return "\n".join([head] + [f"{m['serial']:12} {m['board']:6} {m['area']:10} {m['version'] or '?':9} "
+                               f"{'yes' if m['test_population'] else '':4} {','.join(m['tags']):16} {m['url']}"
+                               for m in rows])
+
+
+def cmd_fleet_list(args) -> int:
+    with _db(args) as store:
+        rows = [m.as_dict() for m in fleet.meters(store, _selection(args))]
+    cli._emit(args, rows, _fleet_lines(rows) + f"\n{len(rows)} meters")
+    return 0
+
+
+def cmd_fleet_discover(args) -> int:
+    with _db(args) as store, cli._progress(args, "discover") as ui:
+        rows = fleet.discover(store, _selection(args), timeout_s=args.timeout, progress=ui.progress)
+    lines = [f"{r['serial']:12} " + (f"{r['version']} ({r['board']})" if r["reachable"] else f"UNREACHABLE: {r['error']}")
+             for r in rows]
+    reached = sum(r["reachable"] for r in rows)
+    cli._emit(args, rows, "\n".join(lines + [f"{reached} of {len(rows)} meters reached"]))
+    return 0 if reached == len(rows) else 1
+
+
+# --- images ----------------------------------------------------------------------------------------
+
+def cmd_image_approve(args) -> int:
+    if not args.keys_dir and not args.keys:
+        raise CommandError("approval needs the utility's key: give --keys UTILITY_KEYDIR")
+    keys = load_keys(Path(args.keys_dir or args.keys), private=False)
+    data = approve_image(parse_image(cli._read_file(args.file)), keys)
+    out_path = args.output or args.file
+    cli._write_file(out_path, lambda p: write_image(p, data))
+    img = parse_image(data)
+    out = {"file": out_path, "version": img.manifest["version"], "board": img.manifest["board"],
+           "image_id": img.image_id.hex(), "signatures": len(img.signatures)}
+    cli._emit(args, out, f"{out_path}: {out['board']} {out['version']} approved by the utility")
+    return 0
+
+
+# --- campaigns -------------------------------------------------------------------------------------
+
+def _images(paths: list[str]) -> dict:
+    out = {}
+    for path in paths:
+        try:
+            img = parse_image(cli._read_file(path))
+        except ImageError as e:
+            raise CommandError(f"{path}: {e}") from None
+        board = img.manifest["board"]
+        if board in out:
+            raise CommandError(f"two images for board {board}: {out[board][0]} and {path}")
+        out[board] = (path, img)
+    return out
+
+
+def _policy(args) -> C.Policy:
+    return C.Policy(
+        waves=tuple(w for w in args.waves.split(",") if w), test_population=not args.no_test_population,
+        success_pct=args.success_pct, auto_advance=not args.approve_each_wave,
+        error_threshold=None if args.error_threshold == "none" else args.error_threshold,
+        min_executed=args.min_executed, max_in_flight=args.max_in_flight, meter_timeout_s=args.meter_timeout,
+        retries=C.parse_retries(args.retries or []), windows=tuple(args.window or ()),
+        pricing_events=tuple(C.parse_event(e) for e in args.pricing_event or ()), when=args.activate,
+        ack=args.ack, delta=args.delta, link_timeout_s=args.timeout, lease_s=args.lease_s)
+
+
+def cmd_campaign_create(args) -> int:
+    keys = _keys(args, needed="a campaign checks its images' signatures")
+    images = _images(args.image)
+    with _db(args) as store:
+        cid = C.create(store, args.name, images, _selection(args), _policy(args), keys,
+                       require_approval=False if args.allow_unapproved else None)
+        s = C.summary(store, cid)
+    cli._emit(args, s, _status_text(s))
+    return 0
+
+
+def cmd_campaign_rollback(args) -> int:
+    with _db(args) as store:
+        cid = C.create_rollback(store, args.name, args.new_name)
+        s = C.summary(store, cid)
+    cli._emit(args, s, _status_text(s))
+    return 0
+
+
+def cmd_campaign_run(args) -> int:
+    keys = _keys(args, needed="a campaign authenticates to its meters")
+    with _db(args) as store:
+        runner = C.Runner(store, args.name, keys, worker=args.worker,
+                          deltas_dir=Path(args.delta_dir) if args.delta_dir else None)
+        with _Live(args, store, runner.cid) as live:
+            runner.on_change = live.update
+            s = runner.run(wait=not args.no_wait)
+        if args.report:
+            _write_report(store, s, args.report)
+    cli._emit(args, s, _status_text(s))
+    return 0 if s["state"] in ("completed", "running", "paused") else 1
+
+
+def cmd_campaign_status(args) -> int:
+    with _db(args) as store:
+        if not args.name:
+            rows = C.campaigns(store)
+            cli._emit(args, rows, "\n".join(f"{r['id']:>4} {r['name']:24} {r['kind']:9} {r['state']}" for r in rows)
+                      or "no campaigns")
+            return 0
+        if args.watch and not args.json:
+            cid = C.load(store, args.name)["id"]
+            with _Live(args, store, cid, force=True) as live:
+                while C.load(store, cid)["state"] in ("running", "paused"):
+                    live.update()
+                    time.sleep(0.5)
+        s = C.summary(store, args.name)
+        if args.meters:
+            s["meters"] = C.members(store, s["id"])
+        if args.report:
+            _write_report(store, s, args.report)
+    text = _status_text(s)
+    if args.meters:
+        text += "\n" + "\n".join(f"  {m['serial']:12} wave {m['wave']} {m['state']:11} {m['stage'] or '':24} "
+                                 f"{m['reason'] or ''}" for m in s["meters"])
+    cli._emit(args, s, text)
+    return 0
+
+
+def cmd_campaign_control(args) -> int:
+    with _db(args) as store:
+        s = C.set_state(store, args.name, args.action)
+    cli._emit(args, s, _status_text(s))
+    return 0
+
+
+def _status_text(s: dict) -> str:
+    lines = [f"campaign {s['name']} ({s['kind']}): {s['state']}" + (f" - {s['reason']}" if s.get("reason") else "")]
+    shown = ("confirmed", "warned", "reverted", "rejected", "failed", "timeout", "link", "error", "skipped",
+             "in_progress", "pending")
+    lines.append(f"  {'wave':18} {'state':18} {'size':>5} " + " ".join(f"{k[:9]:>9}" for k in shown))
+    for w in s["waves"]:
+        lines.append(f"  {w['name']:18} {w['state']:18} {w['size']:>5} "
+                     + " ".join(f"{w['results'].get(k, 0):>9}" for k in shown))
+    for r in s.get("failure_reasons", []):
+        lines.append(f"  {r['count']:>4} x {r['reason']}: {', '.join(r['meters'][:8])}"
+                     + (" ..." if len(r["meters"]) > 8 else ""))
+    return "\n".join(lines)
+
+
+class _Live:
+    """A live progress display of a campaign's waves on a terminal (rich); silent otherwise."""
+
+    def __init__(self, args, store: Store, cid: int, force: bool = False):
+        self._on = (force or sys.stderr.isatty()) and not args.json and sys.stderr.isatty()
+        self.store, self.cid, self._last = store, cid, 0.0
+
+    def __enter__(self):
+        if self._on:
+            from rich.live import Live
+            self._live = Live(self._render(), refresh_per_second=4, transient=True)
+            self._live.start()
+        return self
+
+    def _render(self):
+        from rich.table import Table
+        s = C.summary(self.store, self.cid)
+        t = Table(title=f"campaign {s['name']}: {s['state']}")
+        for col in ("wave", "state", "size", "done", "confirmed", "failed", "in flight", "pending"):
+            t.add_column(col)
+        for w in s["waves"]:
+            r = w["results"]
+            failed = sum(r.get(k, 0) for k in C.FAILURE_KINDS)
+            done = sum(r.get(k, 0) for k in C.FINAL)
+            t.add_row(w["name"], w["state"], str(w["size"]), f"{done}/{w['size']}",
+                      str(r["confirmed"] + r["warned"]), str(failed), str(r["in_progress"]), str(r["pending"]))
+        return t
+
+    def update(self) -> None:
+        if self._on and time.monotonic() - self._last > 0.25:
+            self._last = time.monotonic()
+            self._live.update(self._render())
+
+    def __exit__(self, *exc):
+        if self._on:
+            self._live.stop()
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+_AS_FAILED = {"timeout": "failed", "link": "failed", "error": "failed", "warned": "confirmed"}
+
+
+def campaign_page(store: Store, s: dict) -> dict:
+    """The campaign as html_report.render_campaign takes it: each meter with its intervals
+    around its switch, and its reconciliation."""
+    rec = {r["serial"]: r for r in reconcile_rows(store, s["id"])}
+    meters = []
+    for m in C.members(store, s["id"]):
+        recs = mdms.intervals(store, m["serial"])
+        meters.append({"serial": m["serial"], "wave": m["wave"], "result": _AS_FAILED.get(m["state"], m["state"]),
+                       "reason": (f"{m['state']}: " if m["state"] in ("timeout", "link", "error") else "")
+                       + (m["reason"] or "") if m["reason"] or m["state"] in ("timeout", "link", "error") else None,
+                       "warnings": m["warnings"], "from_version": m["from_version"], "to_version": m["to_version"],
+                       "switch_s": m["switch_s"], "intervals": recs, "reconciliation": rec.get(m["serial"])})
+    image = next(iter(s["images"].values()), {})
+    waves = [{"index": w["idx"], "name": w["name"], "state": w["state"], "meters": w["size"],
+              "results": {"confirmed": w["results"]["confirmed"] + w["results"]["warned"],
+                          "reverted": w["results"]["reverted"], "rejected": w["results"]["rejected"],
+                          "failed": sum(w["results"][k] for k in ("failed", "timeout", "link", "error")),
+                          "in_progress": w["results"]["in_progress"], "pending": w["results"]["pending"],
+                          "warned": w["results"]["warned"]}} for w in s["waves"]]
+    return {"name": s["name"], "id": s["id"], "state": s["state"], "image": image, "created_s": s["created_s"],
+            "updated_s": s["updated_s"], "waves": waves, "meters": meters}
+
+
+def reconcile_rows(store: Store, cid: int) -> list[dict]:
+    try:
+        from .reconcile import reconcile_campaign
+    except ImportError:  # pragma: no cover
+        return []
+    return reconcile_campaign(store, cid)["meters"]
+
+
+def _write_report(store: Store, s: dict, path: str) -> None:
+    html_report.write(path, html_report.render_campaign(campaign_page(store, s)))
+
+
+# --- the table ---------------------------------------------------------------------------------------
+
+def _db_arg(c) -> None:
+    c.add_argument("--db", default=os.environ.get("METERFW_DB", "meterfw.db"),
+                   help="the back office's database: a file (SQLite) or a postgresql:// URL "
+                        "(default $METERFW_DB or %(default)s)")
+
+
+def _filters(c) -> None:
+    c.add_argument("--board", action="append", help="only meters of this board (repeatable)")
+    c.add_argument("--version", action="append", help="only meters running this version (repeatable)")
+    c.add_argument("--area", action="append", help="only meters in this service area (repeatable)")
+    c.add_argument("--tag", action="append", help="only meters carrying this tag (repeatable: all of them)")
+    c.add_argument("--meter", action="append", metavar="SERIAL", help="only this meter (repeatable)")
+
+
+def add_commands(sub, command) -> None:
+    fl = sub.add_parser("fleet", help="the fleet inventory").add_subparsers(dest="what", required=True)
+    c = command("import", cmd_fleet_import, "add or update meters from a CSV file "
+                "(serial,board,url,area,tags,test_population)", fl)
+    c.add_argument("file")
+    _db_arg(c)
+    c = command("list", cmd_fleet_list, "the meters of the inventory", fl)
+    _db_arg(c)
+    _filters(c)
+    c = command("discover", cmd_fleet_discover, "read each meter's status over its link", fl)
+    _db_arg(c)
+    _filters(c)
+
+    camp = sub.add_parser("campaign", help="fleet upgrade campaigns").add_subparsers(dest="what", required=True)
+    c = command("create", cmd_campaign_create, "a campaign: images, the meters it targets, its waves and controls", camp)
+    c.add_argument("name")
+    c.add_argument("--image", action="append", required=True, help="a signed, approved image (one per board)")
+    c.add_argument("--keys", dest="keys_dir", help="the utility's key directory (its vendor.pub checks the vendor)")
+    _db_arg(c)
+    _filters(c)
+    c.add_argument("--waves", default="10%,50%,100%",
+                   help="wave sizes after the test population: counts or percentages of the meters left; the last "
+                        "takes the rest (default %(default)s)")
+    c.add_argument("--no-test-population", action="store_true", help="no test-population wave first")
+    c.add_argument("--success-pct", type=float, default=95.0, help="share of a wave that must confirm (default 95)")
+    c.add_argument("--approve-each-wave", action="store_true", help="each next wave waits for `campaign approve`")
+    c.add_argument("--error-threshold", default="10%", help="abort at this many failures: a count or a percentage "
+                   "of the meters run, or `none` (default %(default)s)")
+    c.add_argument("--min-executed", type=int, default=5, help="meters run before the error threshold can trip")
+    c.add_argument("--max-in-flight", type=int, default=8, help="meters upgraded at once per worker")
+    c.add_argument("--meter-timeout", type=float, default=900.0, help="seconds a meter may take (default 900)")
+    c.add_argument("--retries", action="append", metavar="KIND=N",
+                   help=f"retries per failure kind ({', '.join(C.FAILURE_KINDS)}); "
+                        f"default {','.join(f'{k}={v}' for k, v in C.DEFAULT_RETRIES.items())}")
+    c.add_argument("--window", action="append", help="maintenance window: HH:MM-HH:MM (UTC, daily) or START/END; "
+                   "no activation outside one (repeatable)")
+    c.add_argument("--pricing-event", action="append", metavar="START/END",
+                   help="a scheduled pricing event: no activation inside it (repeatable)")
+    c.add_argument("--activate", choices=("boundary", "now"), default="boundary")
+    c.add_argument("--ack", choices=("immediate", "next-read"), default="next-read",
+                   help="how the meters report a new image's failures: with the next scheduled read (default, for "
+                        "mass upgrades) or at once")
+    c.add_argument("--delta", choices=("auto", "never", "only"), default="auto")
+    c.add_argument("--lease-s", type=float, default=30.0, help="a worker silent this long is taken as gone")
+    c.add_argument("--allow-unapproved", action="store_true",
+                   help="lab only: accept sim-board images without the utility's approval")
+    c = command("run", cmd_campaign_run, "work a campaign: upgrade its meters, wave by wave", camp)
+    c.add_argument("name")
+    _db_arg(c)
+    c.add_argument("--keys", dest="keys_dir", help="the utility's key directory (the meters' keys derive from it)")
+    c.add_argument("--worker", help="this worker's name (default host:pid:random)")
+    c.add_argument("--no-wait", action="store_true", help="return when what is left waits for a window or a retry")
+    c.add_argument("--delta-dir", help="deltas (*.mfd) to send where they cost less")
+    c.add_argument("--report", help="write the campaign's HTML report here at the end")
+    c = command("status", cmd_campaign_status, "a campaign's progress per wave and per result (all campaigns "
+                "without NAME)", camp)
+    c.add_argument("name", nargs="?")
+    _db_arg(c)
+    c.add_argument("--watch", action="store_true", help="a live display until the campaign ends")
+    c.add_argument("--meters", action="store_true", help="list each meter")
+    c.add_argument("--report", help="write the campaign's HTML report here")
+    for action, what in (("pause", "no new meter starts until resume"), ("resume", "go on after a pause"),
+                         ("abort", "no new meter starts; meters not switched yet keep what they run"),
+                         ("approve", "let the wave that waits for approval start")):
+        c = command(action, cmd_campaign_control, what, camp)
+        c.add_argument("name")
+        c.set_defaults(action=action)
+        _db_arg(c)
+    c = command("rollback", cmd_campaign_rollback, "a campaign that reverts every meter this one confirmed, "
+                "in its waves, with its controls (then `campaign run` it)", camp)
+    c.add_argument("name")
+    c.add_argument("--name", dest="new_name", help="the rollback campaign's name (default NAME-rollback)")
+    _db_arg(c)
+
+
+def add_image_commands(image, command) -> None:
+    c = command("approve", cmd_image_approve, "add the utility's approval signature to a vendor-signed image", image)
+    c.add_argument("file")
+    c.add_argument("--keys", dest="keys_dir", help="the utility's key directory")
+    c.add_argument("-o", "--output", help="write the approved image here (default: in place)")
+
