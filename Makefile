@@ -10,6 +10,7 @@ NPM    ?= npm
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SYSTEM := $(VENV)/.system
 RIG    := hil/pico
 RIG_STAMP := $(RIG)/node_modules/.installed
 
@@ -22,7 +23,11 @@ endif
 
 .PHONY: setup demo test powercut bench fuzz clean
 
-setup: $(STAMP) $(RIG_STAMP)
+setup: $(STAMP) $(RIG_STAMP) $(SYSTEM)
+
+$(SYSTEM): hil/system_packages.sh | $(STAMP)
+	bash hil/system_packages.sh
+	touch $@
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
