@@ -227,6 +227,56 @@ class _Live:
             self._live.stop()
 
 
+# --- the MDMS ---------------------------------------------------------------------------------------
+
+def cmd_mdms_read(args) -> int:
+    """A scheduled read: once, or every --every seconds --count times."""
+    rounds = []
+    with _db(args) as store:
+        for n in range(args.count):
+            if n:
+                time.sleep(args.every)
+            with cli._progress(args, "read") as ui:
+                rounds.append(mdms.read_fleet(store, _selection(args), timeout_s=args.timeout, progress=ui.progress))
+    last = rounds[-1]
+    lines = [f"{r['serial']:12} " + (f"ERROR: {r['error']}" if "error" in r else
+                                     f"{r['intervals']} intervals, {r['events']} events, {r['alarms']} alarms")
+             for r in last]
+    cli._emit(args, last if args.count == 1 else rounds, "\n".join(lines))
+    return 0 if all("error" not in r for r in last) else 1
+
+
+def cmd_mdms_vee(args) -> int:
+    with _db(args) as store:
+        out = mdms.run_vee(store, _selection(args), follow_up=not args.no_follow_up, timeout_s=args.timeout)
+    lines = [f"{m['serial']:12} {m['intervals']} intervals, {m['findings']} findings, {m['re_read']} re-read, "
+             f"{m['estimated']} estimated, {m['left_missing']} left missing"
+             + (f" (re-read failed: {m['re_read_error']})" if m["re_read_error"] else "") for m in out["meters"]]
+    lines += [f"  {r['meter']:12} {r['start']:>11} {r['rule']:16} {r['action']:28} {r['detail']}"
+              for r in out["exceptions"]]
+    cli._emit(args, out, "\n".join(lines + [f"VEE run {out['run_id']}: {len(out['exceptions'])} exceptions"]))
+    return 0
+
+
+def cmd_mdms_reconcile(args) -> int:
+    with _db(args) as store:
+        out = mdms.reconcile_campaign(store, C.load(store, args.name)["id"])
+    lines = [f"wave {w['wave']}: {w['intact']} of {w['meters']} meters' billing data intact" for w in out["waves"]]
+    lines += [f"  {m['serial']:12} {'intact' if m['intact'] else 'PROBLEMS: ' + '; '.join(m['problems'])}"
+              for m in out["meters"]]
+    cli._emit(args, out, "\n".join(lines))
+    return 0 if out["intact"] else 1
+
+
+def cmd_mdms_audit(args) -> int:
+    with _db(args) as store:
+        rows = mdms.audit(store, args.meter_serial)
+    cli._emit(args, rows, "\n".join(f"{r['serial']:12} {r['start']:>11} {r['rule']:14} {r['method']:16} "
+                                    f"original {r['original'] and r['original'].get('energy_mwh')} mWh -> "
+                                    f"estimate {r['estimate_mwh']} mWh" for r in rows) or "no edits")
+    return 0
+
+
 # --- reports ---------------------------------------------------------------------------------------
 
 _AS_FAILED = {"timeout": "failed", "link": "failed", "error": "failed", "warned": "confirmed"}
@@ -235,7 +285,7 @@ _AS_FAILED = {"timeout": "failed", "link": "failed", "error": "failed", "warned"
 def campaign_page(store: Store, s: dict) -> dict:
     """The campaign as html_report.render_campaign takes it: each meter with its intervals
     around its switch, and its reconciliation."""
-    rec = {r["serial"]: r for r in reconcile_rows(store, s["id"])}
+    rec = {r["serial"]: r for r in mdms.reconcile_campaign(store, s["id"])["meters"]}
     meters = []
     for m in C.members(store, s["id"]):
         recs = mdms.intervals(store, m["serial"])
@@ -253,14 +303,6 @@ def campaign_page(store: Store, s: dict) -> dict:
                           "warned": w["results"]["warned"]}} for w in s["waves"]]
     return {"name": s["name"], "id": s["id"], "state": s["state"], "image": image, "created_s": s["created_s"],
             "updated_s": s["updated_s"], "waves": waves, "meters": meters}
-
-
-def reconcile_rows(store: Store, cid: int) -> list[dict]:
-    try:
-        from .reconcile import reconcile_campaign
-    except ImportError:  # pragma: no cover
-        return []
-    return reconcile_campaign(store, cid)["meters"]
 
 
 def _write_report(store: Store, s: dict, path: str) -> None:
@@ -355,6 +397,28 @@ def add_commands(sub, command) -> None:
                 "in its waves, with its controls (then `campaign run` it)", camp)
     c.add_argument("name")
     c.add_argument("--name", dest="new_name", help="the rollback campaign's name (default NAME-rollback)")
+    _db_arg(c)
+    add_mdms_commands(sub, command)
+
+
+def add_mdms_commands(sub, command) -> None:
+    md = sub.add_parser("mdms", help="meter data: scheduled reads, VEE, reconciliation").add_subparsers(
+        dest="what", required=True)
+    c = command("read", cmd_mdms_read, "read intervals, registers, events and alarms into the database", md)
+    _db_arg(c)
+    _filters(c)
+    c.add_argument("--every", type=float, default=3600.0, help="seconds between reads with --count (default 3600)")
+    c.add_argument("--count", type=int, default=1, help="how many reads (default 1)")
+    c = command("vee", cmd_mdms_vee, "validate, read again what is missing or corrupt, estimate; the exception "
+                "report", md)
+    _db_arg(c)
+    _filters(c)
+    c.add_argument("--no-follow-up", action="store_true", help="estimate without reading the meters again")
+    c = command("reconcile", cmd_mdms_reconcile, "did each meter's billing data come through a campaign intact", md)
+    c.add_argument("name", help="the campaign")
+    _db_arg(c)
+    c = command("audit", cmd_mdms_audit, "every VEE edit: original, rule, estimate, method", md)
+    c.add_argument("--meter", dest="meter_serial", metavar="SERIAL")
     _db_arg(c)
 
 
