@@ -21,7 +21,7 @@ ifdef PICO_BOOTROM
 export PICO_BOOTROM
 endif
 
-.PHONY: setup demo test powercut bench fuzz clean
+.PHONY: setup demo demo-fleet test powercut bench fuzz clean
 
 setup: $(STAMP) $(RIG_STAMP) $(SYSTEM)
 
@@ -40,6 +40,9 @@ $(RIG_STAMP): $(RIG)/package.json $(RIG)/package-lock.json
 
 demo: setup
 	$(BIN)/python -m hil.demo
+
+demo-fleet: setup
+	$(BIN)/python -m hil.demo_fleet
 
 # The suite runs on TEST_JOBS pytest-xdist workers: most of its time is meters booting and intervals
 # closing, not computing. A file's tests stay on one worker, and the emulated Pico's files run one

@@ -209,8 +209,8 @@ _VARIANTS = {
 }
 
 
-def build_variants(out: Path, board: str, keys_dir: Path, names=None) -> dict:
-    """name -> image file of version 1.1.0 for `board` with one injected fault (see _VARIANTS)."""
+def build_variants(out: Path, board: str, keys_dir: Path, names=None, version: str = "1.1.0") -> dict:
+    """name -> image file of `version` for `board` with one injected fault (see _VARIANTS)."""
     import shutil
 
     from meterfw.paths import FIRMWARE
@@ -223,7 +223,7 @@ def build_variants(out: Path, board: str, keys_dir: Path, names=None) -> dict:
         path = src / module
         path.write_text(text + path.read_text() if where == "prepend" else path.read_text() + text)
         made[name] = out / f"{name}.mfw"
-        made[name].write_bytes(_build(src, board, "1.1.0", keys_dir, build_time=1))
+        made[name].write_bytes(_build(src, board, version, keys_dir, build_time=1))
     return made
 
 

@@ -672,7 +672,7 @@ class Runner:
                              (requeue_at, dumps(failures), reason, dumps(report), self.cid, serial))
             else:
                 self.store.x("UPDATE campaign_meters SET state = ?, result = ?, reason = ?, warnings = ?, failures = ?, "
-                             "report = ?, worker = NULL, ended_s = ? WHERE campaign_id = ? AND serial = ?",
+                             "report = ?, ended_s = ? WHERE campaign_id = ? AND serial = ?",
                              (result, report["result"], reason, dumps(warnings), dumps(failures), dumps(report), now,
                               self.cid, serial))
         if requeue_at is None:

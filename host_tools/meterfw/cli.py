@@ -96,8 +96,9 @@ def _deltas(img: Image | Delta | None, folder: Path) -> list:
 
 def cmd_keys_init(args) -> int:
     info = init_keys(Path(args.dir), args.role, Path(args.vendor_pub) if args.vendor_pub else None)
-    _emit(args, info, f"keys written to {info['dir']}\n  vendor key id  {info['vendor_key_id']}\n"
-                      f"  utility key id {info['utility_key_id']}")
+    _emit(args, info, f"{info['role']} keys written to {info['dir']}"
+                      + "".join(f"\n  {role} key id {info[f'{role}_key_id']}" for role in ("vendor", "utility")
+                                if f"{role}_key_id" in info))
     return 0
 
 
@@ -401,14 +402,21 @@ def cmd_upgrade(args) -> int:
                                     "to_version": None, "image_bytes": len(data), "seconds": 0})
     deltas = [] if args.delta == "never" else _deltas(img, Path(args.delta_dir or Path(args.file).parent))
     meter = _meter(args)
+    snaps: dict = {}
     with _progress(args, f"upgrade to {img.manifest['version']}") as ui:
         report = upgrade(meter, img, when=when, at_s=at_s, registers=args.registers, ack=args.ack,
-                         progress=ui.progress, stage=ui.stage, deltas=deltas, delta=args.delta)
-    return _upgrade_done(args, report)
+                         progress=ui.progress, stage=ui.stage, deltas=deltas, delta=args.delta,
+                         keep=lambda key, value: snaps.__setitem__(key, value))
+    return _upgrade_done(args, report, snaps)
 
 
-def _upgrade_done(args, report: dict) -> int:
-    if args.report:
+def _upgrade_done(args, report: dict, snaps: dict | None = None) -> int:
+    if args.report and str(args.report).endswith((".html", ".htm")):
+        from . import html_report
+        seen = {r["seq"]: r for key in ("before", "after") for r in (snaps or {}).get(key, {}).get("intervals", [])}
+        page = html_report.render_upgrade(report, [seen[k] for k in sorted(seen)])
+        _write_file(args.report, lambda p: html_report.write(p, page))
+    elif args.report:
         _write_file(args.report, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
     if args.json:
         print(json.dumps(report))
@@ -567,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the energy registers (default) or reset them on the new image's first boot")
     c.add_argument("--ack", choices=("immediate", "next-read"), default="immediate",
                    help="report the new image's failures at once (default) or with the next read")
-    c.add_argument("--report", help="write the JSON report to this file")
+    c.add_argument("--report", help="write the report to this file: JSON, or a page with the plot for FILE.html")
     c.add_argument("--delta", choices=DELTA_MODES, default="auto",
                    help="send a delta for the image the meter runs when one is at hand and costs less on the "
                         "wire (auto, the default), never, or only a delta")

@@ -36,12 +36,14 @@ def assert_continuous_and_true(records, seed):
             assert r["energy_mwh"] == true_energy_mwh(seed, r["start"], r["start"] + r["duration_s"]), r
 
 
-def test_upgrade_live_keeps_every_interval(board, images, keys_dir):
+def test_upgrade_live_keeps_every_interval(board, images, keys_dir, tmp_path):
     port = board.port
     board.wait_intervals(2)
-    rc, out, err = cli(port, "upgrade", str(images["v2"]), "--json", keys=keys_dir)
+    page = tmp_path / "upgrade.html"
+    rc, out, err = cli(port, "upgrade", str(images["v2"]), "--json", "--report", str(page), keys=keys_dir)
     assert rc == 0, err
     report = json.loads(out)
+    assert 'class="plot"' in page.read_text() and "switch" in page.read_text()  # the page plots the intervals
     assert report["result"] == "confirmed"
     assert (report["from_version"], report["to_version"]) == ("1.0.0", "1.1.0")
     assert report["intervals_missed"] == 0 and report["energy_conserved"]
@@ -60,7 +62,8 @@ def test_revert_goes_back_with_continuity(board, images, keys_dir):
     assert cli(port, "upgrade", str(images["v2"]), "--when", "now", keys=keys_dir)[0] == 0
     rc, out, err = cli(port, "revert", "--json", keys=keys_dir)
     assert rc == 0, err
-    assert json.loads(out) == {"result": "reverted", "from_version": "1.1.0", "to_version": "1.0.0"}
+    r = json.loads(out)
+    assert (r["result"], r["from_version"], r["to_version"], r["discrepancies"]) == ("reverted", "1.1.0", "1.0.0", [])
     st = cli_json(port, "status")
     assert st["active_version"] == "1.0.0" and st["confirmed"] and st["boot_reason"] == "revert"
     board.wait_intervals(len(cli_json(port, "read", "intervals")) + 1)
