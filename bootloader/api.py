@@ -18,8 +18,10 @@
 #       unreject(image_id)  an operator allows a rejected image again; False if it was not
 #       activate(slot)    switch to the verified update in `slot` (an image, or a bootloader in
 #                         staging); no return
-#       revert(reject=False, why=None)  back to the previous image, rejecting this one when
-#                         `reject` (why: the update's stated reason); ValueError if none; no return
+#       revert(reject=False, why=None, cause=None)  back to the previous image, rejecting this
+#                         one when `reject` (why: the update's stated reason; cause: one of
+#                         update_state's CAUSES for an automatic revert, which the image gone back
+#                         to reports); ValueError if none; no return
 #       mark_healthy()    this boot came up healthy: the boot counts as good, and a bootloader on
 #                         trial confirms itself
 #       mark_unhealthy(why)  a critical check failed: an image on trial is reverted, a bootloader
@@ -78,7 +80,8 @@ def transfer(platform, schedule):
 
 
 def update_state():
-    """The stored update state's module (load, summary, settle, confirmed, record_failure)."""
+    """The stored update state's module (load, summary, settle, confirmed, record_failure,
+    CAUSES)."""
     from bootloader import update_state
 
     return update_state

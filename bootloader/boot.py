@@ -54,7 +54,7 @@ def start(board, wdt, record):
         sys.print_exception(e, sys.stderr)
         events.log(eventlog.APP_CRASH, bcb.active)
         if platform.in_trial and platform.can_revert():
-            platform.revert(reject=True, why="image on trial crashed: %s" % e)
+            platform.revert(True, "image on trial crashed: %s" % e, "crash")
         if record.trial:
             platform.bootloader_failed("the application crashed: %s" % e)
         board.reset()  # counted as a failed boot; enough of them open the recovery console

@@ -53,8 +53,8 @@ class Platform:
     def activate(self, slot):
         call("switching", "activate", self, slot)
 
-    def revert(self, reject=False, why=None):
-        call("switching", "revert", self, reject, why)
+    def revert(self, reject=False, why=None, cause=None):
+        call("switching", "revert", self, reject, why, cause)
 
     def bootloader_failed(self, why):
         call("switching", "bootloader_failed", self, why)

@@ -48,18 +48,19 @@ def _rebuild(board, events):
     return bcb
 
 
-def _revert_now(bcb, events, why):
+def _revert_now(bcb, events, why, cause):
     """Fall back to the previous slot before anything more of the failed image runs."""
     _, img_id = slots.manifest(bcb.active)
     if img_id is not None:
         bcb.reject(img_id)
     bcb.back()
     bcb.reason = REVERT
+    seq = events.next_seq
     events.log(eventlog.REVERTED, bcb.active)
     print("boot: reverted to slot %s: %s" % (bcb.active, why), file=sys.stderr)  # the debug console
     try:
         from bootloader.update_state import record_failure
-        record_failure(why)
+        record_failure(why, cause, seq)
     except (OSError, ValueError):
         pass  # the verdict still shows in the boot control and the event log
 
@@ -72,7 +73,11 @@ def _select(board, bcb, events, bootloader_trial):
     events.log(eventlog.BOOT, bcb.reason)
     if bcb.trial == bcb.active:
         if bcb.attempts_left == 0:
-            _revert_now(bcb, events, "image on trial did not confirm within its attempts")
+            # A last attempt that ended in a watchdog reset hung; else the power went, or a reset.
+            if REASONS[bcb.reason] == "watchdog":
+                _revert_now(bcb, events, "image on trial hung: it did not confirm within its attempts", "hang")
+            else:
+                _revert_now(bcb, events, "image on trial did not confirm within its attempts", "attempts")
         else:
             bcb.attempts_left -= 1
             events.log(eventlog.TRIAL_ATTEMPT, bcb.attempts_left)
@@ -87,7 +92,7 @@ def _select(board, bcb, events, bootloader_trial):
     except ValueError as e:
         if bcb.trial != bcb.active or bcb.previous == NONE:
             raise NoBootableImage("active image does not verify: %s" % e)
-        _revert_now(bcb, events, "image on trial does not verify: %s" % e)
+        _revert_now(bcb, events, "image on trial does not verify: %s" % e, "verify")
         bcb.save()
     try:
         return _check(bcb.active, board, bcb.floor)

@@ -70,7 +70,7 @@ def mark_unhealthy(p, why):
     """A critical check failed this boot: an image on trial is reverted, a bootloader on
     trial falls back (neither returns); otherwise the application reports it and stays."""
     if p.in_trial and p.can_revert():
-        revert(p, True, why)
+        revert(p, True, why, "health")
     if p.record.trial:
         bootloader_failed(p, why)
 
@@ -102,8 +102,9 @@ def unreject(p, image_id):
     return False
 
 
-def revert(p, reject=False, why=None):
-    """Go back to the previous slot and reset. Does not return. Raises ValueError if none."""
+def revert(p, reject=False, why=None, cause=None):
+    """Go back to the previous slot and reset. Does not return. Raises ValueError if none.
+    `cause` (update_state.CAUSES) marks an automatic revert, which raises an alarm."""
     b = p.bcb
     if not p.can_revert():
         raise ValueError("no previous image to revert to")
@@ -113,7 +114,7 @@ def revert(p, reject=False, why=None):
         b.reject(p.image_id)
         if why:
             from bootloader.update_state import record_failure
-            record_failure(why)
+            record_failure(why, cause, p.events.next_seq)  # the seq REVERTED gets below
     b.back()
     b.pending = REVERT
     b.save()

@@ -6,6 +6,9 @@ import json
 from bootloader.protocol import NOT_INITIATED, ACTIVATING, ACTIVATED, ACTIVATION_FAILED
 
 PATH = "/data/update.json"
+# Why the bootloader or the image's health check reverted an image on trial (record_failure); a
+# revert alarm's value is the index. An operator's revert has none: it was asked for.
+CAUSES = ("crash", "hang", "health", "attempts", "verify")
 
 
 def load():
@@ -60,10 +63,14 @@ def confirmed():
     return False
 
 
-def record_failure(reason):
+def record_failure(reason, cause=None, event_seq=None):
     """Mark an activation as reverted with its reason, from wherever the failure was seen
-    (the bootloader before the image runs, or the image's own health check)."""
+    (the bootloader before the image runs, or the image's own health check). An automatic
+    revert also records its cause (CAUSES) and the seq of its record in the event log, which
+    names this revert: the image the meter goes back to raises one alarm for it."""
     s = load()
     if _open_activation(s):
         s["status"], s["result"], s["reason"] = ACTIVATION_FAILED, "reverted", reason
+        if cause:
+            s["cause"], s["revert_event"] = cause, event_seq
         store(s)

@@ -1,7 +1,8 @@
 # What the application does once at boot, beside metering: report a recovered meter state,
-# read the relay's latched position (never moving it, FR2), post the customer notice a switch
-# calls for, run and report the post-boot health check, confirm or revert, and apply what the
-# activation asked of the new image. Loaded for it and dropped after (loader.py).
+# read the relay's latched position (never moving it, FR2), raise an automatic revert's alarm,
+# post the customer notice a switch calls for, run and report the post-boot health check,
+# confirm or revert, and apply what the activation asked of the new image. Loaded for it and
+# dropped after (loader.py).
 import asyncio
 import event_codes
 import loader
@@ -49,6 +50,24 @@ def report_now(m):
         if t.get("ack") in ("immediate", "next-read"):
             return t["ack"] == "immediate"
     return None
+
+
+def revert_alarm(m):
+    """One alarm (FR15) for an automatic revert, raised by the image the meter went back to:
+    its value the cause, its message the failed version and why. The failed activation's ack
+    option decides how it is reported, else the reporting policy. The outbox keeps the revert's
+    name (its event-log seq) in the alarm's own write: a power cut anywhere in this boot neither
+    loses it (a later boot posts it) nor doubles it. An operator's revert has no cause: no alarm."""
+    t = update_state.load()
+    cause = t.get("cause")
+    if t.get("result") != "reverted" or not cause or t.get("id") == (m.p.image_id and m.p.image_id.hex()):
+        return  # no automatic revert, or its record stored but the failed image runs again
+    ack = t.get("ack")
+    now = ack == "immediate" if ack in ("immediate", "next-read") else None
+    causes = update_state.CAUSES
+    m.outbox.post(event_codes.FIRMWARE_REVERTED, causes.index(cause) if cause in causes else 255,
+                  "%s reverted (%s): %s" % (t.get("version"), cause, t.get("reason")), now,
+                  "revert %s" % t.get("revert_event"))
 
 
 def after_health(m, results):
@@ -99,6 +118,7 @@ async def post_boot(m):
         m.metering.open.mark(FIRMWARE_CHANGE)
     if update_state.settle(p.image_id):
         _reload_update_state(m)
+    revert_alarm(m)
     boot_notice(m)
     import metering_clock
     if not metering_clock.valid(m.metering, m.board.clock.time_ms() // 1000):

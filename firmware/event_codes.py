@@ -27,6 +27,7 @@ FRONTEND_RESTARTED = const(151)  # value: mWh the front-end counted since it res
 STATE_RECOVERED = const(152)     # value: 0 from the unrenamed copy, 1 factory settings
 ALARMS_ACKED = const(153)        # value: alarms acknowledged
 OUTBOX_OVERFLOW = const(154)     # value: seq of the alarm dropped unacknowledged
+FIRMWARE_REVERTED = const(155)   # an alarm (DLMS has no code); value: cause (update_state.CAUSES)
 
 
 def names(codes, default="event"):

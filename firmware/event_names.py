@@ -11,7 +11,7 @@ NAMES = {
     147: "health check passed", 148: "critical health check failed",
     149: "important health check failed", 150: "load limit exceeded",
     151: "metrology front-end restarted", 152: "meter state recovered",
-    153: "alarms acknowledged", 154: "alarm dropped: outbox full",
+    153: "alarms acknowledged", 154: "alarm dropped: outbox full", 155: "firmware reverted",
 }
 
 

@@ -39,11 +39,11 @@ def _from_schema():
         fmt += code
         names.append(name)
         values.append(value)
-    return fmt, tuple(names), tuple(values), s.HEALTH_ITEMS, s.SEVERITIES, s.ALARM_CODES
+    return fmt, tuple(names), tuple(values), s.HEALTH_ITEMS, s.SEVERITIES, s.ALARM_CODES, s.REPORT_INVERTED
 
 
 # FIXED: the fixed fields' struct format; NAMES: their names, in the same order.
-FIXED, NAMES, _FACTORY, HEALTH_ITEMS, SEVERITIES, ALARM_CODES = _from_schema()
+FIXED, NAMES, _FACTORY, HEALTH_ITEMS, SEVERITIES, ALARM_CODES, REPORT_INVERTED = _from_schema()
 FIXED_SIZE = struct.calcsize(FIXED)
 del _from_schema
 
@@ -143,7 +143,7 @@ class MeterState:
         """True if alarm `code` is pushed at once; False if it waits for the next read."""
         for i, c in enumerate(ALARM_CODES):
             if c == code:
-                return bool(self.get("report_mask") >> i & 1)
+                return bool((self.get("report_mask") ^ REPORT_INVERTED) >> i & 1)
         return True
 
     def severity(self, item, default):

@@ -36,12 +36,13 @@ class Outbox:
         self.activity = None  # fn() -> requests served so far: a host is there when it grows
         self.pending = []
         self.next_seq = 1
+        self.once = None  # what the last alarm posted once named (post)
         self.pushes = 0
         body, _ = store.load(path)
         if body:
             try:
                 d = json.loads(body)
-                self.pending, self.next_seq = d["pending"], d["next"]
+                self.pending, self.next_seq, self.once = d["pending"], d["next"], d.get("once")
             except (ValueError, KeyError, TypeError):
                 pass  # store.load checked the CRC: only a future format could land here
         self._wake = asyncio.Event()
@@ -49,10 +50,16 @@ class Outbox:
         self._retry_ms = _FIRST_RETRY_MS
 
     def _save(self):
-        store.save(self.path, json.dumps({"next": self.next_seq, "pending": self.pending}).encode())
+        store.save(self.path, json.dumps({"next": self.next_seq, "pending": self.pending, "once": self.once}).encode())
 
-    def post(self, code, value=0, message="", now=None):
-        """Queue an alarm; `now` overrides the policy (True: push at once). Returns its seq."""
+    def post(self, code, value=0, message="", now=None, once=None):
+        """Queue an alarm; `now` overrides the policy (True: push at once). Returns its seq.
+        An alarm that `once` names (a revert's record) is queued the first time only, None
+        after: the name is stored in the alarm's own write, so no power cut parts the two."""
+        if once is not None:
+            if once == self.once:
+                return None
+            self.once = once
         if now is None:
             now = self._policy(code) if self._policy else True
         seq = self.next_seq

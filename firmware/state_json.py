@@ -1,6 +1,6 @@
 # The meter state as JSON (the read-state command), in the shape a change takes: every field the
 # table (state_schema.FIELDS) shows, under its section and key. Loaded for it and dropped after.
-from state_schema import BOOL, EACH, FIELDS, GRID_KINDS, ONE_OF, SET
+from state_schema import BOOL, EACH, FIELDS, GRID_KINDS, ONE_OF, REPORT_INVERTED, SET
 
 
 def _shown(kind, arg, v):
@@ -20,10 +20,10 @@ def to_dict(st):
     out = {"version": st.version, "seq": st.seq, "hash": st.hash(),
            "pricing_events": [{"start_s": e[0], "end_s": e[1], "tier": e[2]} for e in st.pricing],
            "grid_events": [{"start_s": e[0], "end_s": e[1], "kind": GRID_KINDS[e[2]], "level_pct": e[3]} for e in st.grid]}
-    for i, (_, _, _, section, key, kind, arg) in enumerate(FIELDS):
+    for i, (name, _, _, section, key, kind, arg) in enumerate(FIELDS):
         if section is None:
             continue
-        v = _shown(kind, arg, f[i])
+        v = _shown(kind, arg, f[i] ^ REPORT_INVERTED if name == "report_mask" else f[i])
         if key is None:
             out[section] = v
         else:

@@ -2,7 +2,7 @@
 # reporting policy and health severities (see state_edit.py). Loaded with it, dropped after.
 from micropython import const
 from meter_state import NAMES
-from state_schema import ALARM_CODES, GRID_KINDS, HEALTH_ITEMS, NEM_CHANNELS, SEVERITIES
+from state_schema import ALARM_CODES, GRID_KINDS, HEALTH_ITEMS, NEM_CHANNELS, REPORT_INVERTED, SEVERITIES
 from state_edit import _bad, _int  # always loaded first: only state_edit imports this module
 
 MAX_EVENTS = const(8)
@@ -51,7 +51,7 @@ def report(f, value):
     codes = value.get("immediate") if isinstance(value, dict) else None
     if not isinstance(codes, list) or any(c not in ALARM_CODES for c in codes):
         raise _bad("reporting.immediate must list alarm codes among %s" % (ALARM_CODES,))
-    f[NAMES.index("report_mask")] = sum(1 << ALARM_CODES.index(c) for c in set(codes))
+    f[NAMES.index("report_mask")] = sum(1 << ALARM_CODES.index(c) for c in set(codes)) ^ REPORT_INVERTED
 
 
 def severities(f, value):

@@ -30,13 +30,20 @@ SEVERITIES = ("default", "critical", "important", "info")
 ALARM_CODES = (event_codes.HEALTH_CRITICAL, event_codes.HEALTH_IMPORTANT, event_codes.RELAY_MISMATCH,
                event_codes.NV_MEMORY_ERROR, event_codes.MEASUREMENT_ERROR, event_codes.CLOCK_INVALID,
                event_codes.STATE_RECOVERED, event_codes.LOAD_LIMIT_EXCEEDED, event_codes.INTERVALS_DROPPED,
-               event_codes.FRONTEND_RESTARTED)
+               event_codes.FRONTEND_RESTARTED, event_codes.FIRMWARE_REVERTED)
+# Bits of the report mask stored inverted (set: waits for the next read): the revert alarm's,
+# appended after meters had stored their masks. Every record made before it, the factory record
+# included, holds that bit clear; read inverted, clear means pushed at once, the right default
+# for a revert. So no stored record changes by a bit (nor its hash), and a meter that never
+# chose, new or old, pushes a revert at once. The policy is the stored mask XOR this.
+REPORT_INVERTED = 1 << ALARM_CODES.index(event_codes.FIRMWARE_REVERTED)
 
 # (name, struct code, factory value, section, key, kind, arg). Section and key place a field in
 # the JSON view and in a change (no section: hidden; no key: the section is the value itself);
 # arg is an INT's (lo, hi), or the names of a ONE_OF, SET or EACH. The factory settings: supply
 # connected, nothing limited or scheduled, the delivered channel, 1 Wh per pulse, 230 V +-10 %,
-# and the health, relay, memory, measurement, clock and state alarms pushed at once.
+# and the health, relay, memory, measurement, clock, state and revert alarms pushed at once (the
+# revert's bit is stored inverted: REPORT_INVERTED).
 FIELDS = (
     ("relay", "B", 1, "relay", "connected", BOOL, None),  # moved only by the relay command
     ("limit_on", "B", 0, "limiting", "enabled", BOOL, None),

@@ -16,7 +16,7 @@ EVERY_SETTING = {
     "nem": {"enabled": True, "channels": ["delivered", "received", "net"]},
     "load_control": {"state": "shed", "level_pct": 40}, "dg_control": {"state": "disconnected", "limit_w": 5},
     "pulse_output": {"enabled": True, "wh_per_pulse": 65535},
-    "power_quality": {"nominal_v": 1000, "sag_pct": 1, "swell_pct": 99}, "reporting": {"immediate": [150, 151]},
+    "power_quality": {"nominal_v": 1000, "sag_pct": 1, "swell_pct": 99}, "reporting": {"immediate": [150, 151, 155]},
     "prepayment": {"enabled": True, "credit_wh": -2000000000, "emergency_wh": 2000000000, "low_credit_wh": 7},
     "health_severity": {"han": "info", "metrology": "important", "flash": "critical"},
 }
