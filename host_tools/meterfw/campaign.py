@@ -568,8 +568,8 @@ class Runner:
     def _plan(self, status: dict):
         """The activation: at the boundary (or now) when that falls inside a maintenance window
         and outside every pricing event; None (the meter waits, verified) otherwise, or when the
-        campaign was aborted or paused meanwhile."""
-        if load(self.store, self.cid)["state"] != "running":
+        campaign was aborted meanwhile. A pause stops new meters, not those in flight."""
+        if load(self.store, self.cid)["state"] == "aborted":
             return None
         p = self.policy
         now = status.get("time_s") or time.time()

@@ -564,7 +564,7 @@ def test_board_json_has_the_sim_keys_plus_hardware(board):
     assert set(sim["flash"]) <= set(cfg["flash"])
     for key in sim:
         assert type(cfg[key]) is type(sim[key]), key
-    assert cfg["defaults"] == {"interval_s": 900, "trial_attempts": 3}
+    assert cfg["defaults"] == {"interval_s": 900, "trial_attempts": 3, "require_approval": True}  # the field: BR3
     assert cfg["uart_fifo_bytes"] == 32
     assert cfg["link"]["kind"] in ("uart", "usb")
 
