@@ -67,8 +67,8 @@ def office(request, images, keys_dir, tmp_path):
     """office(n, behaviours) -> an Office of n load meters (LM000001 in the test population)."""
     made = []
 
-    def make(n, behaviours=None, url=None):
-        fleet = LoadFleet(fleet_specs(n, images["v1"], behaviours=behaviours), keys_dir, baud=FAST_BAUD,
+    def make(n, behaviours=None, url=None, baud=FAST_BAUD):
+        fleet = LoadFleet(fleet_specs(n, images["v1"], behaviours=behaviours), keys_dir, baud=baud,
                           interval_s=INTERVAL_S, metered_s=10, reboot_s=0.3).__enter__()
         made.append(fleet)
         o = Office(fleet, url or str(tmp_path / "office.db"), images, keys_dir)
@@ -136,6 +136,26 @@ def test_pause_stops_new_meters_and_resume_goes_on(office):
     assert 1 <= len(done) <= 2 and all(o.version(k) == "1.0.0" for k, v in o.states(cid).items() if v == "pending")
     C.set_state(o.store, cid, "resume")
     assert o.run(cid)["state"] == "completed" and set(o.states(cid).values()) == {"confirmed"}
+
+
+def test_an_abort_stops_a_meter_in_flight_before_its_switch_and_starts_no_other(office):
+    o = office(3, baud=115200)  # a transfer of seconds, to abort in
+    cid = o.create(max_in_flight=1, test_population=False)
+    runner = C.Runner(o.store, cid, o.keys)
+    done: dict = {}
+    t = threading.Thread(target=lambda: done.update(runner.run(poll_s=0.05)))
+    t.start()
+    stage = "SELECT stage FROM campaign_meters WHERE campaign_id = ? AND serial = ?"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and o.store.one(stage, (cid, serial_of(1)))[0] != "transfer":
+        time.sleep(0.02)
+    C.set_state(o.store, cid, "abort")
+    t.join(120)
+    assert done["state"] == "aborted" and o.states(cid) == {serial_of(i): "skipped" for i in (1, 2, 3)}
+    reason = o.store.one(stage.replace("stage", "reason", 1), (cid, serial_of(1)))[0]
+    assert "before this meter switched" in reason
+    for i in (1, 2, 3):  # each runs what it ran, and was never switched
+        assert o.version(serial_of(i)) == "1.0.0" and o.activations(serial_of(i)) == 0
 
 
 def test_each_wave_waits_for_approval_when_asked(office):
