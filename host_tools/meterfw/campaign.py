@@ -542,8 +542,6 @@ class Runner:
             if cur.rowcount != 1:
                 return True  # another worker closed it
             _log(self.store, self.cid, None, "wave", f"{wave['name']}: {ok} of {size} confirmed ({pct:.0f}%)")
-            if not passed:
-                self.store.x("UPDATE campaigns SET state = 'running' WHERE id = ?", (self.cid,))
         if not passed:
             abort(self.store, self.cid, f"{wave['name']} confirmed {pct:.0f}% of its meters, below the "
                                         f"{self.policy.success_pct:g}% a wave needs")
