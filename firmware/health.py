@@ -110,6 +110,14 @@ def _interface(name):
     return check
 
 
+async def _han(m, ctx):
+    """The HAN radio answers, its drivers are in the image and the enrolled devices answer: the
+    HAN's task checks (han_jobs.py), between its other jobs."""
+    if m.board.han_radio is None:
+        return ABSENT, "not fitted on this board", None
+    return await m.han.check()
+
+
 async def _heap(m, ctx):
     gc.collect()
     free = gc.mem_free()
@@ -136,7 +144,7 @@ CHECKS = (
     ("metrology", CRITICAL, _metrology), ("clock", IMPORTANT, _clock), ("storage", CRITICAL, _storage),
     ("data", IMPORTANT, health_data.data), ("registers", CRITICAL, health_data.registers),
     ("meter_state", CRITICAL, health_data.meter_state), ("link", IMPORTANT, _link),
-    ("han", IMPORTANT, _interface("han")), ("nan", IMPORTANT, _interface("nan")),
+    ("han", IMPORTANT, _han), ("nan", IMPORTANT, _interface("nan")),
     ("heap", IMPORTANT, _heap), ("flash", IMPORTANT, _flash),
 )
 
