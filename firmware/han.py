@@ -3,14 +3,11 @@
 # han_zigbee.py, the device table) is loaded when a job comes and leaves when the queue is empty,
 # so a meter whose HAN is idle meters with none of it in the heap.
 import asyncio
-import time
 from micropython import const
 import loader
 from bootloader.api import CommandError
 
 _MAX_JOBS = const(8)
-_POLL_MS = const(50)
-_CHECK_WAIT_MS = const(6000)  # a health check waits this long for the HAN, then says it is busy
 
 
 class Han:
@@ -27,18 +24,6 @@ class Han:
         self.jobs.append(job)
         self._wake.set()
         return job
-
-    async def check(self):
-        """The health check's item: (status, message, value) from the HAN task, which checks the
-        radio, its drivers and the enrolled devices."""
-        try:
-            job = self.submit("check")
-        except CommandError:
-            return "pass", "not checked now: the HAN's queue is full", None
-        t0 = time.ticks_ms()
-        while job[2] is None and time.ticks_diff(time.ticks_ms(), t0) < _CHECK_WAIT_MS:
-            await asyncio.sleep_ms(_POLL_MS)
-        return job[2] or ("pass", "not checked now: the HAN is busy enrolling a device", None)
 
     async def run(self, m):
         while True:

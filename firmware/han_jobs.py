@@ -62,8 +62,10 @@ async def _join(m, driver, arg):
     han_table.save(table)
     if outcome["ok"]:
         m.p.events.log(event_codes.HAN_JOINED, short)
+        m.notices.show("Home device %s (%s) joined the meter" % (eui, row["kind"]))
     else:
         m.p.events.log(event_codes.HAN_JOIN_FAILED, failed)
+        m.notices.show("Home device %s (%s) not enrolled: %s" % (eui, row["kind"], outcome["message"]))
 
 
 async def _leave(m, driver, arg):
@@ -77,6 +79,7 @@ async def _check(m, driver, _arg):
     if not await driver.radio_ok():
         return "fail", "the HAN radio does not answer", None
     table = han_table.load()
+    _restarted(m, table)
     no_driver = [r["eui64"] for r in table.values() if r["tech"] not in DRIVERS]
     if no_driver:
         return "fail", "no driver for the technology of %s" % ", ".join(no_driver), None
@@ -90,6 +93,20 @@ async def _check(m, driver, _arg):
         return "fail", "%d of %d enrolled devices do not answer: %s" % (len(silent), len(joined), ", ".join(silent)), \
             len(joined) - len(silent)
     return "pass", None, len(joined)
+
+
+def _restarted(m, table):
+    """Rows still joining with no join queued: the meter restarted while their window was open
+    (the queue is not kept). Their outcome says so, rather than joining for ever."""
+    queued = [j[1][0] for j in m.han.jobs if j[0] == "join"]
+    stale = [r for r in table.values() if r["state"] == "joining" and r["eui64"] not in queued]
+    for r in stale:
+        r["state"] = "not_joined"
+        r["outcome"] = {"at_s": m.board.clock.time_ms() // 1000, "joined": False, "comm_test": None,
+                        "self_test": None, "ok": False,
+                        "message": "the meter restarted while the join window was open: join again"}
+    if stale:
+        han_table.save(table)
 
 
 _JOBS = {"join": _join, "leave": _leave, "check": _check}

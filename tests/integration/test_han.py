@@ -14,7 +14,7 @@ import pytest
 from hil.pytest_plugin import SEED, MeterBoard, start_dut
 from meterfw.errors import CommandError
 from meterfw.han import link_key, parse_install_code, with_crc
-from test_meter_runtime import assert_energy_conserved
+from test_meter_runtime import assert_energy_conserved, display_log
 
 BIN = Path(sys.executable).parent
 CODE = "83FED3407A939723A5C639B26916D505C3B5"  # Zigbee's example install code, CRC C3B5
@@ -75,6 +75,7 @@ def test_enrolled_device_joins_passes_its_tests_and_once_removed_cannot_get_back
     m = board.meter()
     assert [i for i in m.health()["items"] if i["check"] == "han"][0]["status"] == "pass"
     assert 156 in [e["code"] for e in m.read_events()]
+    assert display_log(board)[-1].endswith("Home device 00124B0001A2B3C4 (thermostat) joined the meter")
 
     assert m.han_remove("00124B0001A2B3C4") == {"eui64": "00124B0001A2B3C4", "removed": True, "key_erased": True}
     assert row(m, "00124B0001A2B3C4") is None
@@ -141,6 +142,7 @@ def test_silent_device_fails_the_comm_test_and_a_failing_self_test_is_reported(h
     han = [i for i in m.health()["items"] if i["check"] == "han"][0]
     assert han["status"] == "fail" and "00124B0001A2B3F0" in han["message"] and "A2B3F1" not in han["message"]
     assert [e["value"] for e in m.read_events() if e["code"] == 157] == [2, 3]
+    assert display_log(board)[-1].endswith("(ev-charger) not enrolled: self-test failed: ground-fault-monitor")
 
 
 def test_unknown_technology_is_refused_with_the_options(han_board):
@@ -153,6 +155,17 @@ def test_unknown_technology_is_refused_with_the_options(han_board):
         assert e.value.code == "han_unknown_tech"
         assert f"no driver for {tech}" in str(e.value) and "bridge" in str(e.value)
     assert m.han_table()["devices"] == [] and m.han_table()["drivers"] == ["zigbee-se"]
+
+
+def test_a_join_cut_short_by_a_restart_says_so(han_board):
+    board = han_board()
+    m = board.meter()
+    m.han_join("00124B0001A2B600", CODE, 120)
+    assert row(m, "00124B0001A2B600")["state"] == "joining"
+    board.power_cycle()
+    r = m.han_outcome("00124B0001A2B600", 30)
+    assert r["state"] == "not_joined" and "restarted while the join window was open" in r["outcome"]["message"]
+    assert r["key_held"]                                              # still enrolled: a join again needs no new code
 
 
 def test_metering_is_undisturbed_while_the_han_is_busy(han_board):
