@@ -34,7 +34,7 @@ class MeterApp:
         self.metering.alarm = self.outbox.post
         self.notices = Notices(self.board)
         self.agent = None  # the update agent, while an update needs it (updates())
-        self.han = Han(self.board)  # the home area network's task and its queue of jobs
+        self.han = Han(self)  # the home area network's queue of jobs, and its task while it has some
         # Every switch the running image asks for (the update agent's activation, an operator's
         # revert) stores the pre-switch snapshot first, so the next image's health check has
         # registers and a meter state hash to compare with.
@@ -143,8 +143,6 @@ class MeterApp:
         asyncio.create_task(self.metering.run())
         asyncio.create_task(self.post_boot())
         asyncio.create_task(self.outbox.run())
-        if self.han.radio is not None:
-            asyncio.create_task(self.han.run(self))
         await self.link.run()
 
 

@@ -1,7 +1,7 @@
-# The home area network's own task (one asyncio task per concern). All it keeps resident is a
-# bounded queue of jobs and an event: the HAN's code (han_jobs.py, a technology's driver such as
-# han_zigbee.py, the device table) is loaded when a job comes and leaves when the queue is empty,
-# so a meter whose HAN is idle meters with none of it in the heap.
+# The home area network's own task (one asyncio task per concern), started when a job is queued
+# and ended when the queue is empty. All that stays resident is the bounded queue: the HAN's code
+# (han_jobs.py, a technology's driver such as han_zigbee.py, the device table) is loaded for the
+# jobs and leaves after them, so a meter whose HAN is idle meters with none of it in the heap.
 import asyncio
 from micropython import const
 import loader
@@ -11,10 +11,11 @@ _MAX_JOBS = const(8)
 
 
 class Han:
-    def __init__(self, board):
-        self.radio = board.han_radio  # None: no HAN radio fitted, and the task never runs
+    def __init__(self, m):
+        self._m = m
+        self.radio = m.board.han_radio  # None: no HAN radio fitted, and no job is ever queued
         self.jobs = []  # [kind, argument, result (None until done)], oldest first
-        self._wake = asyncio.Event()
+        self._serving = False
 
     def submit(self, kind, arg=None):
         """Queue a job for the HAN task; refused, with nothing changed, when the queue is full."""
@@ -22,17 +23,20 @@ class Han:
             raise CommandError("han_busy", "the HAN has %d jobs waiting: try again shortly" % len(self.jobs))
         job = [kind, arg, None]
         self.jobs.append(job)
-        self._wake.set()
+        if not self._serving:
+            self._serving = True
+            asyncio.create_task(self._serve())
         return job
 
-    async def run(self, m):
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self.jobs:
+    async def _serve(self):
+        m = self._m
+        try:
+            while self.jobs:
                 await m.metering.clear_of_close()  # loading the HAN's code is a step metering cannot pause
                 try:
                     await loader.run("han_jobs", "serve", m)
-                except Exception as e:  # noqa: BLE001 - a job's defect (or no heap to load it) ends that job, not the task
+                except Exception as e:  # noqa: BLE001 - a job's defect (or no heap to load it) ends that job, not the HAN
                     if self.jobs:
                         self.jobs.pop(0)[2] = ("fail", "HAN job failed: %r" % e, None)
+        finally:
+            self._serving = False

@@ -62,6 +62,29 @@ def row(meter, eui):
     return rows[0] if rows else None
 
 
+def test_bad_identities_are_refused_in_one_line_before_anything_is_sent(tmp_path):
+    nowhere = str(tmp_path / "no-such-port")  # nothing is sent: the port is never opened
+    for eui, code, said in (("XYZ", CODE, "is not 16 hex digits"), ("0000000000000000", CODE, "reserved"),
+                            ("00124B0001A2B3C4", CODE[:-2] + "B6", "fails its CRC"),
+                            ("00124B0001A2B3C4", CODE[:10], "6, 8, 12 or 16 bytes")):
+        proc = subprocess.run([str(BIN / "meterfw"), "--port", nowhere, "han", "join", "--eui64", eui,
+                               "--install-code", code], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and said in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    sim = tmp_path / "premises"
+    sim.mkdir()
+
+    def sim_add(eui, code):
+        return subprocess.run([str(BIN / "meterfw-sim"), "han", "add", "--dir", str(sim), "--eui64", eui,
+                               "--install-code", code, "--kind", "display"], capture_output=True, text=True, timeout=60)
+
+    assert sim_add("00124B0001A2B3C4", CODE).returncode == 0
+    again = sim_add("00:12:4B:00:01:A2:B3:C4", CODE)              # an EUI-64 is one device's (NFR3)
+    assert again.returncode == 1 and "already on this HAN" in again.stderr
+    bad = sim_add("00124B0001A2B3C5", CODE[:-2] + "B6")
+    assert bad.returncode == 2 and "fails its CRC" in bad.stderr
+    assert list(json.loads((sim / "han.json").read_text())["devices"]) == ["00124B0001A2B3C4"]
+
+
 def test_enrolled_device_joins_passes_its_tests_and_once_removed_cannot_get_back_in(han_board):
     board = han_board()
     add(board, "00124B0001A2B3C4")
