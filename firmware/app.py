@@ -9,6 +9,7 @@ import loader
 from bootloader.api import CommandError, LinkServer, admit
 from metering import Metering
 from display import Notices
+from han import Han
 from meter_state import MeterState
 from outbox import Outbox
 
@@ -33,6 +34,7 @@ class MeterApp:
         self.metering.alarm = self.outbox.post
         self.notices = Notices(self.board)
         self.agent = None  # the update agent, while an update needs it (updates())
+        self.han = Han(self)  # the home area network's queue of jobs, and its task while it has some
         # Every switch the running image asks for (the update agent's activation, an operator's
         # revert) stores the pre-switch snapshot first, so the next image's health check has
         # registers and a meter state hash to compare with.

@@ -12,11 +12,14 @@ HEALTH = const(0x42)
 TIME_GET = const(0x43)
 READ_ALARMS = const(0x44)
 READ_DISPLAY = const(0x45)
+HAN_TABLE = const(0x46)  # the HAN's device table and each device's last outcome (no keys)
 SET_STATE = const(0x50)
 TIME_SET = const(0x51)
 RELAY = const(0x52)
 ACK_ALARMS = const(0x53)
 RESET_REGISTERS = const(0x54)
+HAN_JOIN = const(0x55)  # enroll a device: its EUI-64 and install code; the meter opens the join window
+HAN_REMOVE = const(0x56)  # unenroll a device: its key is erased
 
 
 def table(m):
@@ -40,6 +43,7 @@ def table(m):
         TIME_GET: (serve, ("cmd_read", "time_get")),
         READ_ALARMS: (serve, ("cmd_read", "alarms")),
         READ_DISPLAY: (serve, ("cmd_read", "display")),
+        HAN_TABLE: (serve, ("cmd_han", "table")),
     }, {
         # The update agent's: it stays loaded from the first of them until an initiate.
         UPD_NOTICE: (serve, ("update_agent", "notice")),
@@ -55,4 +59,6 @@ def table(m):
         RELAY: (serve, ("cmd_change", "relay")),
         ACK_ALARMS: (serve, ("cmd_change", "ack")),
         RESET_REGISTERS: (serve, ("cmd_change", "reset_registers")),
+        HAN_JOIN: (serve, ("cmd_han", "join")),
+        HAN_REMOVE: (serve, ("cmd_han", "remove")),
     }

@@ -12,6 +12,7 @@ NAMES = {
     149: "important health check failed", 150: "load limit exceeded",
     151: "metrology front-end restarted", 152: "meter state recovered",
     153: "alarms acknowledged", 154: "alarm dropped: outbox full", 155: "firmware reverted",
+    156: "HAN device joined", 157: "HAN device enrollment failed", 158: "HAN device removed",
 }
 
 

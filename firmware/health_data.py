@@ -7,6 +7,7 @@ import store
 
 PASS = "pass"
 FAIL = "fail"
+_HAN_TABLE = "/data/han"  # han_table.PATH, not imported: its code would load for nothing on a meter without a HAN
 
 
 def scan(log):
@@ -23,7 +24,8 @@ async def data(m, ctx):
     n, bad = scan(m.metering.log)
     await asyncio.sleep_ms(0)
     damaged = ["%d interval records" % bad] if bad else []
-    for name, path in (("meter state", m.state.path), ("outbox", m.outbox.path), ("snapshot", snapshot.PATH)):
+    for name, path in (("meter state", m.state.path), ("outbox", m.outbox.path), ("snapshot", snapshot.PATH),
+                       ("HAN device table", _HAN_TABLE)):
         if store.load(path)[1] == "damaged":
             damaged.append(name)
     if metering_restart.load(m.metering.open) is None:

@@ -380,6 +380,9 @@ class Board:
         # reset state (input, pulled down) the latching relay cannot move at boot (FR2). Its
         # driver, when added, pulses a coil only on an authenticated command.
         self.relay = None
+        # No HAN radio is fitted to a bare Pico: its health item says so (absent), and a join is
+        # refused (han_no_radio) rather than pretended.
+        self.han_radio = None
 
     def reset_cause(self):
         # rp2 reports only these two; machine.reset() also shows as WDT_RESET, which is why the

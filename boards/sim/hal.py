@@ -62,6 +62,8 @@ class Board:
         # The latching service relay: its driver reads the position and never pulses a coil on
         # its own (FR2); only the application's authenticated relay command does.
         self.relay = self._hw.relay
+        # The HAN radio (a Zigbee-SE co-processor on the rig's simulated medium), or None.
+        self.han_radio = self._hw.han_radio
         # Heap the simulated parts take (a Pico has them in silicon and C): status reports it
         # so the rig can tell the application's own share.
         self.heap_models = self._hw.models_heap
@@ -92,11 +94,12 @@ class Board:
     def interface_checks(self):
         """HAN and NAN interface checks for the health check: name -> fn() returning None when
         the interface answers or a message when not; None for an interface the board lacks.
-        The sim fits them as sim.json says ("ok", "fail"; absent by default)."""
-        return {name: self._interface(name) for name in ("han", "nan")}
+        The sim fits the NAN as sim.json says ("ok", "fail"; absent by default); its HAN is a
+        radio (han_radio), which the application's HAN driver checks itself."""
+        return {"han": None, "nan": self._nan()}
 
-    def _interface(self, name):
-        fitted = self._hw.sim.get(name)
+    def _nan(self):
+        fitted = self._hw.sim.get("nan")
         if fitted is None or fitted == "absent":
             return None
-        return lambda: None if fitted == "ok" else "%s interface does not answer" % name
+        return lambda: None if fitted == "ok" else "nan interface does not answer"

@@ -2,6 +2,7 @@
 # service relay, the meter display and the RTC's battery-backed register. Each one holds a host
 # file handle opened before the flash filesystem replaces the root, so it works all run long.
 import json
+import select
 import time
 
 _RELAY_RECORD = 64  # the relay file is rewritten in place, padded to a fixed width
@@ -90,3 +91,33 @@ class RtcBackup:
         self._f.seek(0)
         self._f.write(raw + b" " * (_RELAY_RECORD - len(raw) - 1) + b"\n")
         self._f.flush()
+
+
+class HanRadio:
+    """The meter's HAN radio (a Zigbee network co-processor, as a real meter has one behind a
+    UART) on the rig's simulated medium (hil/supervisor/han.py): one text frame a line, out on
+    fd 5, in on fd 6. A reopened pipe blocks, so a byte is read only when poll says one waits."""
+
+    def __init__(self, tx_fd, rx_fd):
+        self._tx = open("/dev/fd/%d" % tx_fd, "wb")
+        self._rx = open("/dev/fd/%d" % rx_fd, "rb")
+        self._poll = select.poll()
+        self._poll.register(self._rx, select.POLLIN)
+        self._line = bytearray()
+
+    def send(self, frame):
+        self._tx.write(frame + b"\n")
+
+    def receive(self):
+        """The next whole frame received, or None when none has arrived yet."""
+        while self._poll.poll(0):
+            b = self._rx.read(1)
+            if not b:
+                return None
+            if b == b"\n":
+                frame = bytes(self._line)
+                self._line = bytearray()
+                return frame
+            if len(self._line) < 256:  # noise on the air is not a frame to keep
+                self._line += b
+        return None

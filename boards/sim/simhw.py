@@ -6,7 +6,7 @@ import select
 import sys
 from nor_flash import NorFlash
 from metrology import Metrology
-from parts import LatchingRelay, DisplayLog, RtcBackup
+from parts import LatchingRelay, DisplayLog, RtcBackup, HanRadio
 
 # Reset causes as the supervisor passes them in argv.
 POWER_ON = "power-on"
@@ -61,6 +61,9 @@ class Hardware:
         self.relay = LatchingRelay(sim_dir + "/relay.json")
         self.display = DisplayLog(sim_dir + "/display.log")
         self.rtc = RtcBackup(sim_dir + "/rtc.json")
+        # The HAN radio, when the rig fitted one (sim.json han: "ok", or "fail": fitted, dead):
+        # the supervisor passes its pipes as fds 5 and 6.
+        self.han_radio = HanRadio(5, 6) if self.sim.get("han") in ("ok", "fail") else None
         self.clock_offset_ms += self.rtc.adjust_ms
         self.stdin = sys.stdin.buffer
         self.stdout = sys.stdout.buffer

@@ -31,6 +31,8 @@ hil.sim.SimBoard run the same code. The modules:
     bridge   the ptys and the TCP client bridged to the line (a Supervisor mixin)
     startup  start(), run() (the detached process's side), stop(), status()
     pico     the emulated Pico's firmware, boot ROM, emulator config and flash
+    han      the simulated home area network: its devices (DIR/han.json) and the medium the
+             sim's HAN radio reaches over the device's fds 5 and 6 (sim.json han: ok or fail)
     cli      `meterfw-sim` (main)
 """
 

@@ -11,6 +11,8 @@ from .common import (
     _read_json, _resolve_dir,
 )
 from .control import command
+from .han import add_device, list_devices, remove_device
+from meterfw.han import KINDS, TECHS
 from .startup import run, start, status, stop
 
 
@@ -54,7 +56,28 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--firmware", help="pico: the MicroPython RPI_PICO UF2 (default $PICO_FIRMWARE)")
     s.add_argument("--bootrom", help=f"pico: the RP2040 boot ROM (default $PICO_BOOTROM, or {BOOTROM_NAME} "
                    "beside the firmware or $PICO_FIRMWARE)")
+    s.add_argument("--han", choices=("ok", "fail", "absent"),
+                   help="the meter's HAN radio: fitted (ok), fitted but dead (fail) or none (absent, "
+                        "the default); its devices are `meterfw-sim han add`'s")
     s.add_argument("--device-script", help=argparse.SUPPRESS)
+
+    han = sub.add_parser("han", help="the simulated home area network's devices (DIR/han.json)")
+    hsub = han.add_subparsers(dest="han_cmd", required=True, metavar="ACTION")
+    a = hsub.add_parser("add", help="put a device on the premises; it asks to join when the meter permits")
+    a.add_argument("--eui64", required=True, help="the device's EUI-64 (16 hex digits)")
+    a.add_argument("--install-code", required=True, help="its install code with the CRC-16 (hex, as labelled)")
+    a.add_argument("--kind", required=True, choices=KINDS)
+    a.add_argument("--tech", default="zigbee-se", choices=TECHS)
+    how = a.add_mutually_exclusive_group()
+    for flag, text in (("--silent", "joins, then answers nothing"), ("--flaky", "answers every other frame"),
+                       ("--failing-self-test", "its self-test reports a fault")):
+        how.add_argument(flag, dest="behaviour", action="store_const", const=flag[2:], help=text)
+    r = hsub.add_parser("remove", help="take a device off the premises")
+    r.add_argument("--eui64", required=True)
+    hsub.add_parser("list", help="the devices and what the medium knows of each")
+    for c in (a, r, hsub.choices["list"]):
+        c.add_argument("--dir", required=True)
+        c.add_argument("--json", action="store_true", help="print JSON")
 
     for name, text in (
         ("stop", "stop the supervisor and its device"),
@@ -75,6 +98,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _han(args) -> None:
+    if args.han_cmd == "add":
+        out = add_device(args.dir, args.eui64, args.install_code, args.kind, args.tech, args.behaviour or "normal")
+        human = f"{out['eui64']}: {out['kind']} ({out['tech']}, {out['behaviour']}) on the premises"
+    elif args.han_cmd == "remove":
+        out = {"removed": remove_device(args.dir, args.eui64)}
+        human = "removed" if out["removed"] else f"no device {args.eui64} on this HAN; nothing changed"
+    else:
+        out = list_devices(args.dir)
+        human = "\n".join(f"{eui} {d['kind']:12} {d['tech']:9} {d['behaviour']:17} {d['state']:8} "
+                          f"short {d['short']}" for eui, d in sorted(out.items())) or "no devices"
+    print(json.dumps(out) if args.json else human)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -84,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
                 interval_s=args.interval_s, seed=args.seed, serial=args.serial,
                 device_script=args.device_script, uart_loss=args.uart_loss, tcp_port=args.tcp,
                 board=args.board, firmware=args.firmware, bootrom=args.bootrom, load=args.load,
+                han=args.han,
             )
             print(json.dumps(info), flush=True)
+        elif args.cmd == "han":
+            _han(args)
         elif args.cmd == "stop":
             stopped = stop(args.dir)
             if args.json:

@@ -183,6 +183,12 @@ class ControlProtocol:
             else:
                 self.acks.append(token)
                 self.write_state()
+        elif cmd == "han-reload":
+            # `meterfw-sim han add|remove` changed DIR/han.json: the medium reads it again.
+            if self.han is not None:
+                self.han.reload()
+            self.acks.append(token)
+            self.write_state()
         elif cmd == "sync":
             self.acks.append(token)  # a fresh state.json, e.g. for the flash-operation count
             self.write_state()

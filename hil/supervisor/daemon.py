@@ -59,6 +59,11 @@ class Supervisor(PowerControl, ControlProtocol, ClientBridge):
         self.proc: subprocess.Popen | None = None
         self.ctl_out: int | None = None  # our read end of the device's fd 3
         self.ctl_in: int | None = None  # our write end of the device's fd 4
+        # The simulated HAN (hil/supervisor/han.py), when the sim has a HAN radio (sim.json han
+        # "ok", or "fail": fitted but dead), and our ends of the radio's pipes (its fds 5 and 6).
+        self.han = None
+        self.radio_in: int | None = None
+        self.radio_out: int | None = None
         self.flash_ops = 0   # erases and programs the device reported, over all boots
         # The emulated chip's clock when last asked (`clock` command): its time since power-on
         # and the wall time since, both in microseconds.
@@ -157,6 +162,10 @@ class Supervisor(PowerControl, ControlProtocol, ClientBridge):
             compile_models(self.dir)
         if self.board == "pico" and not (PICO_RIG / "node_modules" / "rp2040js").is_dir():
             raise SimError(f"the Pico emulator is not installed: run `make setup` (npm ci in {PICO_RIG})")
+        if self.board == "sim" and self.cfg.get("han") in ("ok", "fail"):
+            from .han import HanMedium
+
+            self.han = HanMedium(self.dir, self.cfg["han"] == "ok", lambda msg: self.log(msg))
         self.write_state("starting")
 
         self._open_ptys()
@@ -194,6 +203,8 @@ class Supervisor(PowerControl, ControlProtocol, ClientBridge):
             mask[self.cmd_fd] = select.POLLIN
             if self.ctl_out is not None:
                 mask[self.ctl_out] = select.POLLIN
+            if self.radio_in is not None:
+                mask[self.radio_in] = select.POLLIN
             if self._listener is not None and self._client is None:
                 # A second client waits in the backlog until the first one hangs up.
                 mask[self._listener.fileno()] = select.POLLIN
@@ -224,6 +235,8 @@ class Supervisor(PowerControl, ControlProtocol, ClientBridge):
                 self._accept()
             if self.ctl_out is not None and self.ctl_out in events:
                 self._read_ctl(now)
+            if self.radio_in is not None and self.radio_in in events:
+                self._read_radio()
             if self.proc is not None and self.proc.poll() is not None:
                 self._on_device_exit(now)
             if self.cmd_fd in events:

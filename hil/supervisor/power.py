@@ -59,12 +59,24 @@ class PowerControl:
             os.set_blocking(child_in, False)  # the emulator polls for a cut plan at each flash op
         libc = self._libc
         usb = self.usb_master
+        # The sim's HAN radio: its transmit and receive, the medium's ends non-blocking, and its
+        # receive too (the meter polls it, as it would its radio's UART).
+        radio = None
+        if self.han is not None and not pico:
+            tx_r, tx_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            rx_r, rx_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            radio = (fcntl.fcntl(tx_w, fcntl.F_DUPFD_CLOEXEC, 10), fcntl.fcntl(rx_r, fcntl.F_DUPFD_CLOEXEC, 10))
+            os.close(tx_w)
+            os.close(rx_r)
 
         def in_child() -> None:
             os.dup2(child_out, 3)
             os.dup2(child_in, 4)
             if usb is not None:
                 os.dup2(usb, 5)
+            if radio is not None:
+                os.dup2(radio[0], 5)
+                os.dup2(radio[1], 6)
             # If the supervisor dies (even by SIGKILL) the MCU loses power with it.
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -77,7 +89,7 @@ class PowerControl:
             script = ["-m", self.device_script.stem] if self.device_script == DEFAULT_DEVICE_SCRIPT \
                 else [str(self.device_script)]
             argv = [self.micropython, "-X", f"heapsize={self.heap_bytes}", *script, ".", cause, "3", "4"]
-        fds = (3, 4, 5) if pico else (3, 4)
+        fds = (3, 4, 5) if pico else (3, 4, 5, 6) if radio else (3, 4)
         n = self.boots + 1
         for fd in fds:
             _ensure_open(fd)
@@ -96,7 +108,13 @@ class PowerControl:
             finally:
                 os.close(child_out)
                 os.close(child_in)
+                for fd in radio or ():
+                    os.close(fd)
         self.ctl_out, self.ctl_in = out_r, in_w
+        if radio is not None:
+            self.radio_in, self.radio_out = tx_r, rx_w
+            self._radio_buf = b""
+            self.han.send = self._radio_send
         self._ctl_buf = b""
         self._send_cut_plan()
         self.boots = n
@@ -139,10 +157,10 @@ class PowerControl:
     def _device_gone(self) -> None:
         self.proc = None
         self.line.set_device_up(False)
-        for fd in (self.ctl_out, self.ctl_in):
+        for fd in (self.ctl_out, self.ctl_in, self.radio_in, self.radio_out):
             if fd is not None:
                 os.close(fd)
-        self.ctl_out = self.ctl_in = None
+        self.ctl_out = self.ctl_in = self.radio_in = self.radio_out = None
         self._ctl_buf = b""
 
     def _on_device_exit(self, now: float) -> None:
@@ -161,6 +179,27 @@ class PowerControl:
             self.halted = True
             self.log("halted: device exited with no watchdog armed")
             self.write_state()
+
+    # -- the HAN radio's pipes --------------------------------------------------------------
+    def _radio_send(self, line: str) -> None:
+        if self.radio_out is not None:
+            try:
+                os.write(self.radio_out, line.encode() + b"\n")
+            except BlockingIOError:
+                self.log(f"han: the meter's radio is not reading; frame lost: {line!r}")
+
+    def _read_radio(self) -> None:
+        while self.radio_in is not None:
+            try:
+                chunk = os.read(self.radio_in, 4096)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._radio_buf += chunk
+        *lines, self._radio_buf = self._radio_buf.split(b"\n")
+        for raw in lines:
+            self.han.on_line(raw.decode(errors="replace").strip())
 
     # -- timers -----------------------------------------------------------------------------
     def _deadlines(self) -> list[float]:

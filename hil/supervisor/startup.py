@@ -29,7 +29,7 @@ _STARTED: dict[int, subprocess.Popen] = {}
 
 def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=None,
           serial=None, device_script=None, uart_loss=None, tcp_port=None, board=None,
-          firmware=None, bootrom=None, defaults=None, load=None) -> dict:
+          firmware=None, bootrom=None, defaults=None, load=None, han=None) -> dict:
     """Provision DIR if needed, record the run config and start a detached supervisor.
 
     `board="pico"` runs the stock MicroPython firmware (`firmware`, a UF2; default $PICO_FIRMWARE)
@@ -37,6 +37,7 @@ def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=No
     `defaults` are board defaults a pico's /board/board.json is provisioned with (the sim reads
     its overrides from sim.json at every boot instead).
     `load` is the premises' load profile (hil.metrology.PROFILES; kept in sim.json like the seed).
+    `han` fits the sim's HAN radio: "ok", "fail" (fitted, dead) or "absent" (kept in sim.json).
     Returns what `meterfw-sim start` prints: port, pid, dir, baud, serial, device_pid, board,
     and usb_port for a pico.
     """
@@ -78,7 +79,7 @@ def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=No
     cfg.setdefault("created_s", int(time.time()))
     cfg.setdefault("serial", None)
     for key, value in (("seed", seed), ("interval_s", interval_s), ("baud", baud), ("serial", serial),
-                       ("uart_loss", uart_loss), ("tcp_port", tcp_port), ("load", load)):
+                       ("uart_loss", uart_loss), ("tcp_port", tcp_port), ("load", load), ("han", han)):
         if value is not None:
             cfg[key] = value
     cfg["load_curve"] = _load_curve(cfg.setdefault("load", "mixed"))  # what the front-ends evaluate

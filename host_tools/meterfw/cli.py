@@ -375,6 +375,47 @@ def cmd_display(args) -> int:
     return 0
 
 
+def _han_device(d: dict) -> str:
+    o = d.get("outcome") or {}
+    verdict = ("ok" if o.get("ok") else f"FAILED: {o.get('message')}") if o else "waiting to join"
+    return f"{d['eui64']} {d['kind']:12} {d['tech']:9} {d['state']:10} short {d['short']}  {verdict}"
+
+
+def cmd_han_join(args) -> int:
+    from .han import HanError, parse_eui64, parse_install_code
+    try:  # said here, before the meter is asked: it would refuse them the same way
+        eui, code = parse_eui64(args.eui64), parse_install_code(args.install_code)
+    except HanError as e:
+        raise CommandError(str(e)) from None
+    meter = _meter(args)
+    r = meter.han_join(eui, code.hex(), args.window_s, args.tech, args.kind)
+    if args.wait:
+        r = meter.han_outcome(eui, args.window_s + args.wait) or r
+    o = r.get("outcome")
+    _emit(args, r, _han_device(r) if o or args.wait else
+          f"{eui}: join window open for {args.window_s} s; `meterfw han list` shows the outcome")
+    return 0 if not args.wait or o and o["ok"] else 1
+
+
+def cmd_han_list(args) -> int:
+    r = _meter(args).han_table()
+    head = (f"HAN radio {'fitted' if r['radio'] else 'not fitted'}; drivers: {', '.join(r['drivers'])}; "
+            f"{r['jobs']} jobs waiting")
+    _emit(args, r, "\n".join([head] + [_han_device(d) for d in r["devices"]]))
+    return 0
+
+
+def cmd_han_remove(args) -> int:
+    from .han import HanError, parse_eui64
+    try:
+        eui = parse_eui64(args.eui64)
+    except HanError as e:
+        raise CommandError(str(e)) from None
+    r = _meter(args).han_remove(eui)
+    _emit(args, r, f"{eui} removed; its key is erased on the meter")
+    return 0
+
+
 def cmd_registers_reset(args) -> int:
     r = _meter(args).reset_registers()
     b = r["before"]
@@ -612,6 +653,20 @@ def build_parser() -> argparse.ArgumentParser:
     command("display", cmd_display, "the notice on the meter's display")
     regs = sub.add_parser("registers", help="energy registers").add_subparsers(dest="what", required=True)
     command("reset", cmd_registers_reset, "reset the energy registers, logging them first (authenticated)", regs)
+    han = sub.add_parser("han", help="the meter's home area network (one meter's link)").add_subparsers(
+        dest="what", required=True)
+    c = command("join", cmd_han_join, "enroll a device: the meter opens a join window for it and the device "
+                "joins by itself (authenticated)", han)
+    c.add_argument("--eui64", required=True, help="the device's EUI-64 (16 hex digits)")
+    c.add_argument("--install-code", required=True, help="its install code with the CRC-16, hex as labelled")
+    c.add_argument("--tech", default="zigbee-se", help="its technology (default zigbee-se)")
+    c.add_argument("--kind", choices=("thermostat", "display", "load-control", "ev-charger"))
+    c.add_argument("--window-s", type=int, default=180, help="how long the window stays open (1-254 s)")
+    c.add_argument("--wait", type=_SECONDS, default=0, metavar="S",
+                   help="wait for the outcome up to the window and S seconds more (exit 1 when it failed)")
+    command("list", cmd_han_list, "the device table and each device's last outcome", han)
+    c = command("remove", cmd_han_remove, "unenroll a device: its key is erased on the meter (authenticated)", han)
+    c.add_argument("--eui64", required=True)
     office_cli.add_commands(sub, command)
     return p
 

@@ -23,11 +23,14 @@ HEALTH = 0x42
 TIME_GET = 0x43
 READ_ALARMS = 0x44
 READ_DISPLAY = 0x45
+HAN_TABLE = 0x46
 SET_STATE = 0x50
 TIME_SET = 0x51
 RELAY = 0x52
 ACK_ALARMS = 0x53
 RESET_REGISTERS = 0x54
+HAN_JOIN = 0x55
+HAN_REMOVE = 0x56
 
 # DLMS class 18 image_transfer_status
 TRANSFER_STATUS = (
@@ -40,7 +43,8 @@ VERIFIED = 3
 # Every error code a meter's ERROR reply may carry.
 ERRORS = frozenset({
     "already_active", "auth_failed", "auth_required", "auth_unavailable", "bad_block", "bad_frame",
-    "bad_image", "bad_request", "bootloader_too_old", "downgrade", "incomplete", "internal", "no_memory", "no_previous",
+    "bad_image", "bad_request", "bootloader_too_old", "downgrade", "han_bad_install_code", "han_busy",
+    "han_no_radio", "han_not_enrolled", "han_unknown_tech", "incomplete", "internal", "no_memory", "no_previous",
     "no_relay", "no_space", "not_initiated", "not_verified", "on_trial", "platform_too_old", "pricing_event",
     "rejected", "replay", "rollback", "storage", "unknown_command", "verify_failed", "wrong_base", "wrong_board",
 })

@@ -202,6 +202,35 @@ class Meter:
     def display(self) -> dict:
         return self.link.request_json(P.READ_DISPLAY)
 
+    # -- the home area network ---------------------------------------------------------------
+    def han_join(self, eui64: str, install_code: str, window_s: int = 180, tech: str = "zigbee-se",
+                 kind: str | None = None) -> dict:
+        """Enroll a device: the meter checks the install code's CRC, keeps the key it derives and
+        opens the join window; the device joins by itself. The outcome is in han_table()."""
+        body = {"eui64": eui64, "install_code": install_code, "window_s": int(window_s), "tech": tech}
+        if kind:
+            body["kind"] = kind
+        return self.privileged(P.HAN_JOIN, json.dumps(body).encode())
+
+    def han_table(self) -> dict:
+        """The meter's HAN: radio fitted, drivers, jobs waiting, and each device with its outcome."""
+        return self.link.request_json(P.HAN_TABLE)
+
+    def han_remove(self, eui64: str) -> dict:
+        """Unenroll a device: the meter erases its key and tells it to leave."""
+        return self.privileged(P.HAN_REMOVE, json.dumps({"eui64": eui64}).encode())
+
+    def han_outcome(self, eui64: str, timeout_s: float, poll_s: float = 0.5) -> dict | None:
+        """The device's row once its enrollment has an outcome; None if it has none in time."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = [d for d in self.han_table()["devices"] if d["eui64"] == eui64]
+            if rows and rows[0]["state"] != "joining":
+                return rows[0]
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(poll_s)
+
     def reset_registers(self) -> dict:
         return self.privileged(P.RESET_REGISTERS)
 

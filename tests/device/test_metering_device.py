@@ -17,6 +17,7 @@ class Clock:
     def set_time_ms(self, t): self.t = t
 class Board:
     name = "fake"
+    han_radio = None  # no HAN radio fitted
     def __init__(self, **defaults):
         self.clock = Clock()
         self.defaults = {"interval_s": 10}
