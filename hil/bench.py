@@ -566,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg):
         print(f"bench: {msg}", file=sys.stderr, flush=True)
 
+    from hil import bench_campaign  # the campaign engine at fleet scale: its own section
+
+    if "campaign" in argv and not any(a in ("sim", "pico") for a in argv):
+        return bench_campaign.section(say, markdown="--markdown" in argv)
     t0 = time.monotonic()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -619,7 +623,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"written to {REPO / 'build' / 'bench.json'}")
     if "--markdown" in argv:
         print("\n" + table(figs, markdown=True))
-    return 1 if any(n.startswith("failed") for n in notes.values()) else 0
+    failed = any(n.startswith("failed") for n in notes.values())
+    if "campaign" in argv or not asked:
+        failed = bench_campaign.section(say, markdown="--markdown" in argv) != 0 or failed
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

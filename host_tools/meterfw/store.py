@@ -44,7 +44,10 @@ MIGRATIONS = (
             warnings TEXT NOT NULL DEFAULT '[]', before TEXT, report TEXT,
             from_version TEXT, to_version TEXT, switch_s DOUBLE PRECISION, ended_s DOUBLE PRECISION,
             PRIMARY KEY (campaign_id, serial))""",
-        "CREATE INDEX campaign_meters_todo ON campaign_meters (campaign_id, wave, state, not_before_s)",
+        # A worker claims the next meters in serial order and counts results by state after each
+        # meter: both read a few index entries, not the whole campaign.
+        "CREATE INDEX campaign_meters_queue ON campaign_meters (campaign_id, wave, state, serial, not_before_s)",
+        "CREATE INDEX campaign_meters_state ON campaign_meters (campaign_id, state)",
         """CREATE TABLE workers (
             id TEXT PRIMARY KEY, host TEXT NOT NULL, pid BIGINT NOT NULL, campaign_id BIGINT,
             started_s DOUBLE PRECISION NOT NULL, heartbeat_s DOUBLE PRECISION NOT NULL)""",

@@ -109,7 +109,16 @@ class Link:
     def _read(self) -> bytes:
         ser = self._port()
         try:
-            return ser.read(ser.in_waiting or 1)
+            data = ser.read(ser.in_waiting or 1)
+            # socket:// (pyserial 3.5, pinned) says one byte is waiting whatever has arrived, so a
+            # reply would cost a select and a recv per byte; its socket is non-blocking: take the rest.
+            sock = getattr(ser, "_socket", None)
+            if data and sock is not None:
+                try:
+                    data += sock.recv(65536)
+                except BlockingIOError:
+                    pass
+            return data
         except OSError as e:
             raise TransportError(f"read from {self.url} failed: {_reason(e)}") from None
 
