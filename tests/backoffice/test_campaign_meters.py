@@ -151,7 +151,7 @@ def test_a_campaign_killed_mid_transfer_resumes_with_nothing_done_twice(sim_fact
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(10)
-    sent = status(board)["update"]["next_block"]  # the port is free again: only one reader at a time
+    sent = status(board)["update"]["first_not_transferred_block"]  # the port is free: one reader at a time
     assert sent >= 1
     s = mfw_json("campaign", "run", "k", "--keys", keys_dir, "--db", db, timeout=300)
     assert s["state"] == "completed" and s["totals"]["confirmed"] == 1, s
