@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import crcmod.predefined
+
 TECHS = ("zigbee-se", "plc", "new-tech")
 KINDS = ("thermostat", "display", "load-control", "ev-charger")
 CODE_BYTES = (6, 8, 12, 16)  # an install code's lengths, before its 2-byte CRC
@@ -23,14 +25,9 @@ class HanError(ValueError):
     """A bad EUI-64 or install code, said in one line."""
 
 
-def crc16_x25(data: bytes) -> int:
-    """CRC-16/X-25 (reflected 0x1021, init and xorout 0xFFFF): the install code's CRC."""
-    crc = 0xFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
-    return crc ^ 0xFFFF
+# CRC-16/X-25 (reflected 0x1021, init and xorout 0xFFFF): the install code's CRC, from the same
+# library as the link's CRC-32 (framing.py); the meter computes its own (firmware/han_table.py).
+crc16_x25 = crcmod.predefined.mkPredefinedCrcFun("x-25")
 
 
 def parse_eui64(text: str) -> str:

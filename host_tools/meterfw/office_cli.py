@@ -282,6 +282,13 @@ def cmd_mdms_audit(args) -> int:
 _AS_FAILED = {"timeout": "failed", "link": "failed", "error": "failed", "warned": "confirmed"}
 
 
+def _page_reason(m: dict) -> str | None:
+    """The page's reason: a failure kind the page folds into `failed` keeps its name in front."""
+    if m["state"] in ("timeout", "link", "error"):
+        return f"{m['state']}: {m['reason'] or ''}"
+    return m["reason"]
+
+
 def campaign_page(store: Store, s: dict) -> dict:
     """The campaign as html_report.render_campaign takes it: each meter with its intervals
     around its switch, and its reconciliation."""
@@ -290,8 +297,7 @@ def campaign_page(store: Store, s: dict) -> dict:
     for m in C.members(store, s["id"]):
         recs = mdms.intervals(store, m["serial"])
         meters.append({"serial": m["serial"], "wave": m["wave"], "result": _AS_FAILED.get(m["state"], m["state"]),
-                       "reason": (f"{m['state']}: " if m["state"] in ("timeout", "link", "error") else "")
-                       + (m["reason"] or "") if m["reason"] or m["state"] in ("timeout", "link", "error") else None,
+                       "reason": _page_reason(m),
                        "warnings": m["warnings"], "from_version": m["from_version"], "to_version": m["to_version"],
                        "switch_s": m["switch_s"], "intervals": recs, "reconciliation": rec.get(m["serial"])})
     image = next(iter(s["images"].values()), {})
