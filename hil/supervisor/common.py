@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 BOARD_DIR = REPO / "boards" / "sim"
 DEFAULT_DEVICE_SCRIPT = BOARD_DIR / "power_on.py"
-DEFAULT_HEAP_BYTES = 204800
+DEFAULT_HEAP_BYTES = 245888  # the stock RPI_PICO v1.28.0 firmware's heap
 DEVICE_SCRIPT_ENV = "METERFW_SIM_DEVICE"
 PICO_RIG = REPO / "hil" / "pico"
 PICO_EMULATOR = PICO_RIG / "emulator.mjs"

@@ -12,6 +12,7 @@ import serial
 
 from hil.metrology import load_curve as load_curve_of
 from hil.sim import SimBoard, SimError, pid_alive
+from hil.supervisor.common import _heap_bytes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,7 +72,7 @@ def test_start_prints_one_json_line_and_wires_the_device_as_specified(sim_factor
         args = Path(f"/proc/{info['device_pid']}/cmdline").read_bytes().decode().split("\0")[:-1]
         # The micropython console script runs under its interpreter, so compare the tail.
         # The folder as ".": the device runs in it, and no host path moves its heap's layout.
-        assert args[-7:] == ["-X", "heapsize=204800", str(ECHO_DEVICE), ".", "power-on", "3", "4"]
+        assert args[-7:] == ["-X", f"heapsize={_heap_bytes()}", str(ECHO_DEVICE), ".", "power-on", "3", "4"]
         assert Path(f"/proc/{info['device_pid']}/cwd").resolve() == d.resolve()
         sim = json.loads((d / "sim.json").read_text())
         assert sim["seed"] == 1 and sim["interval_s"] is None and sim["baud"] is None
