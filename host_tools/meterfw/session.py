@@ -8,7 +8,7 @@ from typing import Callable
 
 from . import protocol as P
 from .auth import AuthSession, meter_key
-from . import reply
+from . import framing, reply
 from .errors import CommandError, MeterfwError, ReplyError, SerialMismatch, TransportError
 from .delta import Delta
 from .image import Image, as_image
@@ -362,13 +362,17 @@ class Meter:
     def revert(self) -> dict:
         return self.privileged(P.REVERT)
 
+    def _poll_timeout_s(self) -> float:
+        """A third of the link's timeout, quick to retry through a reset; never less than twice
+        the time the largest reply (a status is near it) takes on the line at its baud rate."""
+        return max(self.link.timeout_s / 3, 2 * framing.MAX_PAYLOAD * 10 / self.link.baud)
+
     def wait_until(self, predicate, timeout_s: float, poll_s: float = 0.5) -> dict | None:
         """Poll status through resets until predicate(status) holds; None on timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                # A poll a third of the link's timeout: quick to retry through a reset.
-                st = self.status(timeout_s=self.link.timeout_s / 3, retries=0)
+                st = self.status(timeout_s=self._poll_timeout_s(), retries=0)
                 if predicate(st):
                     return st
             except TransportError:

@@ -83,3 +83,17 @@ def test_a_meter_that_goes_away_mid_transfer_is_one_line(dut, sim_factory, image
             proc.kill()
     assert proc.returncode == 1 and one_line(err), (proc.returncode, err)
     assert "internal error" not in err
+
+
+def test_waiting_for_a_meter_on_a_slow_line_needs_no_longer_timeout(dut, sim_factory, images, keys_dir):
+    """At 19200 baud a status reply (~2 KB) takes over a second on the wire: the waits that poll
+    it (after an activation, a revert) must give each poll that long, whatever --timeout says."""
+    if dut.kind != "sim":
+        pytest.skip("sets the simulated line's baud rate")
+    from meterfw.session import Meter
+    from meterfw.transport import DEFAULT_TIMEOUT_S, Link
+    board = sim_factory(image=images["v1"], keys=keys_dir, interval_s=3, seed=7, baud=19200)
+    with Link(board.port, baud=19200, timeout_s=DEFAULT_TIMEOUT_S) as link:
+        st = Meter(link).wait_until(lambda s: s.get("health") is not None, 60)
+    assert st is not None, "no status within 60 s"
+    assert len(json.dumps(st)) > 19200 / 10 * DEFAULT_TIMEOUT_S / 3, len(json.dumps(st))  # longer than a third of --timeout
