@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -81,7 +82,14 @@ def dut(request) -> Dut:
 PICO_TIMEOUT_S = 30
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config):
+    # A SIGTERM (a CI limit, a harness ending the run) unwinds like Ctrl-C, so every fixture's
+    # teardown still stops the boards, emulators and servers it started.
+    signal.signal(signal.SIGTERM, _interrupted)
     # The CLI the tests run waits that long on the emulated Pico (its --timeout default).
     if config.getoption("--board") == "pico" and not config.getoption("--port"):
         os.environ.setdefault("METERFW_TIMEOUT", str(PICO_TIMEOUT_S))
