@@ -27,7 +27,7 @@ from . import fleet
 from .errors import CommandError, MeterfwError
 from .han import KINDS, HanError, parse_eui64, parse_install_code
 from .session import Meter
-from .store import Store, dumps
+from .store import Store, dumps, loads
 
 LIVE = ("requested", "pushed", "enrolled", "removal_pending")  # enrollments_live's states
 # Beyond the join window: the comm test (3 frames, 1 s each at most), the self-test (2 s) and a
@@ -197,6 +197,7 @@ _SELECT = (f"SELECT {', '.join('e.' + c for c in _COLS)}, d.kind, d.tech FROM en
 def _row(r) -> dict:
     e = dict(zip(_COLS + ("kind", "tech"), r))
     e["ok"] = None if e["ok"] is None else bool(e["ok"])
+    e["outcome"] = loads(e["outcome"])  # the meter's own record of the join and tests
     return e
 
 
@@ -248,6 +249,15 @@ def _eui(text: str) -> str:
         raise CommandError(str(e)) from None
 
 
+def identities(eui64: str, install_code: str) -> tuple[str, bytes]:
+    """The EUI-64 and the install code, checked (its CRC too) before anything: the meter's checks,
+    said here in one line."""
+    try:
+        return parse_eui64(eui64), parse_install_code(install_code)
+    except HanError as e:
+        raise CommandError(f"{e}; nothing stored or sent") from None
+
+
 def enroll(store: Store, connect: Connect, *, meter: str, eui64: str, install_code: str, kind: str,
            customer: str, premises: str, program: str, consent: str | None = None, tech: str = "zigbee-se",
            customer_name: str = "", contact: str = "", address: str = "", actor: str = "operator",
@@ -256,10 +266,7 @@ def enroll(store: Store, connect: Connect, *, meter: str, eui64: str, install_co
     record the customer's notification; the enrollment as it ends. Any check that fails raises
     CommandError with nothing stored or sent. Without `consent`, a current consent on record
     must cover the device (BR5)."""
-    try:  # before anything: the same checks the meter makes, said here in one line
-        eui64, code = parse_eui64(eui64), parse_install_code(install_code)
-    except HanError as e:
-        raise CommandError(f"{e}; nothing stored or sent") from None
+    eui64, code = identities(eui64, install_code)
     if kind not in KINDS:
         raise CommandError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
     if not _TECH.match(tech):
@@ -325,7 +332,9 @@ def _join(store: Store, connect: Connect, e: dict, code_hex: str, window_s: int,
         meter = connect(e["meter"])
         meter.han_join(e["eui64"], code_hex, window_s, e["tech"], e["kind"])
         store.x("UPDATE enrollments SET state = 'pushed', pushed_s = ? WHERE id = ?", (time.time(), e["id"]))
-        row = _wait(meter, e["eui64"], window_s + OUTCOME_MARGIN_S, say)
+        row = meter.han_outcome(e["eui64"], window_s + OUTCOME_MARGIN_S, waiting=lambda left: say(
+            f"{e['eui64']}: the meter's join window is open; waiting for the device to join and pass its tests "
+            f"({left:.0f} s left)"))
         if row is None:
             ok, message, outcome = False, f"the meter reported no outcome within {window_s + OUTCOME_MARGIN_S:g} s", None
         else:
@@ -354,20 +363,6 @@ def _join(store: Store, connect: Connect, e: dict, code_hex: str, window_s: int,
         text = f"Your {_device_words(e)} could not be enrolled in {e['program']}{at}: {message}"
     _notify(store, e, ok, text)
     return enrollment(store, e["id"])
-
-
-def _wait(meter: Meter, eui64: str, timeout_s: float, say) -> dict | None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        rows = [d for d in meter.han_table()["devices"] if d["eui64"] == eui64]
-        if rows and rows[0]["state"] != "joining":
-            return rows[0]
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        say(f"{eui64}: the meter's join window is open; waiting for the device to join and pass its tests "
-            f"({left:.0f} s left)")
-        time.sleep(min(0.5, left))
 
 
 def _erased(meter: Meter, eui64: str) -> bool:

@@ -355,6 +355,7 @@ def _enrollment_line(e: dict) -> str:
 
 
 def cmd_han_enroll(args) -> int:
+    E.identities(args.eui64, args.install_code)  # a mistyped code is said first, whatever else is missing
     with _db(args) as store:
         connect = _connect(args, store)
         with _Wait(args) as ui:

@@ -90,7 +90,7 @@ def test_enrollment_through_the_cli_and_every_refusal_before_anything(sim_factor
     assert rc == 0, err
     assert e["state"] == "enrolled" and e["ok"] and e["meter"] == "EM0"
     assert e["requested_s"] <= e["pushed_s"] <= e["outcome_s"] <= e["notified_s"]
-    assert json.loads(e["outcome"])["self_test"] == "pass"
+    assert e["outcome"]["comm_test"] == "pass" and e["outcome"]["self_test"] == "pass"
     (told,) = e["notifications"]
     assert told["outcome"] == "success" and told["channel"] == "email"
     assert told["message"] == ("Your thermostat 00124B0001A2C001 is enrolled in demand-response at 1 High St: it "
