@@ -349,9 +349,8 @@ class _Wait:
 
 
 def _enrollment_line(e: dict) -> str:
-    verdict = "" if e["message"] is None else f"  {e['message']}"
     return (f"{e['id']:>5} {e['eui64']} {e['kind']:12} {e['tech']:9} {e['meter']:12} {e['customer_id']:10} "
-            f"{e['program']:18} {e['state']:15}{verdict}")
+            f"{e['program']:18} {e['state']:15} {e['message'] or ''}").rstrip()
 
 
 def cmd_han_enroll(args) -> int:
