@@ -566,10 +566,11 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg):
         print(f"bench: {msg}", file=sys.stderr, flush=True)
 
-    from hil import bench_campaign  # the campaign engine at fleet scale: its own section
+    from hil import bench_campaign, bench_han  # the campaign engine at fleet scale, HAN enrollment: sections
 
-    if "campaign" in argv and not any(a in ("sim", "pico") for a in argv):
-        return bench_campaign.section(say, markdown="--markdown" in argv)
+    sections = {"campaign": bench_campaign.section, "han": bench_han.section}
+    if any(a in sections for a in argv) and not any(a in ("sim", "pico") for a in argv):
+        return max(run(say, markdown="--markdown" in argv) for name, run in sections.items() if name in argv)
     t0 = time.monotonic()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -624,8 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--markdown" in argv:
         print("\n" + table(figs, markdown=True))
     failed = any(n.startswith("failed") for n in notes.values())
-    if "campaign" in argv or not asked:
-        failed = bench_campaign.section(say, markdown="--markdown" in argv) != 0 or failed
+    for name, run in sections.items():
+        if name in argv or not asked:
+            failed = run(say, markdown="--markdown" in argv) != 0 or failed
     return 1 if failed else 0
 
 

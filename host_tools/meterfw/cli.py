@@ -653,7 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("display", cmd_display, "the notice on the meter's display")
     regs = sub.add_parser("registers", help="energy registers").add_subparsers(dest="what", required=True)
     command("reset", cmd_registers_reset, "reset the energy registers, logging them first (authenticated)", regs)
-    han = sub.add_parser("han", help="the meter's home area network (one meter's link)").add_subparsers(
+    han = sub.add_parser("han", help="the home area network: one meter's link (join, list, remove) "
+                         "and the back office's enrollment registry").add_subparsers(
         dest="what", required=True)
     c = command("join", cmd_han_join, "enroll a device: the meter opens a join window for it and the device "
                 "joins by itself (authenticated)", han)
@@ -667,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("list", cmd_han_list, "the device table and each device's last outcome", han)
     c = command("remove", cmd_han_remove, "unenroll a device: its key is erased on the meter (authenticated)", han)
     c.add_argument("--eui64", required=True)
+    office_cli.add_han_commands(han, command)
     office_cli.add_commands(sub, command)
     return p
 

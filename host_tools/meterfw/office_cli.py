@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import campaign as C
 from . import cli
+from . import enrollment as E
 from . import fleet, html_report, mdms
 from .errors import CommandError
 from .image import ImageError, approve_image, parse_image, write_image
@@ -315,6 +316,149 @@ def _write_report(store: Store, s: dict, path: str) -> None:
     html_report.write(path, html_report.render_campaign(campaign_page(store, s)))
 
 
+# --- HAN enrollment ---------------------------------------------------------------------------------
+
+def _actor(args) -> str:
+    return args.by or os.environ.get("USER") or "operator"
+
+
+def _connect(args, store: Store) -> E.Connect:
+    """Sessions with fleet meters; the utility's key is checked before anything is stored."""
+    keys = _keys(args, needed="the meter authenticates the registry's HAN commands")
+    return E.connector(store, keys.utility_secret, args.timeout)
+
+
+class _Wait:
+    """A live line on stderr while the meter's join window is open (a terminal, --json off)."""
+
+    def __init__(self, args):
+        self._on = sys.stderr.isatty() and not args.json
+        self.say = None
+
+    def __enter__(self):
+        if self._on:
+            from rich.console import Console
+            self._status = Console(stderr=True).status("")
+            self._status.start()
+            self.say = self._status.update
+        return self
+
+    def __exit__(self, *exc):
+        if self._on:
+            self._status.stop()
+
+
+def _enrollment_line(e: dict) -> str:
+    return (f"{e['id']:>5} {e['eui64']} {e['kind']:12} {e['tech']:9} {e['meter']:12} {e['customer_id']:10} "
+            f"{e['program']:18} {e['state']:15} {e['message'] or ''}").rstrip()
+
+
+def cmd_han_enroll(args) -> int:
+    E.identities(args.eui64, args.install_code)  # a mistyped code is said first, whatever else is missing
+    with _db(args) as store:
+        connect = _connect(args, store)
+        with _Wait(args) as ui:
+            e = E.enroll(store, connect, meter=args.meter, eui64=args.eui64, install_code=args.install_code,
+                         kind=args.kind, tech=args.tech, customer=args.customer, premises=args.premises,
+                         program=args.program, consent=args.consent, customer_name=args.customer_name,
+                         contact=args.contact, address=args.address, actor=_actor(args), window_s=args.window_s,
+                         progress=ui.say)
+        e["notifications"] = E.notifications(store, eui64=e["eui64"])[-1:]
+    told = e["notifications"][0]
+    cli._emit(args, e, f"{e['eui64']}: {e['state']} on meter {e['meter']} in "
+                       f"{e['notified_s'] - e['requested_s']:.1f} s; the customer was told ({told['channel']}): "
+                       f"{told['message']}")
+    return 0 if e["state"] == "enrolled" else 1
+
+
+def cmd_han_unenroll(args) -> int:
+    if bool(args.eui64) == args.pending:
+        raise CommandError("give --eui64 EUI64, or --pending to finish every removal still pending")
+    with _db(args) as store:
+        connect = _connect(args, store)
+        done = (E.complete_pending(store, _actor(args), connect) if args.pending
+                else [E.unenroll(store, args.eui64, _actor(args), connect)])
+    lines = [f"{e['eui64']}: " + ("removed; its key is erased on meter " + e["meter"] if e["state"] == "removed"
+                                  else f"REMOVAL PENDING ({e['error']}): run `meterfw han unenroll --pending` again")
+             for e in done]
+    cli._emit(args, done if args.pending else done[0], "\n".join(lines) or "no removal pending")
+    return 0 if all(e["state"] == "removed" for e in done) else 1
+
+
+def cmd_han_swap(args) -> int:
+    with _db(args) as store:
+        connect = _connect(args, store)
+        with _Wait(args) as ui:
+            out = E.swap(store, connect, args.old_meter, args.new_meter, _actor(args),
+                         old_retired=args.old_meter_retired, window_s=args.window_s, progress=ui.say)
+    lines = [f"meter {out['old_meter']} -> {out['new_meter']}"
+             + (" (old meter retired: keys left on it, recorded in the audit)" if out["old_meter_retired"] else "")]
+    lines += [_enrollment_line(e) for e in out["enrollments"]]
+    lines += [f"{eui}: REMOVAL PENDING on the old meter; not moved" for eui in out["removal_pending"]]
+    cli._emit(args, out, "\n".join(lines))
+    return 0 if all(e["state"] == "enrolled" for e in out["enrollments"]) and not out["removal_pending"] else 1
+
+
+def cmd_han_consent(args) -> int:
+    with _db(args) as store:
+        if args.action == "list":
+            rows = E.consents(store, args.customer)
+            cli._emit(args, rows, "\n".join(
+                f"{r['id']:>5} {r['customer_id']:10} {r['eui64'] or '*':16} {r['program'] or '*':18} "
+                + (f"REVOKED by {r['revoked_by']}" if r["revoked_s"] else f"granted by {r['granted_by']}: {r['evidence']}")
+                for r in rows) or "no consent on record")
+            return 0
+        if not args.customer:
+            raise CommandError(f"consent {args.action} needs --customer ID")
+        if args.action == "grant":
+            out = E.grant(store, args.customer, args.eui64, args.program, args.consent, _actor(args))
+            cli._emit(args, out, f"consent {out['id']} recorded for customer {out['customer']}")
+            return 0
+        out = E.revoke(store, args.customer, args.eui64, args.program, _actor(args), _connect(args, store))
+    lines = [f"consent revoked ({len(out['revoked'])} records)"]
+    lines += [f"{e['eui64']}: " + ("unenrolled; its key is erased on meter " + e["meter"] if e["state"] == "removed"
+                                   else "REMOVAL PENDING: run `meterfw han unenroll --pending` again")
+              for e in out["unenrolled"]]
+    cli._emit(args, out, "\n".join(lines))
+    return 0 if all(e["state"] == "removed" for e in out["unenrolled"]) else 1
+
+
+def cmd_han_areas(args) -> int:
+    with _db(args) as store:
+        if args.set is not None:
+            E.set_area(store, args.set, args.tech or [], _actor(args))
+        elif args.tech:
+            raise CommandError("--tech goes with --set AREA")
+        out = E.areas(store)
+    cli._emit(args, out, "\n".join(f"{a:12} {', '.join(t) or '(none)'}" for a, t in out.items())
+              or "no area allows any HAN technology yet: `meterfw han areas --set AREA --tech zigbee-se`")
+    return 0
+
+
+def cmd_han_enrollments(args) -> int:
+    with _db(args) as store:
+        rows = E.enrollments(store, meter=args.meter, customer=args.customer,
+                             eui64=args.eui64 and E._eui(args.eui64), states=tuple(args.state or ()))
+    cli._emit(args, rows, "\n".join(_enrollment_line(e) for e in rows) or "no enrollments")
+    return 0
+
+
+def cmd_han_notifications(args) -> int:
+    with _db(args) as store:
+        rows = E.notifications(store, customer=args.customer, eui64=args.eui64 and E._eui(args.eui64))
+    cli._emit(args, rows, "\n".join(f"{cli._iso(n['time_s'])} {n['customer_id']:10} {n['eui64']} {n['channel']:13} "
+                                    f"{n['outcome']:7} {n['message']}" for n in rows) or "no notifications")
+    return 0
+
+
+def cmd_han_audit(args) -> int:
+    with _db(args) as store:
+        rows = E.audit_trail(store)
+    cli._emit(args, rows, "\n".join(f"{cli._iso(r['time_s'])} {r['actor']:10} {r['action']:18} {r['eui64'] or '':16} "
+                                    f"{r['meter'] or '':12} {r['detail']}" for r in rows) or "no audit records")
+    return 0
+
+
 # --- the table ---------------------------------------------------------------------------------------
 
 def _db_arg(c) -> None:
@@ -434,3 +578,66 @@ def add_image_commands(image, command) -> None:
     c.add_argument("--keys", dest="keys_dir", help="the utility's key directory")
     c.add_argument("-o", "--output", help="write the approved image here (default: in place)")
 
+
+
+def add_han_commands(han, command) -> None:
+    """The registry's side of `meterfw han` (the back office's database and the fleet's links)."""
+    def office(name, fn, help, keys=False):
+        c = command(name, fn, help, han)
+        _db_arg(c)
+        c.add_argument("--by", help="who does this, for the audit trail (default $USER)")
+        if keys:
+            c.add_argument("--keys", dest="keys_dir", help="the utility's key directory (the meters' keys derive from it)")
+        return c
+
+    c = office("enroll", cmd_han_enroll, "enroll a customer's device: checked (ID and install code, consent, the "
+               "area's technologies, the device enrolled nowhere else), pushed to the meter, joined and tested there, "
+               "the customer notified of the outcome (exit 1 when it failed)", keys=True)
+    c.add_argument("--meter", required=True, metavar="SERIAL", help="the fleet meter serving the premises")
+    c.add_argument("--eui64", required=True, help="the device's EUI-64 (16 hex digits)")
+    c.add_argument("--install-code", required=True, help="its install code with the CRC-16, hex as labelled")
+    c.add_argument("--kind", required=True, choices=("thermostat", "display", "load-control", "ev-charger"))
+    c.add_argument("--tech", default="zigbee-se", help="its technology (default %(default)s)")
+    c.add_argument("--customer", required=True, metavar="ID", help="the customer (added when new)")
+    c.add_argument("--customer-name", default="", help="a new customer's name")
+    c.add_argument("--contact", default="", help="how the customer is told: an e-mail address, a phone number, a postal "
+                   "address")
+    c.add_argument("--premises", required=True, metavar="ID", help="the premises (added when new, on --meter)")
+    c.add_argument("--address", default="", help="a new premises' address")
+    c.add_argument("--program", required=True, help="e.g. demand-response, in-home-display")
+    c.add_argument("--consent", help="the customer's consent (BR5): yes, a file (its SHA-256 is kept) or a reference; "
+                   "without it a consent on record must cover the device")
+    c.add_argument("--window-s", type=int, default=E.DEFAULT_WINDOW_S, help="the join window (1-254 s, default "
+                   "%(default)s)")
+    c = office("unenroll", cmd_han_unenroll, "remove a device: its key erased on the meter, then the enrollment "
+               "removed; an unreachable meter leaves it removal_pending (exit 1) for --pending to finish", keys=True)
+    c.add_argument("--eui64")
+    c.add_argument("--pending", action="store_true", help="finish every removal still pending")
+    c = office("swap", cmd_han_swap, "meter swap: each device removed from the old meter and enrolled on the new one, "
+               "its customer told", keys=True)
+    c.add_argument("--old-meter", required=True, metavar="SERIAL")
+    c.add_argument("--new-meter", required=True, metavar="SERIAL")
+    c.add_argument("--old-meter-retired", action="store_true",
+                   help="the old meter is out and cannot be reached: swap without erasing its keys (recorded in the "
+                        "audit)")
+    c.add_argument("--window-s", type=int, default=E.DEFAULT_WINDOW_S)
+    c = office("consent", cmd_han_consent, "the customers' consent: list, grant, or revoke (which unenrolls the devices "
+               "it covered, their keys erased)", keys=True)
+    c.add_argument("action", choices=("list", "grant", "revoke"))
+    c.add_argument("--customer", metavar="ID")
+    c.add_argument("--eui64", help="one device (default: all of the customer's)")
+    c.add_argument("--program", help="one program (default: every program)")
+    c.add_argument("--consent", help="grant: yes, a file or a reference")
+    c = office("areas", cmd_han_areas, "the HAN technologies valid in each service area (BR6): list, or --set one")
+    c.add_argument("--set", metavar="AREA", help="set AREA's technologies to the --tech given (none: no device)")
+    c.add_argument("--tech", action="append", help="a technology valid in AREA (repeatable)")
+    c = office("enrollments", cmd_han_enrollments, "the registry's enrollments")
+    c.add_argument("--meter", metavar="SERIAL")
+    c.add_argument("--customer", metavar="ID")
+    c.add_argument("--eui64")
+    c.add_argument("--state", action="append", choices=("requested", "pushed", "enrolled", "failed",
+                                                        "removal_pending", "removed"))
+    c = office("notifications", cmd_han_notifications, "the customer notification records")
+    c.add_argument("--customer", metavar="ID")
+    c.add_argument("--eui64")
+    office("audit", cmd_han_audit, "the registry's audit trail")

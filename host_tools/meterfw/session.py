@@ -220,16 +220,21 @@ class Meter:
         """Unenroll a device: the meter erases its key and tells it to leave."""
         return self.privileged(P.HAN_REMOVE, json.dumps({"eui64": eui64}).encode())
 
-    def han_outcome(self, eui64: str, timeout_s: float, poll_s: float = 0.5) -> dict | None:
-        """The device's row once its enrollment has an outcome; None if it has none in time."""
+    def han_outcome(self, eui64: str, timeout_s: float, poll_s: float = 0.5,
+                    waiting: Callable[[float], None] | None = None) -> dict | None:
+        """The device's row once its enrollment has an outcome; None if it has none in time.
+        `waiting(seconds_left)` is called at each poll that finds none yet."""
         deadline = time.monotonic() + timeout_s
         while True:
             rows = [d for d in self.han_table()["devices"] if d["eui64"] == eui64]
             if rows and rows[0]["state"] != "joining":
                 return rows[0]
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return None
-            time.sleep(poll_s)
+            if waiting:
+                waiting(left)
+            time.sleep(min(poll_s, left))
 
     def reset_registers(self) -> dict:
         return self.privileged(P.RESET_REGISTERS)

@@ -77,6 +77,39 @@ MIGRATIONS = (
             id {ID}, run_id BIGINT NOT NULL, serial TEXT NOT NULL, start BIGINT, rule TEXT NOT NULL,
             detail TEXT NOT NULL, action TEXT NOT NULL)""",
     )),
+    (2, "the HAN enrollment registry", (
+        """CREATE TABLE customers (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', contact TEXT NOT NULL DEFAULT '',
+            created_s DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE premises (
+            id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, address TEXT NOT NULL DEFAULT '',
+            meter TEXT NOT NULL, area TEXT NOT NULL DEFAULT '')""",
+        # An EUI-64 is one device's, world-wide (NFR3): one row, whoever enrolls it.
+        """CREATE TABLE han_devices (
+            eui64 TEXT PRIMARY KEY, customer_id TEXT NOT NULL, kind TEXT NOT NULL, tech TEXT NOT NULL,
+            install_code TEXT NOT NULL, added_s DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE enrollments (
+            id {ID}, eui64 TEXT NOT NULL, customer_id TEXT NOT NULL, premises_id TEXT NOT NULL,
+            meter TEXT NOT NULL, program TEXT NOT NULL, state TEXT NOT NULL, ok BIGINT,
+            outcome TEXT, message TEXT, requested_s DOUBLE PRECISION NOT NULL, pushed_s DOUBLE PRECISION,
+            outcome_s DOUBLE PRECISION, notified_s DOUBLE PRECISION, ended_s DOUBLE PRECISION)""",
+        # A device is live on one meter at most: a second enrollment of it fails here even when two
+        # operators race.
+        "CREATE UNIQUE INDEX enrollments_live ON enrollments (eui64) "
+        "WHERE state IN ('requested', 'pushed', 'enrolled', 'removal_pending')",
+        "CREATE INDEX enrollments_meter ON enrollments (meter, state)",
+        """CREATE TABLE consents (
+            id {ID}, customer_id TEXT NOT NULL, eui64 TEXT, program TEXT, evidence TEXT NOT NULL,
+            granted_s DOUBLE PRECISION NOT NULL, granted_by TEXT NOT NULL,
+            revoked_s DOUBLE PRECISION, revoked_by TEXT)""",
+        "CREATE TABLE area_techs (area TEXT NOT NULL, tech TEXT NOT NULL, PRIMARY KEY (area, tech))",
+        """CREATE TABLE notifications (
+            id {ID}, enrollment_id BIGINT NOT NULL, time_s DOUBLE PRECISION NOT NULL, channel TEXT NOT NULL,
+            outcome TEXT NOT NULL, message TEXT NOT NULL)""",
+        """CREATE TABLE han_audit (
+            id {ID}, time_s DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+            customer_id TEXT, eui64 TEXT, meter TEXT, detail TEXT NOT NULL)""",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
