@@ -43,7 +43,10 @@ class MeterApp:
         self.heap_peak = 0
         self.heap_peak_live = 0
         public, privileged = loader.call("commands", "table", self)
-        self.link = LinkServer(self.board, public)
+        # The network link this image's driver serves (nan.py): the old NAN's is the board's own
+        # stream, and no code of it stays on the heap.
+        self.nan = loader.call("nan", "open", self.board)
+        self.link = LinkServer(self.nan, public)
         self.link.add(privileged, privileged=True)
         self.outbox.send = self.link.send_alarm
         self.outbox.activity = self._requests

@@ -102,14 +102,17 @@ async def _link(m, ctx):
     return PASS, None, m.link.requests
 
 
-def _interface(name):
-    async def check(m, ctx):
-        fn = m.board.interface_checks().get(name)
-        if fn is None:
-            return ABSENT, "not fitted on this board", None
-        msg = fn()
-        return (FAIL, msg, None) if msg else (PASS, None, None)
-    return check
+async def _nan(m, ctx):
+    """The network link: the board's NAN interface answers, where the board reports on one, and
+    the image's driver has its link up (nan.py): for a new radio profile, admitted by the
+    network's collector within a bounded wait. Critical: a meter that cannot be reached needs a
+    truck, so an image whose link does not come up is reverted."""
+    fn = m.board.interface_checks().get("nan")
+    msg = fn and fn()
+    if msg:
+        return FAIL, msg, None
+    import nan
+    return await nan.check(m)
 
 
 async def _han(m, ctx):
@@ -154,7 +157,7 @@ CHECKS = (
     ("metrology", CRITICAL, _metrology), ("clock", IMPORTANT, _clock), ("storage", CRITICAL, _storage),
     ("data", IMPORTANT, health_data.data), ("registers", CRITICAL, health_data.registers),
     ("meter_state", CRITICAL, health_data.meter_state), ("link", IMPORTANT, _link),
-    ("han", IMPORTANT, _han), ("nan", IMPORTANT, _interface("nan")),
+    ("han", IMPORTANT, _han), ("nan", CRITICAL, _nan),
     ("heap", IMPORTANT, _heap), ("flash", IMPORTANT, _flash),
 )
 

@@ -24,7 +24,8 @@ _RETRY_MS = const(200)
 TASKS = ("activation", "boot_tasks", "commands", "cmd_change", "cmd_han", "cmd_read", "cmd_status", "event_names",
          "han_jobs", "han_table", "han_zigbee", "health", "health_data", "interval_reads", "metering_clock", "metering_limit", "metering_reset",
          "metering_restart", "snapshot", "state_edit", "state_json", "state_lists", "state_schema",
-         "upgrade_notice", "bootloader.update_state")
+         "upgrade_notice", "bootloader.update_state",
+         "nan", "nan_serial")  # the network link's driver: opened at start, checked by the health check
 # KEPT: the update agent holds a download across many requests, with the platform's transfer:
 # kept from the first update command of a boot until the application lets go of it (drop(KEPT)).
 KEPT = ("update_agent", "bootloader.transfer", "delta")

@@ -16,6 +16,12 @@ line allows (8N1: baud/10 bytes per second; each byte is released once its last 
 have arrived, in ~1 ms slices). Later fault models (UART receive loss during flash stalls,
 bit flips, drops, disconnects) belong in `Direction._on_the_wire`, the one place a byte
 passes from sender to receiver.
+
+The NAN (hil/nan.py): the line is the meter's network link, and a collector stands at its host
+end. Each direction hands what it reads to the collector (`codec`) before it goes on the wire:
+toward the meter the host's bytes become the profile's wire bytes (paced as such), toward the
+host the meter's wire bytes become what the host reads (the packet overhead dropped still takes
+its line time).
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from __future__ import annotations
 import errno
 import os
 import select
+import time
+from typing import Callable
+
+from hil.nan import Collector
 
 # Bytes a direction holds between reading its source and releasing them on the line; beyond
 # this the source is not read, so the sender's writes back up into the pty buffer.
@@ -41,8 +51,10 @@ _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 class Direction:
     """One wire of the line: bytes from `src_fd` to `dst_fd`, paced at 8N1 if `baud` is set."""
 
-    def __init__(self, name: str, src_fd: int, dst_fd: int, baud: int | None = None):
+    def __init__(self, name: str, src_fd: int, dst_fd: int, baud: int | None = None,
+                 codec: Callable[[bytes], bytes] | None = None):
         self.name = name
+        self.codec = codec  # what the NAN's collector makes of the bytes read (hil/nan.py)
         self.src_fd = src_fd
         self.dst_fd = dst_fd
         # 8N1: a start bit, eight data bits and a stop bit per byte.
@@ -101,6 +113,19 @@ class Direction:
         if not self.receiver_up:
             self.counters["dropped_receiver_off"] += len(data)
             return
+        wire = len(data)
+        if self.codec is not None:
+            data = self.codec(data)
+        self._queue(data, now)
+        if self.bytes_per_s is not None and wire > len(data):
+            self.line_free_t += (wire - len(data)) / self.bytes_per_s  # the bytes the collector took off
+
+    def put(self, data: bytes) -> None:
+        """Bytes the line's own end sends (the NAN collector's acknowledgements)."""
+        if self.receiver_up:
+            self._queue(data, time.monotonic())
+
+    def _queue(self, data: bytes, now: float) -> None:
         if not self.pending and self.bytes_per_s is not None:
             self.line_free_t = max(self.line_free_t, now)  # an idle wire starts shifting now
         self.pending += data
@@ -155,14 +180,17 @@ class Direction:
 
 
 class Line:
-    """Both wires between the user master and the device master."""
+    """Both wires between the user master and the device master, and the NAN's collector at
+    the host's end (the old profile alone passes bytes as they are)."""
 
-    def __init__(self, user_fd: int, device_fd: int, baud: int | None = None):
+    def __init__(self, user_fd: int, device_fd: int, baud: int | None = None, nan: Collector | None = None):
         self.baud = baud
         self.user_fd = user_fd
         self.host_fd: int | None = None  # a remote client's socket, while one is attached
-        self.to_device = Direction("to_device", user_fd, device_fd, baud)
-        self.to_host = Direction("to_host", device_fd, user_fd, baud)
+        self.nan = nan or Collector()
+        self.to_device = Direction("to_device", user_fd, device_fd, baud, self.nan.to_meter)
+        self.to_host = Direction("to_host", device_fd, user_fd, baud, self.nan.from_meter)
+        self.nan.send = self.to_device.put
         self.directions = (self.to_device, self.to_host)
 
     def attach_host(self, fd: int) -> None:
@@ -191,11 +219,13 @@ class Line:
         """The MCU's UART is powered (True) or not (False).
 
         Going down discards what was on its way to the device: those bytes were on the wire
-        when the power went and no receiver took them.
+        when the power went and no receiver took them; and a meter comes back in the NAN's old
+        profile until it attaches again.
         """
         self.to_device.receiver_up = up
         if not up:
             self.to_device.discard_pending()
+            self.nan.reset()
 
     def poll_mask(self, now: float) -> dict[int, int]:
         mask: dict[int, int] = {}
@@ -226,4 +256,4 @@ class Line:
             d.release(now)
 
     def stats(self) -> dict:
-        return {"baud": self.baud, **{d.name: d.stats() for d in self.directions}}
+        return {"baud": self.baud, **{d.name: d.stats() for d in self.directions}, "nan": self.nan.stats()}

@@ -418,7 +418,8 @@ class Board:
         machine.reset()
 
     def interface_checks(self):
-        """No HAN or NAN interface is fitted to a bare Pico."""
+        """No HAN interface is fitted to a bare Pico; its NAN is the link's UART, which the
+        image's NAN driver checks itself."""
         return {"han": None, "nan": None}
 
     def display(self, text):

@@ -93,9 +93,10 @@ class Board:
 
     def interface_checks(self):
         """HAN and NAN interface checks for the health check: name -> fn() returning None when
-        the interface answers or a message when not; None for an interface the board lacks.
-        The sim fits the NAN as sim.json says ("ok", "fail"; absent by default); its HAN is a
-        radio (han_radio), which the application's HAN driver checks itself."""
+        the interface answers or a message when not; None when the board has none to report on.
+        sim.json's nan "fail" plays a NAN module that does not answer, whatever the image's NAN
+        driver (otherwise the driver's own check decides); its HAN is a radio (han_radio), which
+        the application's HAN driver checks itself."""
         return {"han": None, "nan": self._nan()}
 
     def _nan(self):

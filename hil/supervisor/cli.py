@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--han", choices=("ok", "fail", "absent"),
                    help="the meter's HAN radio: fitted (ok), fitted but dead (fail) or none (absent, "
                         "the default); its devices are `meterfw-sim han add`'s")
+    s.add_argument("--nan-network", metavar="ID",
+                   help="the mesh network id the NAN's collector admits (16 bits, e.g. 0x2C41, the "
+                        "default; 'none': it serves the old serial profile alone)")
     s.add_argument("--device-script", help=argparse.SUPPRESS)
 
     han = sub.add_parser("han", help="the simulated home area network's devices (DIR/han.json)")
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 interval_s=args.interval_s, seed=args.seed, serial=args.serial,
                 device_script=args.device_script, uart_loss=args.uart_loss, tcp_port=args.tcp,
                 board=args.board, firmware=args.firmware, bootrom=args.bootrom, load=args.load,
-                han=args.han,
+                han=args.han, nan_network=args.nan_network,
             )
             print(json.dumps(info), flush=True)
         elif args.cmd == "han":
@@ -147,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  boots           {st['boots']} (last cause: {st['last_cause']})")
                 print(f"  device pid      {st['device_pid']}")
                 print(f"  watchdog        {wdt}")
+                if st["nan"]:
+                    nan = st["nan"]
+                    net = "none" if nan["network_id"] is None else f"0x{nan['network_id']:04x}"
+                    print(f"  nan             {nan['profile']} (mesh network admitted: {net}; packets "
+                          f"to/from the meter {nan['mesh']['packets_to_meter']}/{nan['mesh']['packets_from_meter']})")
         elif args.cmd in ("power-cycle", "reset"):
             extra = (args.off_s,) if args.cmd == "power-cycle" else ()
             st = command(args.dir, args.cmd, *extra)

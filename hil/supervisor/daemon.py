@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from hil.line import Line
+from hil.nan import NETWORK_ID, Collector, parse_network
 
 from .bridge import ClientBridge
 from .common import (
@@ -180,8 +181,14 @@ class Supervisor(PowerControl, ControlProtocol, ClientBridge):
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
 
         self._libc = ctypes.CDLL(None, use_errno=True)
-        # The emulated Pico's UART paces bytes in emulated time itself.
-        self.line = Line(self.user_master, self.dev_master, None if self.board == "pico" else self.baud)
+        # The emulated Pico's UART paces bytes in emulated time itself. Both boards' meters reach
+        # the host through the same NAN collector (hil/nan.py).
+        try:
+            network = parse_network(self.cfg.get("nan_network", NETWORK_ID))
+        except ValueError as e:
+            raise SimError(str(e), 2) from None
+        nan = Collector(network, lambda msg: self.log(msg))
+        self.line = Line(self.user_master, self.dev_master, None if self.board == "pico" else self.baud, nan)
         if self.tcp_port is not None:
             self._listen(int(self.tcp_port))
         self.log(

@@ -14,6 +14,8 @@ import time
 import traceback
 from pathlib import Path
 
+from hil.nan import parse_network
+
 from .common import (
     BOARDS, FLASH_IMG, POWER_ON, READY_TIMEOUT_S, REPO, SIM_JSON, STATE_JSON, STOP_WAIT_S,
     SUPERVISOR_LOG, SimError, _device_script, _is_device_of, _is_supervisor_of, _lock_held,
@@ -29,7 +31,7 @@ _STARTED: dict[int, subprocess.Popen] = {}
 
 def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=None,
           serial=None, device_script=None, uart_loss=None, tcp_port=None, board=None,
-          firmware=None, bootrom=None, defaults=None, load=None, han=None) -> dict:
+          firmware=None, bootrom=None, defaults=None, load=None, han=None, nan_network=None) -> dict:
     """Provision DIR if needed, record the run config and start a detached supervisor.
 
     `board="pico"` runs the stock MicroPython firmware (`firmware`, a UF2; default $PICO_FIRMWARE)
@@ -38,12 +40,20 @@ def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=No
     its overrides from sim.json at every boot instead).
     `load` is the premises' load profile (hil.metrology.PROFILES; kept in sim.json like the seed).
     `han` fits the sim's HAN radio: "ok", "fail" (fitted, dead) or "absent" (kept in sim.json).
+    `nan_network` is the mesh network id the NAN's collector admits (hil/nan.py; 16 bits, or
+    "none" for a collector of the old NAN alone; kept in sim.json).
     Returns what `meterfw-sim start` prints: port, pid, dir, baud, serial, device_pid, board,
     and usb_port for a pico.
     """
     given = str(sim_dir)
     if load is not None:
         _load_curve(load)  # a bad name stops here, before anything is made or started
+    if nan_network is not None:
+        try:
+            nan_network = parse_network(nan_network)
+        except ValueError as e:
+            raise SimError(str(e), 2) from None
+        nan_network = "none" if nan_network is None else nan_network
     d = _resolve_dir(sim_dir)
     d.mkdir(parents=True, exist_ok=True)
     if _lock_held(d):
@@ -79,7 +89,8 @@ def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=No
     cfg.setdefault("created_s", int(time.time()))
     cfg.setdefault("serial", None)
     for key, value in (("seed", seed), ("interval_s", interval_s), ("baud", baud), ("serial", serial),
-                       ("uart_loss", uart_loss), ("tcp_port", tcp_port), ("load", load), ("han", han)):
+                       ("uart_loss", uart_loss), ("tcp_port", tcp_port), ("load", load), ("han", han),
+                       ("nan_network", nan_network)):
         if value is not None:
             cfg[key] = value
     cfg["load_curve"] = _load_curve(cfg.setdefault("load", "mixed"))  # what the front-ends evaluate
@@ -246,4 +257,7 @@ def status(sim_dir) -> dict:
         "watchdog_timeout_ms": st.get("watchdog_timeout_ms") if running else None,
         "board": st.get("board", "sim"),
         "usb_port": st.get("usb_port") if running else None,
+        # The NAN's collector: the profile the meter uses now, the network it admits, and what
+        # each profile carried (hil/nan.py).
+        "nan": (st.get("line") or {}).get("nan"),
     }

@@ -229,7 +229,7 @@ def test_health_reports_every_item_with_its_severity_and_the_clock_offset(runtim
     items = {i["check"]: i for i in r["items"]}
     assert [i["check"] for i in r["items"]] == HEALTH_ITEMS
     assert items["han"]["status"] == "pass" and items["nan"]["status"] == "fail"
-    assert items["nan"]["severity"] == "important" and not r["ok"]
+    assert items["nan"]["severity"] == "critical" and not r["ok"]
     assert all(items[n]["status"] == "pass" for n in HEALTH_ITEMS if n != "nan"), items
     assert abs(items["clock"]["value"]) < 1000 and items["metrology"]["value"] > 0
 
