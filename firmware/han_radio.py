@@ -38,11 +38,6 @@ class Radio:
     def send(self, *words):
         self._radio.send(" ".join(words).encode())
 
-    def drain(self):
-        """Frames that came while no job listened (late answers, strays): stale now."""
-        while self._radio.receive() is not None:
-            pass
-
     def stray(self, words):
         """A frame no one waits for: passed by, unless a driver has something to say to it."""
 

@@ -51,7 +51,6 @@ from .common import SimError, _read_json, _resolve_dir, _write_json_atomic, is_r
 HAN_JSON = "han.json"
 HAN_LOCK = "han.lock"
 BEHAVIOURS = ("normal", "silent", "flaky", "failing-self-test")
-ON_AIR = ("zigbee-se", "new-tech")  # what an 802.15.4 radio can hear
 _SELF_TEST_FAULT = {"thermostat": "temperature-sensor-open", "display": "backlight-failed",
                     "load-control": "relay-coil-open", "ev-charger": "ground-fault-monitor"}
 
