@@ -1,9 +1,8 @@
-"""A power cut at any flash write of a HAN join's outcome neither loses nor doubles its
-HAN_ENROLLMENT alarm: after the cut the meter tells the outcome it stored, or, when it stored none,
-that the join was cut short by the restart; either way the host gets one alarm for that join.
-Apart from test_han_new_tech.py so the suite's workers can run the two at once."""
-import shutil
-
+"""A power cut at the flash writes of a HAN join's outcome (every other one, some torn) neither
+loses nor doubles its HAN_ENROLLMENT alarm: after the cut the meter tells the outcome it stored,
+or, when it stored none, that the join was cut short by the restart; either way the host gets
+one alarm for that join. Apart from test_han_new_tech.py so the suite's workers can run the two
+at once."""
 from hil.pytest_plugin import SEED, MeterBoard, start_dut
 from meterfw import protocol as P
 from test_han import CODE, rig, row
