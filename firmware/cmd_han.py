@@ -22,16 +22,21 @@ async def join(m, payload):
     _radio(m)
     eui = han_table.eui64(field(q, "eui64", str))
     tech = field(q, "tech", str, "zigbee-se")
-    if tech not in han_table.DRIVERS:
-        have = ", ".join(han_table.DRIVERS)
+    have = han_table.drivers()
+    if tech not in have:
+        have = ", ".join(have) or "none"
         raise CommandError("han_unknown_tech", "this meter has no driver for %s (it has %s): join the device "
                            "through a bridge to %s, or fit a meter that supports %s" % (tech, have, have, tech))
     code = han_table.install_code(field(q, "install_code", str))
     window_s = field(q, "window_s", int, 180, lo=1, hi=_MAX_WINDOW_S)
     kind = choice(q, "kind", han_table.KINDS, "unknown") if "kind" in q else "unknown"
+    try:
+        key = (await han_table.driver(tech)).link_key(code)  # each technology derives its own
+    finally:
+        han_table.drop_drivers()
     table = han_table.load()
     table[eui] = {"eui64": eui, "tech": tech, "kind": kind, "short": None, "state": "joining",
-                  "key": han_table.link_key(code).hex(), "enrolled_s": m.board.clock.time_ms() // 1000,
+                  "key": key.hex(), "enrolled_s": m.board.clock.time_ms() // 1000,
                   "window_s": window_s, "outcome": None}
     m.han.submit("join", (eui, window_s, time.ticks_ms()))
     han_table.save(table)
@@ -48,7 +53,7 @@ async def remove(m, payload):
     han_table.save(table)
     if row["short"] is not None and m.han.radio is not None:
         try:
-            m.han.submit("leave", (eui, row["short"], row["key"]))
+            m.han.submit("leave", (eui, row["short"], row["key"], row["tech"]))
         except CommandError:
             pass  # the key is gone all the same: the device can no longer talk to the meter
     m.p.events.log(event_codes.HAN_REMOVED, row["short"] or 0)
@@ -57,5 +62,5 @@ async def remove(m, payload):
 
 async def table(m, _payload):
     rows = han_table.load()
-    return {"radio": m.han.radio is not None, "drivers": list(han_table.DRIVERS), "jobs": len(m.han.jobs),
+    return {"radio": m.han.radio is not None, "drivers": han_table.drivers(), "jobs": len(m.han.jobs),
             "devices": [han_table.public(rows[k]) for k in sorted(rows)]}

@@ -29,8 +29,9 @@ ALARMS_ACKED = const(153)        # value: alarms acknowledged
 OUTBOX_OVERFLOW = const(154)     # value: seq of the alarm dropped unacknowledged
 FIRMWARE_REVERTED = const(155)   # an alarm (DLMS has no code); value: cause (update_state.CAUSES)
 HAN_JOINED = const(156)          # value: the device's short address
-HAN_JOIN_FAILED = const(157)     # value: 1 did not join, 2 comm test failed, 3 self-test failed
+HAN_JOIN_FAILED = const(157)     # value: 1 did not join, 2 comm test failed, 3 self-test failed, 4 restarted
 HAN_REMOVED = const(158)         # value: the device's short address (0: it never joined)
+HAN_ENROLLMENT = const(159)      # an alarm: a join's outcome; value: 0 joined, else HAN_JOIN_FAILED's
 
 
 def names(codes, default="event"):

@@ -13,6 +13,7 @@ NAMES = {
     151: "metrology front-end restarted", 152: "meter state recovered",
     153: "alarms acknowledged", 154: "alarm dropped: outbox full", 155: "firmware reverted",
     156: "HAN device joined", 157: "HAN device enrollment failed", 158: "HAN device removed",
+    159: "HAN enrollment outcome",
 }
 
 

@@ -1,7 +1,8 @@
 # The home area network's own task (one asyncio task per concern), started when a job is queued
 # and ended when the queue is empty. All that stays resident is the bounded queue: the HAN's code
-# (han_jobs.py, a technology's driver such as han_zigbee.py, the device table) is loaded for the
-# jobs and leaves after them, so a meter whose HAN is idle meters with none of it in the heap.
+# (han_jobs.py, the drivers of the technologies the jobs need, han_driver_*.py, the device table)
+# is loaded for the jobs and leaves after them, so a meter whose HAN is idle meters with none of
+# it in the heap.
 import asyncio
 from micropython import const
 import loader

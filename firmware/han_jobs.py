@@ -1,97 +1,158 @@
 # The HAN task's jobs (han.py queues them): a join (open the window, then the comm test and the
-# device's self-test, and the outcome recorded in the device table), a leave, and the health
-# check's item. Run by the HAN's own task until its queue is empty; loaded for that and dropped
-# after (loader.py), with the drivers it needs.
+# device's self-test, and the outcome recorded in the device table and told), a leave, and the
+# health check's item. Run by the HAN's own task until its queue is empty; loaded for that and
+# dropped after (loader.py), with the drivers the jobs need: each job goes to the driver of its
+# device's technology, loaded the first time one is needed.
 import time
 from micropython import const
 import event_codes
 import han_table
-import han_zigbee
 
-DRIVERS = {han_zigbee.TECH: han_zigbee.Driver}  # han_table.DRIVERS names the same technologies
 _HEALTH_PINGS = const(1)
-# Why a join failed, as HAN_JOIN_FAILED's value.
+# Why a join ended, as HAN_JOIN_FAILED's and HAN_ENROLLMENT's value (0: joined, HAN_ENROLLMENT only).
+_JOINED = const(0)
 _NO_JOIN = const(1)
 _COMM_TEST = const(2)
 _SELF_TEST = const(3)
+_RESTARTED = const(4)
+
+
+class _Drivers:
+    """The drivers of the technologies this image has, on the one radio: each loaded the first
+    time a job needs it and kept while the queue runs."""
+
+    def __init__(self, radio):
+        self.radio = radio
+        self.techs = han_table.drivers()
+        self._loaded = {}
+
+    async def get(self, tech):
+        d = self._loaded.get(tech)
+        if d is None:
+            d = self._loaded[tech] = (await han_table.driver(tech)).Driver(self.radio)
+        return d
 
 
 async def serve(m):
     han = m.han
-    driver = DRIVERS[han_zigbee.TECH](han.radio)  # the sim's one radio is a zigbee-se co-processor
-    driver.drain()
-    while han.jobs:
-        job = han.jobs[0]
-        try:
-            job[2] = await _JOBS[job[0]](m, driver, job[1]) or "done"
-        except (OSError, ValueError, KeyError, TypeError, MemoryError) as e:
-            job[2] = ("fail", "HAN job %s: %r" % (job[0], e), None)
-        han.jobs.pop(0)
+    drivers = _Drivers(han.radio)
+    while han.radio.receive() is not None:
+        pass  # frames that came while no job listened (late answers, strays): stale now
+    try:
+        _tell_untold(m, han_table.load())
+        while han.jobs:
+            job = han.jobs[0]
+            try:
+                job[2] = await _JOBS[job[0]](m, drivers, job[1]) or "done"
+            except (OSError, ValueError, KeyError, TypeError, MemoryError, ImportError) as e:
+                job[2] = ("fail", "HAN job %s: %r" % (job[0], e), None)
+            han.jobs.pop(0)
+    finally:
+        han_table.drop_drivers()
 
 
-async def _join(m, driver, arg):
+async def _join(m, drivers, arg):
     eui, window_s, asked_ms = arg
     table = han_table.load()
     row = table.get(eui)
     if row is None or row["state"] != "joining":
         return  # removed, or enrolled again, since: that request has its own job
+    driver = await drivers.get(row["tech"])
     left_ms = window_s * 1000 - time.ticks_diff(time.ticks_ms(), asked_ms)
     taken = [r["short"] for r in table.values() if r["short"] is not None]
     short, why = await driver.join(eui, bytes.fromhex(row["key"]), max(left_ms, 0), taken, window_s)
-    outcome = {"at_s": m.board.clock.time_ms() // 1000, "joined": short is not None, "comm_test": None,
-               "self_test": None, "ok": False, "message": why}
-    failed = _NO_JOIN
+    outcome = _outcome(m, why)
+    stage = _NO_JOIN
     if short is not None:
+        outcome["joined"] = True
         row["short"] = short
         if row["kind"] == "unknown" and driver.heard_kind in han_table.KINDS:
             row["kind"] = driver.heard_kind
         ok, msg = await driver.comm_test(row)
         outcome["comm_test"] = "pass" if ok else "fail"
-        failed = _COMM_TEST
+        stage = _COMM_TEST
         if ok:
             ok, msg = await driver.self_test(row)
             outcome["self_test"] = "pass" if ok else "fail"
-            failed = _SELF_TEST
+            stage = _SELF_TEST
         outcome["ok"], outcome["message"] = ok, msg
+        if ok:
+            stage = _JOINED
     table = han_table.load()  # as stored now: a remove may have come while the window was open
     if table.get(eui, {}).get("key") != row["key"]:
         return
     row["state"] = "joined" if short is not None else "not_joined"
     row["outcome"] = outcome
     table[eui] = row
+    _tell(m, table, [row], stage)
+
+
+def _outcome(m, message):
+    return {"at_s": m.board.clock.time_ms() // 1000, "joined": False, "comm_test": None, "self_test": None,
+            "ok": False, "message": message}
+
+
+def _tell(m, table, rows, stage):
+    """Store the rows' outcomes, then tell each: the event, the display notice, and an alarm
+    (HAN_ENROLLMENT, pushed to the host). The alarm is named after the outcome in the outbox's
+    own write, and the row says it was told only after that: a power cut before the alarm has it
+    posted by the next run (_tell_untold), one after it neither loses nor doubles it."""
+    for r in rows:
+        r["outcome"]["stage"] = stage
+        r["outcome"]["told"] = False
     han_table.save(table)
-    if outcome["ok"]:
-        m.p.events.log(event_codes.HAN_JOINED, short)
-        m.notices.show("Home device %s (%s) joined the meter" % (eui, row["kind"]))
-    else:
-        m.p.events.log(event_codes.HAN_JOIN_FAILED, failed)
-        m.notices.show("Home device %s (%s) not enrolled: %s" % (eui, row["kind"], outcome["message"]))
+    for r in rows:
+        eui, kind = r["eui64"], r["kind"]
+        if stage == _JOINED:
+            m.p.events.log(event_codes.HAN_JOINED, r["short"])
+            m.notices.show("Home device %s (%s) joined the meter" % (eui, kind))
+        else:
+            m.p.events.log(event_codes.HAN_JOIN_FAILED, stage)
+            m.notices.show("Home device %s (%s) not enrolled: %s" % (eui, kind, r["outcome"]["message"]))
+    _tell_untold(m, table)
 
 
-async def _leave(m, driver, arg):
-    eui, short, key = arg
-    driver.leave(eui, short, bytes.fromhex(key))
+def _tell_untold(m, table):
+    """Post the alarm of each outcome stored but not yet told, one at a time: of the alarms the
+    outbox names "han ...", it keeps the last, so no more than one may be posted but not marked."""
+    for r in table.values():
+        o = r["outcome"]
+        if o and o.get("told") is False:
+            m.outbox.post(event_codes.HAN_ENROLLMENT, o["stage"], "%s: %s" % (r["eui64"], o["message"] or "joined"),
+                          None, "han %s %d" % (r["eui64"], o["at_s"]))
+            o["told"] = True
+            han_table.save(table)
 
 
-async def _check(m, driver, _arg):
+async def _leave(m, drivers, arg):
+    eui, short, key, tech = arg
+    if tech in drivers.techs:  # else the key is gone all the same: the device cannot talk to the meter
+        (await drivers.get(tech)).leave(eui, short, bytes.fromhex(key))
+
+
+async def _check(m, drivers, _arg):
     """The health item: the radio answers, each enrolled device's technology has its driver in
-    this image, and each joined device answers. Value: the devices answering."""
-    if not await driver.radio_ok():
+    this image, and each joined device answers its own driver. Value: the devices answering."""
+    if not drivers.techs:
+        return "fail", "this image has no HAN driver", None
+    if not await (await drivers.get(drivers.techs[0])).radio_ok():
         return "fail", "the HAN radio does not answer", None
     table = han_table.load()
     _restarted(m, table)
-    no_driver = [r["eui64"] for r in table.values() if r["tech"] not in DRIVERS]
-    if no_driver:
-        return "fail", "no driver for the technology of %s" % ", ".join(no_driver), None
-    joined = [r for r in table.values() if r["state"] == "joined"]
+    no_driver = ["%s (%s)" % (r["eui64"], r["tech"]) for r in table.values() if r["tech"] not in drivers.techs]
+    joined = [r for r in table.values() if r["state"] == "joined" and r["tech"] in drivers.techs]
     silent = []
     for r in joined:
-        ok, _ = await driver.comm_test(r, _HEALTH_PINGS)
+        ok, _ = await (await drivers.get(r["tech"])).comm_test(r, _HEALTH_PINGS)
         if not ok:
             silent.append(r["eui64"])
+    why = []
+    if no_driver:
+        why.append("no driver in this image for %s" % ", ".join(no_driver))
     if silent:
-        return "fail", "%d of %d enrolled devices do not answer: %s" % (len(silent), len(joined), ", ".join(silent)), \
-            len(joined) - len(silent)
+        why.append("%d of %d enrolled devices do not answer: %s" % (len(silent), len(joined), ", ".join(silent)))
+    if why:
+        return "fail", "; ".join(why), len(joined) - len(silent)
     return "pass", None, len(joined)
 
 
@@ -102,11 +163,9 @@ def _restarted(m, table):
     stale = [r for r in table.values() if r["state"] == "joining" and r["eui64"] not in queued]
     for r in stale:
         r["state"] = "not_joined"
-        r["outcome"] = {"at_s": m.board.clock.time_ms() // 1000, "joined": False, "comm_test": None,
-                        "self_test": None, "ok": False,
-                        "message": "the meter restarted while the join window was open: join again"}
+        r["outcome"] = _outcome(m, "the meter restarted while the join window was open: join again")
     if stale:
-        han_table.save(table)
+        _tell(m, table, stale, _RESTARTED)
 
 
 _JOBS = {"join": _join, "leave": _leave, "check": _check}

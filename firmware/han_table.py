@@ -1,22 +1,49 @@
 # The HAN's device table on the meter's flash (/data/han, a store.py record: replaced whole, so
 # a power cut leaves the old table or the new one): EUI-64, technology, kind, short address, link
 # key, state and the last outcome of each device. A removed device's row goes, and its key with
-# it. Also the checks of what identifies a device (EUI-64, install code and its CRC-16) and the
-# key an install code derives. Loaded for a request or a HAN job and dropped after (loader.py).
+# it. Also the checks of what identifies a device (EUI-64, install code and its CRC-16), and the
+# technologies' drivers: the image has one for a technology exactly when it ships its module,
+# han_driver_<tech>.py (the technology's name with "_" for "-"), found in the image's file list,
+# not in a table (so not in loader.TASKS either: drop_drivers() lets them go). Loaded for a
+# request or a HAN job and dropped after (loader.py).
 import hashlib
 import json
+import os
+import sys
+import loader
 import store
 from bootloader.api import CommandError
 
 PATH = "/data/han"
-# The technologies this image has a driver for, and the driver's module (han_jobs.py imports it).
-DRIVERS = {"zigbee-se": "han_zigbee"}
 KINDS = ("thermostat", "display", "load-control", "ev-charger")
 _CODE_BYTES = (6, 8, 12, 16)
-# The link key: Zigbee derives it from the install code with the Matyas-Meyer-Oseas hash; this
-# meter uses a documented stand-in, HMAC-SHA256 keyed with the install code (its CRC included)
-# over this label, truncated to 16 bytes (host_tools/meterfw/han.py derives it the same way).
-_LABEL = b"meterfw han link key"
+
+
+def drivers():
+    """The technologies whose driver this image ships, sorted: the modules named han_driver_*
+    in the import path's folders (on a meter, the running image's file list)."""
+    found = []
+    for folder in sys.path:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue  # a path entry that is no folder (.frozen)
+        for n in names:
+            if n.startswith("han_driver_") and n.endswith((".mpy", ".py")):
+                tech = n[11:n.rindex(".")].replace("_", "-")
+                if tech not in found:
+                    found.append(tech)
+    return sorted(found)
+
+
+async def driver(tech):
+    """The driver module of `tech` (one of drivers()), loaded: link_key(code), Driver(radio)."""
+    return await loader.room("han_driver_" + tech.replace("-", "_"))
+
+
+def drop_drivers():
+    """The driver modules loaded out of the heap, as the loader drops its TASKS when a call returns."""
+    loader.drop(tuple("han_driver_" + t.replace("-", "_") for t in drivers()))
 
 
 def load():
@@ -75,7 +102,3 @@ def hmac(key, msg):
     outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
     outer.update(inner.digest())
     return outer.digest()
-
-
-def link_key(code):
-    return hmac(code, _LABEL)[:16]

@@ -22,7 +22,7 @@ _RETRY_MS = const(200)
 # The table. A "bootloader." name is the platform's: bootloader/api.py loads it, forget() drops it.
 # TASKS: loaded for a task and dropped when a call returns.
 TASKS = ("activation", "boot_tasks", "commands", "cmd_change", "cmd_han", "cmd_read", "cmd_status", "event_names",
-         "han_jobs", "han_table", "han_zigbee", "health", "health_data", "interval_reads", "metering_clock", "metering_limit", "metering_reset",
+         "han_jobs", "han_radio", "han_table", "health", "health_data", "interval_reads", "metering_clock", "metering_limit", "metering_reset",
          "metering_restart", "snapshot", "state_edit", "state_json", "state_lists", "state_schema",
          "upgrade_notice", "bootloader.update_state",
          "nan", "nan_serial")  # the network link's driver: opened at start, checked by the health check

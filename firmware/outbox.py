@@ -36,13 +36,15 @@ class Outbox:
         self.activity = None  # fn() -> requests served so far: a host is there when it grows
         self.pending = []
         self.next_seq = 1
-        self.once = None  # what the last alarm posted once named (post)
+        self.once = {}  # family (a name's first word) -> what the last alarm posted once of it named (post)
         self.pushes = 0
         body, _ = store.load(path)
         if body:
             try:
                 d = json.loads(body)
-                self.pending, self.next_seq, self.once = d["pending"], d["next"], d.get("once")
+                # "onces": an older image kept one name, as "once"; the revert it named is behind
+                # any update since, so never posted again.
+                self.pending, self.next_seq, self.once = d["pending"], d["next"], d.get("onces", {})
             except (ValueError, KeyError, TypeError):
                 pass  # store.load checked the CRC: only a future format could land here
         self._wake = asyncio.Event()
@@ -50,16 +52,18 @@ class Outbox:
         self._retry_ms = _FIRST_RETRY_MS
 
     def _save(self):
-        store.save(self.path, json.dumps({"next": self.next_seq, "pending": self.pending, "once": self.once}).encode())
+        store.save(self.path, json.dumps({"next": self.next_seq, "pending": self.pending, "onces": self.once}).encode())
 
     def post(self, code, value=0, message="", now=None, once=None):
         """Queue an alarm; `now` overrides the policy (True: push at once). Returns its seq.
-        An alarm that `once` names (a revert's record) is queued the first time only, None
-        after: the name is stored in the alarm's own write, so no power cut parts the two."""
+        An alarm that `once` names (a revert's record, "revert SEQ") is queued the first time
+        only, None after: the name is stored in the alarm's own write, so no power cut parts the
+        two. The last name of each family (its first word: revert, han) is kept."""
         if once is not None:
-            if once == self.once:
+            family = once.split()[0]
+            if self.once.get(family) == once:
                 return None
-            self.once = once
+            self.once[family] = once
         if now is None:
             now = self._policy(code) if self._policy else True
         seq = self.next_seq

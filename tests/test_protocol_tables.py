@@ -71,6 +71,11 @@ def test_event_codes_are_defined_once_and_named():
     assert set(application.values()) == set(_names("firmware/event_names.py"))
 
 
+def test_the_alarm_codes_the_host_reads_are_the_meters():
+    application = _consts("firmware/event_codes.py")
+    assert protocol.ALARM_CODES == {k: application[k] for k in protocol.ALARM_CODES}
+
+
 def test_the_application_reaches_the_platform_through_its_api_alone():
     for path in sorted((ROOT / "firmware").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):

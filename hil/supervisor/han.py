@@ -1,5 +1,8 @@
-"""The simulated home area network: a Zigbee-SE-like medium and the devices on it, played by the
-supervisor, not by the meter's MicroPython process. The meter's HAN radio (its network
+"""The simulated home area network: an IEEE 802.15.4 medium and the devices on it, played by the
+supervisor, not by the meter's MicroPython process. Two technologies share the air, each with its
+own dialect: zigbee-se (Zigbee Smart Energy joining) and new-tech (a Thread-like commissioning,
+firmware/han_driver_new_tech.py); a device answers its own technology's frames and ignores the
+other's. A plc device is on the premises' wiring, not the air: the radio never hears it. The meter's HAN radio (its network
 co-processor, as an NCP sits behind a UART on a real meter) reaches the medium over a pipe pair:
 the device's fds 5 (its radio's transmit) and 6 (receive), one text frame a line.
 
@@ -7,8 +10,9 @@ DIR/han.json holds the devices (`meterfw-sim han add|remove|list` edit it, under
 and what the medium knows of each: joined or not, its short address, counters. The medium reads
 it again on `han-reload` (the CLI sends it to a running supervisor) and writes each change back.
 
-Frames, meter to medium:
+Frames, meter to medium (the radio's own):
     ping T                      the radio answers `pong T` (a dead radio, sim.json han=fail, does not)
+zigbee-se, meter to medium:
     permit S                    permit joining for S seconds (broadcast)
     key EUI SHORT NONCE TAG     transport key: a device checks TAG with its own link key
     deny EUI                    association refused (the meter holds no key for it)
@@ -19,8 +23,17 @@ medium to meter:
     assoc EUI KIND              an unjoined device asks to join while joining is permitted
     confirm EUI SHORT TAG       the device took the key (tagged with it)
     data SHORT SEQ BODY TAG     its answer: pong, or selftest:ok / selftest:fail:REASON
-Tags are meterfw.han.tag(link key, words...), device frames marked "up". A zigbee-se radio hears
-only zigbee-se devices: a plc or new-tech device on the premises is never heard by it.
+new-tech, meter to medium:
+    steer JID S                 commissioning steered to joiner ID JID for S seconds (0: ended)
+    chal JID RLOC N TAG         the meter's proof over the joiner's nonce and its own N, and the RLOC16
+    coap RLOC MID BODY TAG      an application frame; BODY is ping or selftest
+    release JID RLOC TAG        leave the network
+medium to meter:
+    hello JID KIND N            a steered joiner starts, with its nonce
+    proof JID RLOC TAG          the joiner's proof (it checked the meter's first)
+    ack RLOC MID BODY TAG       its answer, as zigbee-se's
+Tags are meterfw.han.tag(the device's key, words...), zigbee-se's device frames marked "up";
+each technology derives its key from the install code its own way (meterfw.han.DEVICE_KEYS).
 """
 
 from __future__ import annotations
@@ -31,14 +44,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from meterfw.han import KINDS, TECHS, HanError, link_key, parse_eui64, parse_install_code, tag
+from meterfw.han import DEVICE_KEYS, KINDS, TECHS, HanError, joiner_id, parse_eui64, parse_install_code, tag
 
 from .common import SimError, _read_json, _resolve_dir, _write_json_atomic, is_running
 
 HAN_JSON = "han.json"
 HAN_LOCK = "han.lock"
 BEHAVIOURS = ("normal", "silent", "flaky", "failing-self-test")
-RADIO_TECH = "zigbee-se"
 _SELF_TEST_FAULT = {"thermostat": "temperature-sensor-open", "display": "backlight-failed",
                     "load-control": "relay-coil-open", "ev-charger": "ground-fault-monitor"}
 
@@ -117,16 +129,22 @@ class HanMedium:
         self.devices: dict[str, dict] = {}
         self.keys: dict[str, bytes] = {}
         self.permit_until = 0.0
-        self.nonces: dict[str, str] = {}
+        self.steering: dict[str, float] = {}  # new-tech: joiner ID -> steered until
+        self.hellos: dict[str, str] = {}  # new-tech: EUI-64 -> the nonce of its hello
         self.send = lambda line: None  # to the meter's radio; set at each boot
         self.reload()
 
     def reload(self) -> None:
         with _locked(self.dir) as data:
             self.devices = data["devices"]
-        self.keys = {eui: link_key(bytes.fromhex(d["install_code"])) for eui, d in self.devices.items()}
+        self.keys = {eui: DEVICE_KEYS[d["tech"]](bytes.fromhex(d["install_code"])) for eui, d in self.devices.items()}
+        self.jids = {joiner_id(eui): eui for eui, d in self.devices.items() if d["tech"] == "new-tech"}
+        # A device switched on while joining is permitted (steered to it) asks at once.
         if time.monotonic() < self.permit_until:
-            self._associate()  # a device switched on while joining is permitted asks at once
+            self._associate()
+        for jid, until in list(self.steering.items()):
+            if time.monotonic() < until:
+                self._joiner_starts(jid)
 
     def _store(self) -> None:
         """The medium's knowledge of each device, written back (the CLI may have added some)."""
@@ -138,12 +156,9 @@ class HanMedium:
             self.devices = data["devices"]
             _save(self.dir, data)
 
-    def _hears(self, dev: dict) -> bool:
-        return dev["tech"] == RADIO_TECH
-
     def _associate(self) -> None:
         for eui, dev in self.devices.items():
-            if self._hears(dev) and dev["state"] != "joined":
+            if dev["tech"] == "zigbee-se" and dev["state"] != "joined":
                 dev["associations"] += 1
                 self.send(f"assoc {eui} {dev['kind']}")
         self._store()
@@ -170,7 +185,7 @@ class HanMedium:
         self._store()
 
     def _key(self, eui, short, nonce, mac):
-        dev = self.devices[eui]
+        dev = self._speaks(eui, "zigbee-se")
         key = self.keys[eui]
         if time.monotonic() > self.permit_until:
             return
@@ -183,33 +198,93 @@ class HanMedium:
         self._store()
         self.send(f"confirm {eui} {short} {tag(key, 'confirm', eui, short, nonce)}")
 
-    def _joined(self, short):
+    def _speaks(self, eui, tech):
+        """The device `eui` if it is of `tech`: a frame of another dialect means nothing to it."""
+        dev = self.devices[eui]
+        if dev["tech"] != tech:
+            raise KeyError(eui)
+        return dev
+
+    def _joined(self, short, tech):
         for eui, dev in self.devices.items():
-            if dev["state"] == "joined" and dev["short"] == int(short) and self._hears(dev):
+            if dev["state"] == "joined" and dev["short"] == int(short) and dev["tech"] == tech:
                 return eui, dev
         return None, None
 
-    def _data(self, short, seq, body, mac):
-        eui, dev = self._joined(short)
-        if dev is None or mac != tag(self.keys[eui], "data", short, seq, body):
-            return
+    def _answer(self, dev: dict, body: str) -> str | None:
+        """What a joined device says to an application frame it took: None if it says nothing."""
         dev["frames_in"] += 1
         if dev["behaviour"] == "silent" or dev["behaviour"] == "flaky" and dev["frames_in"] % 2 == 0:
-            self._store()
-            return
-        if body == "ping":
+            answer = None
+        elif body == "ping":
             answer = "pong"
         elif body == "selftest":
             fault = dev["behaviour"] == "failing-self-test"
             answer = "selftest:fail:" + _SELF_TEST_FAULT[dev["kind"]] if fault else "selftest:ok"
         else:
-            return
-        dev["frames_out"] += 1
+            answer = None
+        dev["frames_out"] += answer is not None
         self._store()
-        self.send(f"data {short} {seq} {answer} {tag(self.keys[eui], 'up', short, seq, answer)}")
+        return answer
 
-    def _leave(self, eui, short, mac):
+    def _deliver(self, tech, words, short, seq, body, mac):
+        """An application frame of `tech`'s dialect (`words`: the meter's, the answer's and the
+        one the answer's tag is made over) to the joined device at `short`, and its answer."""
+        out, back, up = words
+        eui, dev = self._joined(short, tech)
+        if dev is None or mac != tag(self.keys[eui], out, short, seq, body):
+            return
+        answer = self._answer(dev, body)
+        if answer is not None:
+            self.send(f"{back} {short} {seq} {answer} {tag(self.keys[eui], up, short, seq, answer)}")
+
+    def _leaves(self, eui, mac, *words):
+        """The device leaves the network if `mac` is its key's tag over `words`."""
         dev = self.devices[eui]
-        if dev["state"] == "joined" and mac == tag(self.keys[eui], "leave", eui, short):
+        if dev["state"] == "joined" and mac == tag(self.keys[eui], *words):
             dev.update(state="left", short=None, leaves=dev["leaves"] + 1)
             self._store()
+
+    def _data(self, short, seq, body, mac):
+        self._deliver("zigbee-se", ("data", "data", "up"), short, seq, body, mac)
+
+    def _leave(self, eui, short, mac):
+        self._speaks(eui, "zigbee-se")
+        self._leaves(eui, mac, "leave", eui, short)
+
+    # -- new-tech: steered commissioning, mutual proofs, CoAP-like frames ------------------------
+    def _steer(self, jid, seconds):
+        self.steering[jid] = time.monotonic() + float(seconds)
+        if float(seconds) > 0:
+            self._joiner_starts(jid)
+
+    def _joiner_starts(self, jid):
+        eui = self.jids.get(jid)
+        if eui is None or self.devices[eui]["state"] == "joined":
+            return
+        dev = self.devices[eui]
+        dev["associations"] += 1
+        self.hellos[eui] = os.urandom(8).hex()
+        self._store()
+        self.send(f"hello {jid} {dev['kind']} {self.hellos[eui]}")
+
+    def _chal(self, jid, rloc, nonce, mac):
+        eui = self.jids[jid]
+        dev, key, theirs = self.devices[eui], self.keys[eui], self.hellos.get(eui)
+        if theirs is None or time.monotonic() > self.steering.get(jid, 0):
+            return
+        if mac != tag(key, "chal", jid, rloc, theirs, nonce):
+            # The meter's proof does not verify with this joiner's passcode: it gives up.
+            dev["key_failures"] += 1
+            self._store()
+            return
+        del self.hellos[eui]
+        dev.update(state="joined", short=int(rloc))
+        self._store()
+        self.send(f"proof {jid} {rloc} {tag(key, 'proof', jid, rloc, theirs, nonce)}")
+
+    def _coap(self, rloc, mid, body, mac):
+        self._deliver("new-tech", ("coap", "ack", "ack"), rloc, mid, body, mac)
+
+    def _release(self, jid, rloc, mac):
+        self._leaves(self.jids[jid], mac, "release", jid, rloc)

@@ -1,12 +1,18 @@
 """The home area network's identities, as Zigbee Smart Energy has them: a device's EUI-64 and its
-install code with the code's CRC-16, and the link key the code derives. The meter checks the same
-(firmware/han_zigbee.py); the rig's simulated devices (hil/supervisor/han.py) derive their keys
-here.
+install code with the code's CRC-16, and the key each technology derives from the code. The meter
+checks the same (firmware/han_table.py, han_driver_*.py); the rig's simulated devices
+(hil/supervisor/han.py) derive their keys here.
 
-The link key: Zigbee derives it with the Matyas-Meyer-Oseas hash of the install code (AES-128
-based). This is a documented stand-in: HMAC-SHA256 keyed with the whole install code (CRC
-included) over LINK_KEY_LABEL, truncated to 16 bytes. Both ends derive it the same way, which is
-all the joining needs; a real radio's stack would use MMO.
+zigbee-se's link key: Zigbee derives it with the Matyas-Meyer-Oseas hash of the install code
+(AES-128 based). This is a documented stand-in: HMAC-SHA256 keyed with the whole install code
+(CRC included) over LINK_KEY_LABEL, truncated to 16 bytes. Both ends derive it the same way, which
+is all the joining needs; a real radio's stack would use MMO.
+
+new-tech (Thread-like commissioning on the same radio): the joiner's passcode (Thread's PSKd) is
+the install code (CRC included) in Thread's base-32 alphabet; the key both sides prove they hold
+is HMAC-SHA256 keyed with the passcode over NEW_TECH_LABEL, 16 bytes (a stand-in for the shared
+secret of Thread's EC-JPAKE). A joiner is steered by its joiner ID: SHA-256 of its EUI-64, the
+first 8 bytes, with the local bit (0x02) of the first set, as Thread has it.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ TECHS = ("zigbee-se", "plc", "new-tech")
 KINDS = ("thermostat", "display", "load-control", "ev-charger")
 CODE_BYTES = (6, 8, 12, 16)  # an install code's lengths, before its 2-byte CRC
 LINK_KEY_LABEL = b"meterfw han link key"
+NEW_TECH_LABEL = b"meterfw new-tech pskd"
+PASSCODE_ALPHABET = "0123456789ABCDEFGHJKLMNPRSTUVWXY"  # Thread's: no I, O, Q, Z
 
 
 class HanError(ValueError):
@@ -64,6 +72,28 @@ def with_crc(code: bytes) -> bytes:
 def link_key(install_code: bytes) -> bytes:
     """The link key an install code (with its CRC) derives; see the module's note."""
     return hmac.new(install_code, LINK_KEY_LABEL, hashlib.sha256).digest()[:16]
+
+
+def passcode(install_code: bytes) -> str:
+    """A new-tech joiner's passcode: the install code (CRC included), 5 bits a character."""
+    bits = "".join(f"{b:08b}" for b in install_code)
+    bits += "0" * (-len(bits) % 5)
+    return "".join(PASSCODE_ALPHABET[int(bits[i:i + 5], 2)] for i in range(0, len(bits), 5))
+
+
+def new_tech_key(install_code: bytes) -> bytes:
+    return hmac.new(passcode(install_code).encode(), NEW_TECH_LABEL, hashlib.sha256).digest()[:16]
+
+
+def joiner_id(eui64: str) -> str:
+    jid = bytearray(hashlib.sha256(bytes.fromhex(eui64)).digest()[:8])
+    jid[0] |= 0x02
+    return jid.hex()
+
+
+# The key a device of each technology derives from its install code (plc's is never used: no
+# radio hears it).
+DEVICE_KEYS = {"zigbee-se": link_key, "new-tech": new_tech_key, "plc": link_key}
 
 
 def tag(key: bytes, *words) -> str:

@@ -1,6 +1,7 @@
-"""The link protocol's tables: command codes, the meter's error codes, and the update states. They
-mirror the device's: the platform's (bootloader/protocol.py) and the application's
-(firmware/commands.py); tests/test_protocol_tables.py keeps them in step."""
+"""The link protocol's tables: command codes, the meter's error codes, the update states, and the
+alarm codes the host reads by number. They mirror the device's: the platform's
+(bootloader/protocol.py) and the application's (firmware/commands.py, firmware/event_codes.py);
+tests/test_protocol_tables.py keeps them in step."""
 PING = 0x00
 STATUS = 0x01
 READ_INTERVALS = 0x02
@@ -39,6 +40,12 @@ TRANSFER_STATUS = (
 )
 INITIATED = 1
 VERIFIED = 3
+
+# Alarms the host acts on by their code, under the meter's names for them (firmware/event_codes.py).
+ALARM_CODES = {"FIRMWARE_REVERTED": 155, "HAN_ENROLLMENT": 159}
+# HAN_ENROLLMENT, a HAN join's outcome: its value indexes these (firmware/han_jobs.py), its
+# message is "EUI-64: what happened".
+HAN_STAGES = ("joined", "did not join", "comm test failed", "self-test failed", "meter restarted in the window")
 
 # Every error code a meter's ERROR reply may carry.
 ERRORS = frozenset({

@@ -172,12 +172,12 @@ def test_unknown_technology_is_refused_with_the_options(han_board):
     board = han_board()
     add(board, "00124B0001A2B400", "thermostat", CODE, "--tech", "plc")
     m = board.meter()
-    for tech in ("plc", "new-tech"):
+    for tech in ("plc", "x-10"):
         with pytest.raises(CommandError) as e:
             m.han_join("00124B0001A2B400", CODE, 5, tech=tech)
         assert e.value.code == "han_unknown_tech"
         assert f"no driver for {tech}" in str(e.value) and "bridge" in str(e.value)
-    assert m.han_table()["devices"] == [] and m.han_table()["drivers"] == ["zigbee-se"]
+    assert m.han_table()["devices"] == [] and m.han_table()["drivers"] == ["new-tech", "zigbee-se"]
 
 
 def test_a_join_cut_short_by_a_restart_says_so(han_board):
