@@ -3,7 +3,6 @@
 # its key and queues the join for the HAN task (han.py), which opens the window; the device then
 # joins with no further step, and the task records the outcome. Loaded for each request and
 # dropped after it (loader.py).
-import time
 from micropython import const
 from bootloader.api import CommandError, choice, field, query
 import event_codes
@@ -24,9 +23,9 @@ async def join(m, payload):
     tech = field(q, "tech", str, "zigbee-se")
     have = han_table.drivers()
     if tech not in have:
-        have = ", ".join(have) or "none"
-        raise CommandError("han_unknown_tech", "this meter has no driver for %s (it has %s): join the device "
-                           "through a bridge to %s, or fit a meter that supports %s" % (tech, have, have, tech))
+        bridge = "join the device through a bridge to %s, or " % " or ".join(have) if have else ""
+        raise CommandError("han_unknown_tech", "this meter has no driver for %s (it has %s): %sfit a meter that "
+                           "supports %s" % (tech, ", ".join(have) or "none", bridge, tech))
     code = han_table.install_code(field(q, "install_code", str))
     window_s = field(q, "window_s", int, 180, lo=1, hi=_MAX_WINDOW_S)
     kind = choice(q, "kind", han_table.KINDS, "unknown") if "kind" in q else "unknown"
@@ -38,7 +37,7 @@ async def join(m, payload):
     table[eui] = {"eui64": eui, "tech": tech, "kind": kind, "short": None, "state": "joining",
                   "key": key.hex(), "enrolled_s": m.board.clock.time_ms() // 1000,
                   "window_s": window_s, "outcome": None}
-    m.han.submit("join", (eui, window_s, time.ticks_ms()))
+    m.han.submit("join", (eui, window_s))
     han_table.save(table)
     return han_table.public(table[eui])
 

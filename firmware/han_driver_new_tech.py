@@ -47,14 +47,14 @@ def joiner_id(eui):
 class Driver(Radio):
     DATA = ("coap", "ack", "ack")  # CoAP-like: a message id, answered by an ack
 
-    async def join(self, eui, key, window_ms, taken, window_s):
-        """Steer joining to `eui` for window_ms (what is left of the window_s asked for); the
-        device joins proving the key its passcode derives. (RLOC16, None) once it has, or
-        (None, why not). `taken`: short addresses in use."""
+    async def join(self, eui, key, window_s, taken):
+        """Steer joining to `eui` for window_s from now; the device joins proving the key its
+        passcode derives. (RLOC16, None) once it has, or (None, why not). `taken`: short
+        addresses in use."""
         jid = joiner_id(eui)
-        self.send("steer", jid, "%d" % ((window_ms + 999) // 1000))
+        self.send("steer", jid, "%d" % window_s)
         try:
-            w = await self.frame(lambda w: len(w) == 4 and w[0] == "hello" and w[1] == jid, window_ms)
+            w = await self.frame(lambda w: len(w) == 4 and w[0] == "hello" and w[1] == jid, window_s * 1000)
             if w is None:
                 return None, "the device did not ask to join within the %d s window" % window_s
             self.heard_kind, theirs = w[2], w[3]

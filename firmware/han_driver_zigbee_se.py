@@ -30,14 +30,14 @@ class Driver(Radio):
             self.denied += 1
             self.send("deny", w[1])
 
-    async def join(self, eui, key, window_ms, taken, window_s):
-        """Open the join window for `eui` for window_ms (what is left of the window_s asked
-        for); the device joins with the key its install code derives. (short address, None) once
-        it has, or (None, why not). `taken`: short addresses in use."""
+    async def join(self, eui, key, window_s, taken):
+        """Open the join window for `eui` for window_s from now; the device joins with the key
+        its install code derives. (short address, None) once it has, or (None, why not). `taken`:
+        short addresses in use."""
         self._permitted = eui
-        self.send("permit", "%d" % ((window_ms + 999) // 1000))
+        self.send("permit", "%d" % window_s)
         try:
-            w = await self.frame(lambda w: len(w) == 3 and w[0] == "assoc" and w[1] == eui, window_ms)
+            w = await self.frame(lambda w: len(w) == 3 and w[0] == "assoc" and w[1] == eui, window_s * 1000)
             if w is None:
                 return None, "the device did not ask to join within the %d s window" % window_s
             self.heard_kind = w[2]

@@ -3,7 +3,6 @@
 # health check's item. Run by the HAN's own task until its queue is empty; loaded for that and
 # dropped after (loader.py), with the drivers the jobs need: each job goes to the driver of its
 # device's technology, loaded the first time one is needed.
-import time
 from micropython import const
 import event_codes
 import han_table
@@ -52,15 +51,16 @@ async def serve(m):
 
 
 async def _join(m, drivers, arg):
-    eui, window_s, asked_ms = arg
+    eui, window_s = arg
     table = han_table.load()
     row = table.get(eui)
     if row is None or row["state"] != "joining":
         return  # removed, or enrolled again, since: that request has its own job
     driver = await drivers.get(row["tech"])
-    left_ms = window_s * 1000 - time.ticks_diff(time.ticks_ms(), asked_ms)
     taken = [r["short"] for r in table.values() if r["short"] is not None]
-    short, why = await driver.join(eui, bytes.fromhex(row["key"]), max(left_ms, 0), taken, window_s)
+    # The window is the device's whole window_s from now, when it opens: a join queued behind
+    # another's window is not left with what remains of its own.
+    short, why = await driver.join(eui, bytes.fromhex(row["key"]), window_s, taken)
     outcome = _outcome(m, why)
     stage = _NO_JOIN
     if short is not None:

@@ -141,8 +141,8 @@ def test_each_failure_at_the_meter_is_the_customers_exact_message(sim_factory, i
             (dict(eui64="00124B0001A2C011"), "comm test: 0 of 3 frames answered"),
             (dict(eui64="00124B0001A2C012", kind="ev-charger"), "self-test failed: ground-fault-monitor"),
             (dict(eui64="00124B0001A2C013", tech="plc"),
-             "this meter has no driver for plc (it has zigbee-se): join the device through a bridge to zigbee-se, "
-             "or fit a meter that supports plc"),
+             "this meter has no driver for plc (it has new-tech, zigbee-se): join the device through a bridge to "
+             "new-tech or zigbee-se, or fit a meter that supports plc"),
         )
         for kw, message in cases:
             e = request(store, keys_dir, **kw)

@@ -147,6 +147,12 @@ def test_device_outside_the_join_window_does_not_join(han_board):
     air = on_air(board, "00124B0001A2B3E0")
     assert air["state"] == "unjoined" and air["associations"] == 0
     assert row(m, "00124B0001A2B3E0")["state"] == "not_joined"
+    # A join queued behind another's window gets its whole window when the HAN task opens it,
+    # not what is left of it by then.
+    add(board, "00124B0001A2B3E1")
+    m.han_join("00124B0001A2B3E2", CODE, 3)                          # nobody answers: 3 s
+    m.han_join("00124B0001A2B3E1", CODE, 2)                          # queued behind it: 2 s of its own
+    assert m.han_outcome("00124B0001A2B3E1", 20)["state"] == "joined"
 
 
 def test_silent_device_fails_the_comm_test_and_a_failing_self_test_is_reported(han_board):
