@@ -47,6 +47,11 @@ _BEHAVIOUR = {"silent device": "silent", "failing self-test": "failing-self-test
 KINDS = ("thermostat", "display", "load-control", "ev-charger")
 FAST_S, SLOW_S = 120.0, 1800.0  # NFR2: 90% within 2 minutes, all within 30
 FAST_SHARE = 0.9
+# The meters close an interval every INTERVAL_S while the HAN is busy, and keep the lateness of
+# their last 64 closes (firmware/metering.py): 2 s keeps the whole of a meter's enrollments but
+# the longest window's first minute. The target is the bench's own for closes during other work.
+INTERVAL_S = 2
+LATE_TARGET_MS = 50
 
 
 def _plan(rng: random.Random) -> list[list[dict]]:
@@ -80,7 +85,7 @@ def measure(say) -> dict:
             d.mkdir()
             (d / "sim.json").write_text(json.dumps({"han": "ok"}))
             dirs.append(d)
-            ports.append(sup.start(d, image=image, keys=keys_dir, interval_s=900, baud=BAUD, seed=50 + i,
+            ports.append(sup.start(d, image=image, keys=keys_dir, interval_s=INTERVAL_S, baud=BAUD, seed=50 + i,
                                    serial=f"HB{i}")["port"])
             for dev in plan[i]:
                 if dev["case"] != "never switched on":
@@ -106,10 +111,26 @@ def measure(say) -> dict:
                     say(f"han: HB{i} {dev['case']}: {e['state']} in {out[-1]['seconds']} s")
             return out
 
+        def metering(i: int) -> dict:
+            with Store(db) as store:
+                meter = E.connector(store, secret, 3.0)(f"HB{i}")
+            try:
+                return meter.status()["metering"]
+            finally:
+                meter.link.close()
+
+        before = [metering(i) for i in range(METERS)]
         t0 = time.monotonic()
         with ThreadPoolExecutor(METERS) as pool:
             results = [r for rs in pool.map(premises, range(METERS)) for r in rs]
-        return {"results": results, "wall_s": round(time.monotonic() - t0)}
+        wall_s = round(time.monotonic() - t0)
+        late, closes = [], 0
+        for i, b in enumerate(before):  # the closes made while the HAN enrolled, as far as the meter kept them
+            a = metering(i)
+            n = a["closes"] - b["closes"]
+            closes += n
+            late += a["late_ms"][-n:] if n > 0 else []
+        return {"results": results, "wall_s": wall_s, "closes": closes, "late_ms": late}
     finally:
         for d in dirs:
             sup.stop(d)
@@ -131,6 +152,8 @@ def figures(run: dict) -> dict:
             "nfr2_2_min": "ok" if fast >= FAST_SHARE else "MISSED", "nfr2_30_min": "ok" if slow == 1 else "MISSED",
             "cases": {case: [r["seconds"] for r in run["results"] if r["case"] == case] for case, _, _ in CASES},
             "unexpected": [r for r in run["results"] if r["state"] != expected[r["case"]]],
+            "closes": run["closes"], "late_kept": len(run["late_ms"]), "late_max_ms": max(run["late_ms"], default=None),
+            "late_ok": "ok" if max(run["late_ms"], default=0) <= LATE_TARGET_MS else "MISSED",
             "wall_s": run["wall_s"], "results": run["results"]}
 
 
@@ -140,10 +163,12 @@ def table(f: dict, markdown: bool = False) -> str:
             ("enrollment to notification, max", f"{f['max_s']:.1f} s", ""),
             ("notified within 2 minutes", f"{100 * f['within_2_min']:.0f}%", f"≥ 90%: {f['nfr2_2_min']}"),
             ("notified within 30 minutes", f"{100 * f['within_30_min']:.0f}%", f"100%: {f['nfr2_30_min']}")]
+    rows += [(f"interval-close lateness while the HAN works, max ({f['late_kept']} of {f['closes']} closes kept)",
+              f"{f['late_max_ms']} ms", f"<= {LATE_TARGET_MS} ms: {f['late_ok']}")]
     rows += [(f"  {case} ({len(s)})", f"p50 {_pct(s, 0.5):.1f} s, max {max(s):.1f} s", "")
              for case, s in f["cases"].items() if s]
     if markdown:
-        return "\n".join(["| measure | value | NFR2 |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+        return "\n".join(["| measure | value | target |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
     return "\n".join(f"  {a:34} {b:28} {c}" for a, b, c in rows)
 
 
