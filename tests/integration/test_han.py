@@ -219,6 +219,6 @@ def test_metering_is_undisturbed_while_the_han_is_busy(han_board):
         m.health()                                                    # comm tests of every joined device
     busy_s = time.monotonic() - t0
     records = board.wait_intervals(int(busy_s // board.interval_s) + 2)
-    assert assert_energy_conserved(records, SEED) >= 2
+    assert assert_energy_conserved(records, SEED, received=board.kind == "sim") >= 2
     st = m.status()
     assert st["metering"]["closes"] >= len(records) - 1
