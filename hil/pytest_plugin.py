@@ -367,8 +367,10 @@ def start_dut(sim_factory, dut: Dut, image, keys_dir, interval_s, seed, override
     d = sim_factory.new_dir()
     if dut.kind == "pico":
         dut.needs_firmware()
+        defaults = dict(overrides or {})
+        han = defaults.pop("han", None)  # the rig fits a HAN co-processor: wiring, not a default
         return sim_factory(dir=d, image=image, keys=keys_dir, interval_s=interval_s, seed=seed,
-                           board="pico", firmware=dut.firmware, defaults=overrides or {}, load=load)
+                           board="pico", firmware=dut.firmware, defaults=defaults, load=load, han=han)
     if overrides:
         import json as _json
 

@@ -107,16 +107,60 @@ class UsbLink(io.IOBase):
         return (arg & _POLLIN if self._ready() else 0) | (arg & _POLLOUT)
 
 
+def open_uart(cfg):
+    import machine
+    # A generous timeout lets a long frame wait for tx space; reads never wait (any() bounds them).
+    return machine.UART(cfg["uart"], baudrate=cfg["baud"], tx=machine.Pin(cfg["tx"]),
+                        rx=machine.Pin(cfg["rx"]), rxbuf=cfg["rxbuf"], txbuf=cfg.get("txbuf", 1024),
+                        timeout=1000, timeout_char=100)
+
+
 def open_link(cfg):
     if cfg["kind"] == "usb":
         import sys
         return UsbLink(sys.stdin.buffer, sys.stdout.buffer)
-    import machine
-    # A generous timeout lets a long frame wait for tx space; reads never wait (any() bounds them).
-    uart = machine.UART(cfg["uart"], baudrate=cfg["baud"], tx=machine.Pin(cfg["tx"]),
-                        rx=machine.Pin(cfg["rx"]), rxbuf=cfg["rxbuf"], txbuf=cfg.get("txbuf", 1024),
-                        timeout=1000, timeout_char=100)
-    return UartLink(uart)
+    return UartLink(open_uart(cfg))
+
+
+class HanRadio:
+    """The HAN radio: a network co-processor on a UART (as a Zigbee NCP sits beside a real
+    meter's MCU), one text frame a line. receive() takes only the bytes the UART already holds,
+    a byte at a time into a fixed line buffer, so it never waits and the heap does not grow with
+    what arrives; a line longer than the buffer is noise, dropped whole up to its newline."""
+
+    def __init__(self, uart: machine.UART, line_bytes: int):
+        self._uart = uart
+        self._line = bytearray(line_bytes)
+        self._n = 0  # bytes of the line so far; -1 while an over-long one is being dropped
+        self._one = bytearray(1)
+
+    def send(self, frame):
+        _write_all(self._uart, frame + b"\n")
+
+    def receive(self):
+        """The next whole frame received, or None when none has arrived yet."""
+        uart, one = self._uart, self._one
+        while uart.any():
+            uart.readinto(one)
+            n = self._n
+            if one[0] == 10:
+                self._n = 0
+                if n > 0:
+                    return bytes(memoryview(self._line)[:n])
+            elif n >= len(self._line):
+                self._n = -1
+            elif n >= 0:
+                self._line[n] = one[0]
+                self._n = n + 1
+        return None
+
+
+def open_han_radio(cfg):
+    """The co-processor board.json's han_radio names (uart, tx, rx, baud, rxbuf, line_bytes), or
+    None: a bare Pico has none, and saying so beats pretending a radio."""
+    if cfg is None:
+        return None
+    return HanRadio(open_uart(cfg), cfg.get("line_bytes", 256))
 
 
 class McuRtc:
@@ -380,9 +424,9 @@ class Board:
         # reset state (input, pulled down) the latching relay cannot move at boot (FR2). Its
         # driver, when added, pulses a coil only on an authenticated command.
         self.relay = None
-        # No HAN radio is fitted to a bare Pico: its health item says so (absent), and a join is
-        # refused (han_no_radio) rather than pretended.
-        self.han_radio = None
+        # No HAN radio is fitted to a bare Pico (its health item says so, absent, and a join is
+        # refused, han_no_radio); a meter board with a co-processor names its UART in han_radio.
+        self.han_radio = open_han_radio(config.get("han_radio"))
 
     def reset_cause(self):
         # rp2 reports only these two; machine.reset() also shows as WDT_RESET, which is why the
@@ -418,8 +462,8 @@ class Board:
         machine.reset()
 
     def interface_checks(self):
-        """No HAN interface is fitted to a bare Pico; its NAN is the link's UART, which the
-        image's NAN driver checks itself."""
+        """The HAN is checked through han_radio by the application's driver; the NAN is the
+        link's UART, which the image's NAN driver checks itself."""
         return {"han": None, "nan": None}
 
     def display(self, text):

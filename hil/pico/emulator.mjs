@@ -2,11 +2,14 @@
 // hardware around the chip played by the rig. One process is one power-on of the chip; the
 // supervisor (hil/supervisor/) starts it the way it starts the unix-port simulator:
 //
-//   node emulator.mjs DIR CAUSE CTL_OUT_FD CTL_IN_FD [USB_FD]     CAUSE: power-on | watchdog | reset
+//   node emulator.mjs DIR CAUSE CTL_OUT_FD CTL_IN_FD [USB_FD [HAN_TX_FD HAN_RX_FD]]
+//                                                  CAUSE: power-on | watchdog | reset
 //
 // fd 0/1 are the meter's UART0 line (the supervisor's device pty), fd 2 the debug console
 // (DIR/console.log); the control lines go to and come from the supervisor on the two CTL fds
 // (non-blocking), and USB_FD, when given, is the USB CDC port (the REPL, where mpremote connects).
+// HAN_TX_FD and HAN_RX_FD, when given, are the rig's HAN medium: UART1 is the HAN co-processor's
+// line, relayed to and from them a text frame a line (the sim's radio pipes, fds 5 and 6).
 //
 // What the rig plays, and the three defects of rp2040js 1.4.1 it works around:
 //  - Flash: its SSI is a stub, so writes would be lost. The boot ROM's flash_range_erase and
@@ -30,13 +33,14 @@
 // time since, so the meter's clock, its front-end and the host twin agree, and every figure
 // measured inside the meter is Pico time.
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { RP2040 } from 'rp2040js';
 import { Ade7953, CdcHost, Rv8803, adeRegisters, energiesInSecond } from './parts.mjs';
 
-const [dir, cause, ctlOutArg, ctlInArg, usbArg] = process.argv.slice(2);
+const [dir, cause, ctlOutArg, ctlInArg, usbArg, hanTxArg, hanRxArg] = process.argv.slice(2);
 if (!ctlInArg) {
-  process.stderr.write('usage: node emulator.mjs DIR CAUSE CTL_OUT_FD CTL_IN_FD [USB_FD]\n');
+  process.stderr.write('usage: node emulator.mjs DIR CAUSE CTL_OUT_FD CTL_IN_FD [USB_FD [HAN_TX_FD HAN_RX_FD]]\n');
   process.exit(2);
 }
 const sim = JSON.parse(fs.readFileSync(path.join(dir, 'sim.json'), 'utf8'));
@@ -169,45 +173,56 @@ function stall(ns) {
   clock.tick(ns);
 }
 
-// --- UART0: the meter's line ----------------------------------------------------------------------
-const uart = mcu.uart[0];
-uart.checkInterrupts = function () {
-  this.rp2040.setInterrupt(this.irq, !!(this.interruptStatus & this.interruptMask));
-};
-uart.onByte = (b) => {
-  txBytes.push(b);
-  uart.interruptStatus |= 1 << 5; // TX: the (infinite) FIFO took the byte
-  uart.checkInterrupts();
-  scheduleFlush();
-};
-const txBytes = [];
-const rxQueue = [];
-let rxLost = 0;
-let rxDelivered = 0;
-const rxAlarm = clock.createAlarm(deliverRx);
-let rxArmed = false;
-function byteNs() {
-  const baud = uart.baudDivider ? uart.baudRate : 115200;
-  return 1e9 * 10 / baud;
-}
-function deliverRx() {
-  rxArmed = false;
-  const b = rxQueue.shift();
-  if (b === undefined) return;
-  if (uart.enabled && uart.rxEnabled && !uart.rxFIFO.full) {
-    uart.feedByte(b);
-    rxDelivered += 1;
-  } else {
-    rxLost += 1; // the FIFO was full (interrupts held off by a flash operation) or the UART off
+// --- the UARTs: UART0 the meter's line, UART1 the HAN co-processor ------------------------------
+// Bytes from the far end reach the chip at the UART's line rate, one at a time; one that finds the
+// 32-byte receive FIFO full (interrupts held off by a flash operation) or the UART off is lost.
+function uartLine(uart, onTx) {
+  const line = { tx: [], rx: [], lost: 0, delivered: 0, armed: false };
+  uart.checkInterrupts = function () {
+    this.rp2040.setInterrupt(this.irq, !!(this.interruptStatus & this.interruptMask));
+  };
+  uart.onByte = (b) => {
+    line.tx.push(b);
+    uart.interruptStatus |= 1 << 5; // TX: the (infinite) FIFO took the byte
+    uart.checkInterrupts();
+    onTx();
+  };
+  const alarm = clock.createAlarm(deliver);
+  function byteNs() {
+    const baud = uart.baudDivider ? uart.baudRate : 115200;
+    return 1e9 * 10 / baud;
   }
-  armRx();
-}
-function armRx() {
-  if (!rxArmed && rxQueue.length) {
-    rxArmed = true;
-    rxAlarm.schedule(byteNs());
+  function deliver() {
+    line.armed = false;
+    const b = line.rx.shift();
+    if (b === undefined) return;
+    if (uart.enabled && uart.rxEnabled && !uart.rxFIFO.full) {
+      uart.feedByte(b);
+      line.delivered += 1;
+    } else {
+      line.lost += 1;
+    }
+    arm();
   }
+  function arm() {
+    if (!line.armed && line.rx.length) {
+      line.armed = true;
+      alarm.schedule(byteNs());
+    }
+  }
+  line.receive = (buf) => {
+    for (const b of buf) line.rx.push(b);
+    wake();
+    arm();
+  };
+  return line;
 }
+const uart0 = uartLine(mcu.uart[0], () => scheduleFlush());
+// The HAN co-processor (a Zigbee NCP's host UART, 115200 8N1): the rig's medium on two fds, its
+// transmit and its receive, one text frame a line. Without them the co-processor is unplugged:
+// what the chip sends is lost and nothing answers.
+const han = uartLine(mcu.uart[1], () => scheduleFlush());
+const hanTx = hanTxArg ? parseInt(hanTxArg, 10) : null;
 
 // --- USB CDC: the REPL ----------------------------------------------------------------------------
 const usb = new CdcHost(mcu.usbCtrl);
@@ -293,14 +308,27 @@ function scheduleFlush() {
   if (!flushTimer) flushTimer = setImmediate(flush);
 }
 let lostReported = 0;
+let hanLostReported = 0;
 function flush() {
   flushTimer = null;
-  if (rxLost > lostReported) {
-    ctl(`log uart-loss lost=${rxLost - lostReported}`); // the supervisor adds these up in uart_lost
-    lostReported = rxLost;
+  if (uart0.lost > lostReported) {
+    ctl(`log uart-loss lost=${uart0.lost - lostReported}`); // the supervisor adds these up in uart_lost
+    lostReported = uart0.lost;
   }
-  if (txBytes.length) {
-    const out = Buffer.from(txBytes.splice(0));
+  if (han.lost > hanLostReported) {
+    ctl(`log han-uart-loss lost=${han.lost - hanLostReported}`);
+    hanLostReported = han.lost;
+  }
+  if (han.tx.length) {
+    const out = Buffer.from(han.tx.splice(0));
+    try {
+      if (hanTx !== null) fs.writeSync(hanTx, out);
+    } catch {
+      // the medium is not reading: the frame is lost, as on a radio nobody hears
+    }
+  }
+  if (uart0.tx.length) {
+    const out = Buffer.from(uart0.tx.splice(0));
     try {
       fs.writeSync(1, out);
     } catch {
@@ -383,7 +411,7 @@ function stop() {
   stopped = true;
   saveRigClock(true);
   flush();
-  ctl(`log pico rx_lost=${rxLost} rx=${rxDelivered} flash_ops=${flashOps} emulated_ms=${Math.round(clock.nanos / 1e6)}`);
+  ctl(`log pico rx_lost=${uart0.lost} rx=${uart0.delivered} han_rx_lost=${han.lost} flash_ops=${flashOps} emulated_ms=${Math.round(clock.nanos / 1e6)}`);
   // Everything this process owes is written synchronously by now (flash, line, control). Node's
   // exit would wait for the reads still pending on the ttys, so the chip goes dark at once.
   process.kill(process.pid, 'SIGKILL');
@@ -395,11 +423,13 @@ function reader(fd, onData) {
   stream.on('error', () => {});
   return stream;
 }
-reader(0, (buf) => {
-  for (const b of buf) rxQueue.push(b);
-  wake();
-  armRx();
-});
+reader(0, uart0.receive);
+if (hanRxArg) {
+  // A pipe, read through libuv's event loop (a socket on the fd), not its thread pool.
+  const hanRx = new net.Socket({ fd: parseInt(hanRxArg, 10), readable: true, writable: false });
+  hanRx.on('data', han.receive);
+  hanRx.on('error', () => {});
+}
 if (usbFd !== null) {
   reader(usbFd, (buf) => {
     usb.send(buf);

@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                    "beside the firmware or $PICO_FIRMWARE)")
     s.add_argument("--han", choices=("ok", "fail", "absent"),
                    help="the meter's HAN radio: fitted (ok), fitted but dead (fail) or none (absent, "
-                        "the default); its devices are `meterfw-sim han add`'s")
+                        "the default); its devices are `meterfw-sim han add`'s. On a pico, a "
+                        "co-processor on UART1, wired in when its flash is provisioned")
     s.add_argument("--nan-network", metavar="ID",
                    help="the mesh network id the NAN's collector admits (16 bits, e.g. 0x2C41, the "
                         "default; 'none': it serves the old serial profile alone)")

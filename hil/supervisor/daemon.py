@@ -60,8 +60,9 @@ class Supervisor(PowerControl, ControlProtocol, ClientBridge):
         self.proc: subprocess.Popen | None = None
         self.ctl_out: int | None = None  # our read end of the device's fd 3
         self.ctl_in: int | None = None  # our write end of the device's fd 4
-        # The simulated HAN (hil/supervisor/han.py), when the sim has a HAN radio (sim.json han
-        # "ok", or "fail": fitted but dead), and our ends of the radio's pipes (its fds 5 and 6).
+        # The simulated HAN (hil/supervisor/han.py), when the meter has a HAN radio (sim.json han
+        # "ok", or "fail": fitted but dead), and our ends of the radio's pipes (the sim's fds 5
+        # and 6, the emulated Pico's 6 and 7: its UART1, the HAN co-processor's line).
         self.han = None
         self.radio_in: int | None = None
         self.radio_out: int | None = None
@@ -163,7 +164,7 @@ class Supervisor(PowerControl, ControlProtocol, ClientBridge):
             compile_models(self.dir)
         if self.board == "pico" and not (PICO_RIG / "node_modules" / "rp2040js").is_dir():
             raise SimError(f"the Pico emulator is not installed: run `make setup` (npm ci in {PICO_RIG})")
-        if self.board == "sim" and self.cfg.get("han") in ("ok", "fail"):
+        if self.cfg.get("han") in ("ok", "fail"):
             from .han import HanMedium
 
             self.han = HanMedium(self.dir, self.cfg["han"] == "ok", lambda msg: self.log(msg))

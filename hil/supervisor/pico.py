@@ -49,11 +49,19 @@ def _pico_config(firmware, bootrom, known: dict | None) -> dict:
     }
 
 
-def _provision_pico(flash: Path, pico: dict, image, keys, serial, defaults: dict) -> str | None:
+# The HAN co-processor the rig fits to a Pico meter (`--han ok|fail`), as /board/board.json's
+# han_radio names it to the HAL (boards/pico/rp2hal.py): UART1 on GP4 (TX) and GP5 (RX), 115200
+# 8N1, one text frame a line; the emulator relays UART1 to the rig's HAN medium.
+HAN_RADIO = {"uart": 1, "tx": 4, "rx": 5, "baud": 115200, "rxbuf": 1024, "txbuf": 256, "line_bytes": 256}
+
+
+def _provision_pico(flash: Path, pico: dict, image, keys, serial, defaults: dict, han_radio: bool = False) -> str | None:
     """The whole flash of a Pico. Without an image: a blank Pico with the UF2 dragged onto it,
     which may be the stock firmware alone (MicroPython formats the filesystem at its first boot:
     ready for `meterfw provision`) or a meter made by `meterfw uf2`. With an image: the firmware
-    and the meter's filesystem, provisioned here with the board defaults given."""
+    and the meter's filesystem, provisioned here with the board defaults given, and with the HAN
+    co-processor in its board.json when `han_radio` (a board is wired once: a later start's
+    --han does not rewire it)."""
     from meterfw.errors import CommandError
     from meterfw.provision import build_flash, default_serial, device_files
     from meterfw.uf2 import PAYLOAD_BYTES, board_spec, parse_uf2, pico_flash_image
@@ -74,6 +82,8 @@ def _provision_pico(flash: Path, pico: dict, image, keys, serial, defaults: dict
         files = device_files(img, Path(keys), "pico", serial)
         board_json = json.loads(files["/board/board.json"])
         board_json["defaults"].update({k: v for k, v in defaults.items() if v is not None})
+        if han_radio:
+            board_json["han_radio"] = HAN_RADIO
         files["/board/board.json"] = json.dumps(board_json).encode()
         flash.write_bytes(pico_flash_image(fw, build_flash(files, "pico"), "pico"))
     except CommandError as e:

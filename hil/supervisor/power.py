@@ -59,15 +59,18 @@ class PowerControl:
             os.set_blocking(child_in, False)  # the emulator polls for a cut plan at each flash op
         libc = self._libc
         usb = self.usb_master
-        # The sim's HAN radio: its transmit and receive, the medium's ends non-blocking, and its
-        # receive too (the meter polls it, as it would its radio's UART).
+        # The HAN radio's transmit and receive (the sim's radio, or the emulated Pico's UART1 to
+        # its co-processor), the medium's ends non-blocking, and its receive too (the meter polls
+        # it, as it would its radio's UART; the emulator reads it through its event loop).
         radio = None
-        if self.han is not None and not pico:
+        if self.han is not None:
             tx_r, tx_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             rx_r, rx_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             radio = (fcntl.fcntl(tx_w, fcntl.F_DUPFD_CLOEXEC, 10), fcntl.fcntl(rx_r, fcntl.F_DUPFD_CLOEXEC, 10))
             os.close(tx_w)
             os.close(rx_r)
+
+        radio_fds = (6, 7) if pico else (5, 6)  # a pico's 5 is its USB port
 
         def in_child() -> None:
             os.dup2(child_out, 3)
@@ -75,13 +78,14 @@ class PowerControl:
             if usb is not None:
                 os.dup2(usb, 5)
             if radio is not None:
-                os.dup2(radio[0], 5)
-                os.dup2(radio[1], 6)
+                os.dup2(radio[0], radio_fds[0])
+                os.dup2(radio[1], radio_fds[1])
             # If the supervisor dies (even by SIGKILL) the MCU loses power with it.
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
         if pico:
             argv = [_node(), str(self.device_script), str(self.dir), device_cause or cause, "3", "4", "5"]
+            argv += [str(fd) for fd in radio_fds] if radio else []
         else:
             # The sim board's models run compiled (hw/, see compile_models) and every path is
             # relative to the sim's folder: host paths in module names and arguments would move
@@ -89,7 +93,7 @@ class PowerControl:
             script = ["-m", self.device_script.stem] if self.device_script == DEFAULT_DEVICE_SCRIPT \
                 else [str(self.device_script)]
             argv = [self.micropython, "-X", f"heapsize={self.heap_bytes}", *script, ".", cause, "3", "4"]
-        fds = (3, 4, 5) if pico else (3, 4, 5, 6) if radio else (3, 4)
+        fds = (3, 4) + ((5,) if pico else ()) + (radio_fds if radio else ())
         n = self.boots + 1
         for fd in fds:
             _ensure_open(fd)

@@ -39,7 +39,8 @@ def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=No
     `defaults` are board defaults a pico's /board/board.json is provisioned with (the sim reads
     its overrides from sim.json at every boot instead).
     `load` is the premises' load profile (hil.metrology.PROFILES; kept in sim.json like the seed).
-    `han` fits the sim's HAN radio: "ok", "fail" (fitted, dead) or "absent" (kept in sim.json).
+    `han` fits the meter's HAN radio: "ok", "fail" (fitted, dead) or "absent" (kept in sim.json);
+    on a pico, a co-processor on UART1 that provisioning writes into /board/board.json.
     `nan_network` is the mesh network id the NAN's collector admits (hil/nan.py; 16 bits, or
     "none" for a collector of the old NAN alone; kept in sim.json).
     Returns what `meterfw-sim start` prints: port, pid, dir, baud, serial, device_pid, board,
@@ -72,7 +73,8 @@ def start(sim_dir, *, image=None, keys=None, baud=None, interval_s=None, seed=No
     if not flash.exists():
         if board == "pico":
             defaults = {"interval_s": interval_s, **(defaults or {})}
-            serial = _provision_pico(flash, cfg["pico"], image, keys, serial, defaults)
+            fitted = (han or cfg.get("han")) in ("ok", "fail")
+            serial = _provision_pico(flash, cfg["pico"], image, keys, serial, defaults, fitted)
         elif image is None or keys is None:
             raise SimError(f"{given} has no flash image; give --image and --keys to provision one", 2)
         else:

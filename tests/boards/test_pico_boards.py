@@ -499,6 +499,37 @@ print(json.dumps({"reads": reads, "tx": uart.tx.decode(), "wrote": wrote, "stall
     assert out["kw"]["timeout"] > 0  # a long frame may wait for tx space; reads are bounded by any()
 
 
+def test_a_bare_pico_has_no_han_radio_and_a_fitted_co_processor_gives_whole_frames(run_board):
+    from hil.supervisor.pico import HAN_RADIO
+
+    out = run_board("pico", f"""
+bare = Board(CONFIG).han_radio
+CONFIG["han_radio"] = {HAN_RADIO!r}
+radio = Board(CONFIG).han_radio
+uart = radio._uart
+got = [radio.receive()]
+uart.rx.extend(b"pong 1")
+got.append(radio.receive())                             # half a frame: nothing yet, nothing waits
+uart.rx.extend(b"2\\n" + b"x" * 300 + b"\\nassoc 00124B0001A2B3C4 thermostat\\n\\ndata 1")
+got += [radio.receive(), radio.receive(), radio.receive()]  # the over-long line is dropped whole
+uart.rx.extend(b"\\n")
+got.append(radio.receive())
+radio.send(b"permit 20")
+print(json.dumps({{"bare": bare, "got": [g and g.decode() for g in got], "tx": uart.tx.decode(),
+                  "kw": uart.kw, "left": uart.any()}}))
+""")
+    assert out["bare"] is None
+    assert out["got"] == [None, None, "pong 12", "assoc 00124B0001A2B3C4 thermostat", None, "data 1"]
+    assert out["tx"] == "permit 20\n" and out["left"] == 0
+    assert out["kw"]["tx"] == HAN_RADIO["tx"] and out["kw"]["rx"] == HAN_RADIO["rx"]
+    assert out["kw"]["baudrate"] == 115200 and out["kw"]["rxbuf"] == HAN_RADIO["rxbuf"]
+    pins = [HAN_RADIO["tx"], HAN_RADIO["rx"]]
+    cfg = _config("pico")
+    taken = [cfg["led"], cfg["relay"]["set"], cfg["relay"]["reset"], cfg["link"]["tx"], cfg["link"]["rx"],
+             cfg["rtc"]["scl"], cfg["rtc"]["sda"]] + [cfg["metrology"][k] for k in ("sck", "mosi", "miso", "cs")]
+    assert not set(pins) & set(taken)  # the co-processor's UART1 pins are free on the meter board
+
+
 def test_clock_reads_the_rtc_once_and_writes_a_set_at_the_next_whole_second(run_board):
     rtc = _config("pico")["rtc"]
     addr = int(rtc["addr"], 16)

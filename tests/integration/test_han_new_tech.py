@@ -18,7 +18,7 @@ from hil.pytest_plugin import SEED, MeterBoard, start_dut
 from meterfw import protocol as P
 from meterfw.han import with_crc
 from meterfw.paths import FIRMWARE
-from test_han import CODE, INTERVAL_S, mfw, on_air, rig, row
+from test_han import CODE, han_dut, mfw, on_air, rig, row
 
 BIN = Path(sys.executable).parent
 ZIGBEE = "00124B0001A2C000"
@@ -34,12 +34,12 @@ def build(*args) -> None:
 
 
 @pytest.fixture(scope="module")
-def without_driver(tmp_path_factory, keys_dir) -> Path:
+def without_driver(tmp_path_factory, keys_dir, dut) -> Path:
     """The meter's image before the technology arrived: firmware/ without its driver, signed."""
     out = tmp_path_factory.mktemp("new-tech")
     src = out / "firmware"
     shutil.copytree(FIRMWARE, src, ignore=shutil.ignore_patterns("__pycache__", "han_driver_new_tech.py"))
-    build("--board", "sim", "--version", "1.0.0", "--keys", keys_dir, "--src", src, "-o", out / "old.mfw")
+    build("--board", dut.board, "--version", "1.0.0", "--keys", keys_dir, "--src", src, "-o", out / "old.mfw")
     return out / "old.mfw"
 
 
@@ -60,10 +60,9 @@ def han_item(meter) -> dict:
 
 def test_an_unknown_technology_is_learnt_by_an_image_upgrade_and_the_old_devices_keep_working(
         sim_factory, keys_dir, dut, without_driver, tmp_path):
-    if dut.kind != "sim":
-        pytest.skip("the simulated HAN medium is the sim rig's")
-    board = MeterBoard(start_dut(sim_factory, dut, without_driver, keys_dir, INTERVAL_S, SEED, {"han": "ok"}),
-                       SEED, INTERVAL_S, keys_dir)
+    interval_s = han_dut(dut)
+    board = MeterBoard(start_dut(sim_factory, dut, without_driver, keys_dir, interval_s, SEED, {"han": "ok"}),
+                       SEED, interval_s, keys_dir, dut.kind)
     rig(board, "add", "--eui64", ZIGBEE, "--install-code", CODE, "--kind", "thermostat")
     rig(board, "add", "--eui64", NEW, "--install-code", NEW_CODE, "--kind", "display", "--tech", "new-tech")
     m = board.meter()
@@ -85,7 +84,7 @@ def test_an_unknown_technology_is_learnt_by_an_image_upgrade_and_the_old_devices
 
     # The utility ships the technology: an image that has the driver, built and signed, then the
     # normal upgrade (it picks a delta or the full image).
-    build("--board", "sim", "--version", "1.1.0", "--keys", keys_dir, "-o", tmp_path / "new.mfw")
+    build("--board", dut.board, "--version", "1.1.0", "--keys", keys_dir, "-o", tmp_path / "new.mfw")
     rc, report, err = mfw(board, "upgrade", str(tmp_path / "new.mfw"), "--when", "now")
     assert rc == 0 and report["result"] == "confirmed", err
     m = board.meter()
@@ -121,7 +120,7 @@ def test_an_unknown_technology_is_learnt_by_an_image_upgrade_and_the_old_devices
 
     # An image that drops the driver again: the new-tech device is reported (an important
     # failure: the image stays), and the zigbee-se device is still checked and answering.
-    build("--board", "sim", "--version", "1.2.0", "--keys", keys_dir, "--src", without_driver.parent / "firmware",
+    build("--board", dut.board, "--version", "1.2.0", "--keys", keys_dir, "--src", without_driver.parent / "firmware",
           "-o", tmp_path / "dropped.mfw")
     rc, report, err = mfw(board, "upgrade", str(tmp_path / "dropped.mfw"), "--when", "now")
     assert rc == 0 and report["result"] == "confirmed", err
