@@ -32,7 +32,7 @@ async def join(m, payload):
     try:
         key = (await han_table.driver(tech)).link_key(code)  # each technology derives its own
     finally:
-        han_table.drop_drivers()
+        han_table.drop_drivers(have)
     table = han_table.load()
     table[eui] = {"eui64": eui, "tech": tech, "kind": kind, "short": None, "state": "joining",
                   "key": key.hex(), "enrolled_s": m.board.clock.time_ms() // 1000,

@@ -47,7 +47,7 @@ async def serve(m):
                 job[2] = ("fail", "HAN job %s: %r" % (job[0], e), None)
             han.jobs.pop(0)
     finally:
-        han_table.drop_drivers()
+        han_table.drop_drivers(drivers.techs)
 
 
 async def _join(m, drivers, arg):

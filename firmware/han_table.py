@@ -41,9 +41,10 @@ async def driver(tech):
     return await loader.room("han_driver_" + tech.replace("-", "_"))
 
 
-def drop_drivers():
-    """The driver modules loaded out of the heap, as the loader drops its TASKS when a call returns."""
-    loader.drop(tuple("han_driver_" + t.replace("-", "_") for t in drivers()))
+def drop_drivers(techs):
+    """The driver modules of `techs` (what drivers() found) out of the heap, as the loader drops
+    its TASKS when a call returns."""
+    loader.drop(tuple("han_driver_" + t.replace("-", "_") for t in techs))
 
 
 def load():
